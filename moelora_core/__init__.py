@@ -1,0 +1,62 @@
+"""moelora_core: every MoE-LoRA architecture as a composition of explicit, typed linear maps."""
+
+from .adapter import Adapter
+from .comol import CoMoL, CoMoLConfig
+from .errors import (
+    ConfigError,
+    DTypeDeviceError,
+    MoELoRAError,
+    NonFiniteError,
+    ReductionError,
+    ShapeError,
+    input_checks,
+)
+from .hydralora import HydraLoRA, HydraLoRAConfig
+from .lora import LoRA, LoRAConfig
+from .maps import (
+    BlockDiagonal,
+    Compose,
+    Dense,
+    HeadLayout,
+    Identity,
+    KronIdentity,
+    LinearMap,
+    SoftmaxRouter,
+    chain,
+)
+from .moelora import MoELoRA, MoELoRAConfig
+from .registry import ARCHITECTURES, architecture, build
+from .talklora import TalkLoRA, TalkLoRAConfig
+
+__all__ = [
+    "ARCHITECTURES",
+    "Adapter",
+    "BlockDiagonal",
+    "CoMoL",
+    "CoMoLConfig",
+    "Compose",
+    "ConfigError",
+    "DTypeDeviceError",
+    "Dense",
+    "HeadLayout",
+    "HydraLoRA",
+    "HydraLoRAConfig",
+    "Identity",
+    "KronIdentity",
+    "LinearMap",
+    "LoRA",
+    "LoRAConfig",
+    "MoELoRA",
+    "MoELoRAConfig",
+    "MoELoRAError",
+    "NonFiniteError",
+    "ReductionError",
+    "ShapeError",
+    "SoftmaxRouter",
+    "TalkLoRA",
+    "TalkLoRAConfig",
+    "architecture",
+    "build",
+    "chain",
+    "input_checks",
+]

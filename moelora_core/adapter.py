@@ -1,0 +1,145 @@
+"""The interface every architecture implements.
+
+An adapter is an update `Δ: R^n -> R^m` added to a frozen layer, `y = W0 x + Δ(x)`, of the form
+
+    Δ(x) = Σ_i g_i(x) P_i x,        P_i = s·B_i A_i  (a fixed linear map per expert),
+
+with routing weights `g(x) = softmax(W · z(x))` read from some linear `z(x)` of the input (LoRA: E = 1,
+g = 1). Each architecture exposes the pieces: `delta(x)`, `routing(x)`, `expert_matrices()` (the P_i),
+`delta_weight(x)` (the per-token dense matrix Σ_i g_i(x) P_i), `router_input_map()` (x -> z),
+`router_logit_map()` (x -> W z), `num_trainable_params()` and `param_formula()` (sympy).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import sympy as sp
+import torch
+from torch import Tensor, nn
+
+from .errors import ShapeError, check_input
+from .maps import Compose, LinearMap, SoftmaxRouter
+
+
+class Adapter(nn.Module):
+    """Base class: subclasses define `forward` (= Δ), `routing`, `expert_matrices`, `param_formula`."""
+
+    family: ClassVar[str]
+    config: Any
+    router: SoftmaxRouter | None
+
+    # ----- sizes -------------------------------------------------------------------------------------
+    @property
+    def in_features(self) -> int:
+        return int(self.config.in_features)
+
+    @property
+    def out_features(self) -> int:
+        return int(self.config.out_features)
+
+    @property
+    def num_experts(self) -> int:
+        return 1
+
+    @property
+    def reference(self) -> Tensor:
+        """A parameter whose dtype and device every input must share."""
+        return next(self.parameters())
+
+    # ----- the maths ---------------------------------------------------------------------------------
+    def delta(self, x: Tensor) -> Tensor:
+        """Δ(x), (..., n) -> (..., m)."""
+        out: Tensor = self(x)
+        return out
+
+    def routing(self, x: Tensor) -> Tensor | None:
+        """Routing weights g(x), (..., n) -> (..., E); None for an unrouted adapter."""
+        if self.router is None:
+            return None
+        self._check(x)
+        z = self.router_input_map()(x)
+        g: Tensor = self.router(z)
+        return g
+
+    def expert_matrices(self) -> Tensor:
+        """The fixed expert maps P_i = s·B_i A_i, shape (E, m, n)."""
+        raise NotImplementedError
+
+    def delta_weight(self, x: Tensor) -> Tensor:
+        """The per-token dense update ΔW(x) = Σ_i g_i(x) P_i, shape (..., m, n); Δ(x) = ΔW(x) x."""
+        P = self.expert_matrices()  # (E, m, n)
+        g = self.routing(x)
+        if g is None:
+            self._check(x)
+            return P[0].expand(*x.shape[:-1], *P.shape[1:])
+        return torch.einsum("...e,emn->...mn", g, P)
+
+    def router_input_map(self) -> LinearMap:
+        """The linear map x -> z that the router reads."""
+        raise NotImplementedError(f"{type(self).__name__} has no router")
+
+    def router_logit_map(self) -> LinearMap | None:
+        """x -> W z(x), the router's logits as one composed linear map (None without a router)."""
+        if self.router is None:
+            return None
+        return Compose(self.router.logits, self.router_input_map())
+
+    # ----- counting ----------------------------------------------------------------------------------
+    def num_trainable_params(self) -> int:
+        """Trainable parameters this layer owns (shared modules excluded; see `owned_parameters`)."""
+        return sum(p.numel() for p in self.owned_parameters() if p.requires_grad)
+
+    def owned_parameters(self) -> list[nn.Parameter]:
+        shared = {id(p) for p in self.shared_parameters()}
+        seen: set[int] = set()
+        out: list[nn.Parameter] = []
+        for p in self.parameters():
+            if id(p) not in shared and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters shared with other layers (counted once per module type, not per layer)."""
+        return []
+
+    def param_formula(self) -> sp.Expr:
+        """Trainable parameters of one layer as a sympy expression in `moelora_core.symbols`."""
+        raise NotImplementedError
+
+    def param_subs(self) -> dict[sp.Symbol, int]:
+        """Values of the formula's symbols for this instance."""
+        raise NotImplementedError
+
+    def param_formula_value(self) -> int:
+        return int(self.param_formula().subs(self.param_subs()))
+
+    # ----- helpers -----------------------------------------------------------------------------------
+    def _check(self, x: Tensor) -> Tensor:
+        return check_input(x, self.in_features, self.reference)
+
+    @torch.no_grad()
+    def randomize_(self, seed: int, std: float | None = None) -> Adapter:
+        """Overwrite every parameter with N(0, std²) draws (std = 1/sqrt(fan_in) if None), reproducibly.
+
+        Used by checkers: the usual zero-initialised B would make every claim about Δ trivially true.
+        """
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        for _, p in sorted(self.named_parameters(remove_duplicate=True), key=lambda t: t[0]):
+            sd = std if std is not None else 1.0 / math.sqrt(max(1, p.shape[-1]))
+            draw = torch.randn(p.shape, generator=gen, dtype=torch.float64) * sd
+            p.copy_(draw.to(dtype=p.dtype, device=p.device))
+        return self
+
+    def extra_repr(self) -> str:
+        return repr(self.config)
+
+
+def weighted_heads(h: Tensor, g: Tensor, head_dim: int) -> Tensor:
+    """(g ⊗ 1_d) ⊙ h: scale head i of h (..., E*d) by g_i (..., E)."""
+    E = g.shape[-1]
+    if h.shape[-1] != E * head_dim:
+        raise ShapeError(f"h.shape={tuple(h.shape)}: expected (..., {E * head_dim}) for {E} heads of {head_dim}")
+    return (h.unflatten(-1, (E, head_dim)) * g.unsqueeze(-1)).flatten(-2)

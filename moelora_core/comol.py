@@ -1,0 +1,137 @@
+"""CoMoL: a core-space mixture. Shared `A: r x n`, `B: m x r`, N cores `M_i: r x r`.
+
+    g(x) = softmax(W_c A x),  W_c: N x r          (core router)
+    g(x) = softmax(W_g x),    W_g: N x n          (without core routing, "w/o CR")
+    Δ(x) = s · B (Σ_i g_i M_i) A x
+
+Params per layer `r(n+m) + N·r² + N·r` (core router) or `r(n+m) + N·r² + N·n` (w/o CR). With
+`share_ab`, A and B are shared by the layers of one module type (cores and router stay per layer).
+
+The merged core Σ_i g_i M_i is never materialised per token (the reference code does: O(r²) memory per
+token). Instead the N core outputs M_i h are computed with one matmul against the row-stacked cores
+and mixed: Σ_i g_i (M_i h), O(N·r) memory per token; the two are equal (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import sympy as sp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import symbols as S
+from .adapter import Adapter
+from .errors import ConfigError, ShapeError, require_finite_float, require_positive_int
+from .maps import Dense, Identity, LinearMap, SoftmaxRouter, init_tensor_
+
+
+@dataclass(frozen=True)
+class CoMoLConfig:
+    in_features: int  # n
+    out_features: int  # m
+    rank: int  # r
+    num_cores: int  # N
+    core_router: bool = True
+    top_k: int | None = None
+    scale: float = 1.0  # the reference sets lora_alpha = r, so s = 1
+    share_ab: bool = False
+
+    def __post_init__(self) -> None:
+        require_positive_int("in_features", self.in_features)
+        require_positive_int("out_features", self.out_features)
+        require_positive_int("rank", self.rank)
+        require_positive_int("num_cores", self.num_cores)
+        if self.top_k is not None:
+            require_positive_int("top_k", self.top_k)
+            if self.top_k > self.num_cores:
+                raise ConfigError(f"top_k={self.top_k}: expected 1 <= top_k <= num_cores={self.num_cores}")
+        require_finite_float("scale", self.scale)
+
+
+class CoMoL(Adapter):
+    family: ClassVar[str] = "comol"
+
+    def __init__(
+        self,
+        config: CoMoLConfig,
+        *,
+        ab: tuple[Dense, Dense] | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        c = self.config = config
+        N, r = c.num_cores, c.rank
+        if c.share_ab:
+            if ab is None:
+                raise ConfigError("ab=None with share_ab=True: expected the shared (A, B) from CoMoL.shared_ab(config)")
+            A, B = ab
+            if A.shape != (r, c.in_features) or B.shape != (c.out_features, r):
+                raise ShapeError(
+                    f"ab shapes {A.shape}, {B.shape}: expected ({r}, {c.in_features}) and ({c.out_features}, {r})"
+                )
+            self.A, self.B = A, B
+        else:
+            if ab is not None:
+                raise ConfigError("ab given with share_ab=False: expected share_ab=True to share A, B")
+            self.A, self.B = CoMoL.shared_ab(c, dtype=dtype, device=device)
+        self.cores = nn.Parameter(torch.empty(N, r, r, dtype=dtype, device=device))  # M_1..M_N
+        for i in range(N):  # init only
+            init_tensor_(self.cores.data[i], "kaiming_uniform")
+        reads = r if c.core_router else c.in_features
+        W = Dense(N, reads, "kaiming_uniform", name="W_c" if c.core_router else "W_g", dtype=dtype, device=device)
+        self.router = SoftmaxRouter(W, c.top_k)
+
+    @staticmethod
+    def shared_ab(
+        config: CoMoLConfig, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> tuple[Dense, Dense]:
+        A = Dense(config.rank, config.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device)
+        B = Dense(config.out_features, config.rank, "zeros", name="B", dtype=dtype, device=device)
+        return A, B
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_cores
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        assert self.router is not None
+        c = self.config
+        h = F.linear(x, self.A.weight)  # (..., r)
+        g = self.router(h if c.core_router else x)  # (..., N)
+        z = F.linear(h, self.cores.flatten(0, 1)).unflatten(-1, (c.num_cores, c.rank))  # (..., N, r): M_i h
+        merged = torch.einsum("...n,...nr->...r", g, z)  # Σ_i g_i M_i h
+        return c.scale * F.linear(merged, self.B.weight)
+
+    def forward_materialised(self, x: Tensor) -> Tensor:
+        """The reference code's order: build the per-token core Σ_i g_i M_i (r x r), then apply it."""
+        self._check(x)
+        assert self.router is not None
+        c = self.config
+        h = F.linear(x, self.A.weight)
+        g = self.router(h if c.core_router else x)
+        M = torch.einsum("...n,nij->...ij", g, self.cores)  # (..., r, r) per token
+        return c.scale * F.linear((M @ h.unsqueeze(-1)).squeeze(-1), self.B.weight)
+
+    def router_input_map(self) -> LinearMap:
+        return self.A if self.config.core_router else Identity(self.in_features).to(self.A.weight)
+
+    def expert_matrices(self) -> Tensor:
+        # P_i = s · B M_i A, (N, m, n)
+        return self.config.scale * torch.einsum("mi,nij,jk->nmk", self.B.weight, self.cores, self.A.weight)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [self.A.weight, self.B.weight] if self.config.share_ab else []
+
+    def param_formula(self) -> sp.Expr:
+        router = S.N * S.r if self.config.core_router else S.N * S.n
+        ab = 0 if self.config.share_ab else S.r * (S.n + S.m)
+        return ab + S.N * S.r**2 + router
+
+    def param_subs(self) -> dict[sp.Symbol, int]:
+        c = self.config
+        return {S.n: c.in_features, S.m: c.out_features, S.r: c.rank, S.N: c.num_cores}

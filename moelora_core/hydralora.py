@@ -1,0 +1,88 @@
+"""HydraLoRA: one shared down-projection, E up-projection heads, an input router.
+
+    Δ(x) = s · Σ_i g_i(x) B_i A x,   A: r_e x n (shared),  B_i: m x r_e,  g = softmax(W_g x), W_g: E x n
+
+Params `r_e·n + E·r_e·m + E·n`. Storage: the B_i are the column blocks of one `B: m x (E·r_e)`, so
+Δ(x) = s · B (g ⊗ A x), with no loop over heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import sympy as sp
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import symbols as S
+from .adapter import Adapter
+from .errors import ConfigError, require_finite_float, require_positive_int
+from .maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
+
+
+@dataclass(frozen=True)
+class HydraLoRAConfig:
+    in_features: int  # n
+    out_features: int  # m
+    num_experts: int  # E (heads)
+    expert_rank: int  # r_e (rank of the shared A)
+    top_k: int | None = None
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        require_positive_int("in_features", self.in_features)
+        require_positive_int("out_features", self.out_features)
+        require_positive_int("num_experts", self.num_experts)
+        require_positive_int("expert_rank", self.expert_rank)
+        if self.top_k is not None:
+            require_positive_int("top_k", self.top_k)
+            if self.top_k > self.num_experts:
+                raise ConfigError(f"top_k={self.top_k}: expected 1 <= top_k <= num_experts={self.num_experts}")
+        require_finite_float("scale", self.scale)
+
+
+class HydraLoRA(Adapter):
+    family: ClassVar[str] = "hydralora"
+
+    def __init__(
+        self, config: HydraLoRAConfig, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> None:
+        super().__init__()
+        c = self.config = config
+        self.heads = HeadLayout(c.num_experts, c.expert_rank)
+        self.A = Dense(c.expert_rank, c.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device)
+        self.B = Dense(c.out_features, c.num_experts * c.expert_rank, "zeros", name="B", dtype=dtype, device=device)
+        W = Dense(c.num_experts, c.in_features, "kaiming_uniform", name="W_g", dtype=dtype, device=device)
+        self.router = SoftmaxRouter(W, c.top_k)
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_experts
+
+    def expert_B(self, i: int) -> Tensor:
+        return self.heads.cols(self.B.weight, i)  # (m, r_e)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        assert self.router is not None
+        h = F.linear(x, self.A.weight)  # (..., r_e)
+        g = self.router(x)  # (..., E)
+        gh = (g.unsqueeze(-1) * h.unsqueeze(-2)).flatten(-2)  # (..., E*r_e) = g ⊗ h
+        return self.config.scale * F.linear(gh, self.B.weight)
+
+    def router_input_map(self) -> LinearMap:
+        return Identity(self.in_features).to(self.A.weight)
+
+    def expert_matrices(self) -> Tensor:
+        c = self.config
+        Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
+        return c.scale * torch.einsum("mei,in->emn", Bh, self.A.weight)
+
+    def param_formula(self) -> sp.Expr:
+        return S.r_e * S.n + S.E * S.r_e * S.m + S.E * S.n
+
+    def param_subs(self) -> dict[sp.Symbol, int]:
+        c = self.config
+        return {S.n: c.in_features, S.m: c.out_features, S.E: c.num_experts, S.r_e: c.expert_rank}

@@ -1,0 +1,58 @@
+"""LoRA: `Δ(x) = s·B A x`, `A: r x n`, `B: m x r`. Parameters `r(n + m)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import sympy as sp
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import symbols as S
+from .adapter import Adapter
+from .errors import require_finite_float, require_positive_int
+from .maps import Dense
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    in_features: int  # n
+    out_features: int  # m
+    rank: int  # r
+    scale: float = 1.0  # s = alpha / r
+
+    def __post_init__(self) -> None:
+        require_positive_int("in_features", self.in_features)
+        require_positive_int("out_features", self.out_features)
+        require_positive_int("rank", self.rank)
+        require_finite_float("scale", self.scale)
+
+
+class LoRA(Adapter):
+    family: ClassVar[str] = "lora"
+
+    def __init__(
+        self, config: LoRAConfig, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> None:
+        super().__init__()
+        c = self.config = config
+        self.A = Dense(c.rank, c.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device)  # r x n
+        self.B = Dense(c.out_features, c.rank, "zeros", name="B", dtype=dtype, device=device)  # m x r
+        self.router = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        h = F.linear(x, self.A.weight)  # (..., r)
+        return self.config.scale * F.linear(h, self.B.weight)  # (..., m)
+
+    def expert_matrices(self) -> Tensor:
+        return (self.config.scale * (self.B.weight @ self.A.weight)).unsqueeze(0)  # (1, m, n)
+
+    def param_formula(self) -> sp.Expr:
+        return S.r * (S.n + S.m)
+
+    def param_subs(self) -> dict[sp.Symbol, int]:
+        c = self.config
+        return {S.n: c.in_features, S.m: c.out_features, S.r: c.rank}

@@ -1,0 +1,303 @@
+"""Linear-map algebra: the pieces every architecture is built from.
+
+Convention: a map `L: R^in -> R^out` acts on the last axis of `x` of shape (..., in) and has a dense
+matrix `L.dense()` of shape (out, in), so `L(x) == x @ L.dense().T` (torch.nn.Linear's convention).
+Every map reports its `shape`, its trainable `num_params()`, its `dense()` matrix and its `spectral_norm()`.
+Composition is written `outer @ inner` and means `x -> outer(inner(x))`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError, ShapeError, check_input, require_positive_int
+
+Init = Literal["kaiming_uniform", "zeros", "normal", "identity"]
+
+
+class LinearMap(nn.Module):
+    """A linear map R^in -> R^out acting on the last axis."""
+
+    in_features: int
+    out_features: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in), the shape of `dense()`."""
+        return (self.out_features, self.in_features)
+
+    def dense(self) -> Tensor:
+        """The matrix of the map, shape (out, in)."""
+        raise NotImplementedError
+
+    def num_params(self) -> int:
+        """Trainable parameters owned by this map (shared modules counted once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def spectral_norm(self) -> float:
+        """‖L‖₂, the largest singular value of `dense()` (exact, via svdvals)."""
+        return float(torch.linalg.matrix_norm(self.dense().detach(), ord=2))
+
+    def factors(self) -> list[LinearMap]:
+        """The maps whose composition this is, innermost first ([self] for an atom)."""
+        return [self]
+
+    def __matmul__(self, inner: LinearMap) -> Compose:  # type: ignore[override]
+        return Compose(self, inner)
+
+
+def _reference_tensor(m: nn.Module) -> Tensor:
+    for p in m.parameters():
+        return p
+    for b in m.buffers():
+        return b
+    return torch.empty(0)
+
+
+class Dense(LinearMap):
+    """A full matrix `W: out x in`; `x -> x Wᵀ`."""
+
+    def __init__(
+        self,
+        out_features: int,
+        in_features: int,
+        init: Init = "kaiming_uniform",
+        *,
+        name: str = "W",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        require_positive_int(f"{name}.out_features", out_features)
+        require_positive_int(f"{name}.in_features", in_features)
+        self.name = name
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device))
+        init_tensor_(self.weight, init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.in_features, self.weight, name=f"input of {self.name}")
+        return x @ self.weight.T
+
+    def dense(self) -> Tensor:
+        return self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: {self.out_features}x{self.in_features}"
+
+
+class Identity(LinearMap):
+    """`I_d`; no parameters."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        require_positive_int("features", features)
+        self.in_features = self.out_features = features
+        self.register_buffer("_ref", torch.empty(0), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def dense(self) -> Tensor:
+        ref: Tensor = self._ref
+        return torch.eye(self.in_features, dtype=ref.dtype, device=ref.device)
+
+    def spectral_norm(self) -> float:
+        return 1.0
+
+
+class Compose(LinearMap):
+    """`outer ∘ inner`: x -> outer(inner(x)); dense = outer.dense() @ inner.dense()."""
+
+    def __init__(self, outer: LinearMap, inner: LinearMap) -> None:
+        super().__init__()
+        if outer.in_features != inner.out_features:
+            raise ShapeError(
+                f"compose: outer.in_features={outer.in_features} but inner.out_features="
+                f"{inner.out_features}; expected them equal"
+            )
+        self.outer, self.inner = outer, inner
+        self.in_features, self.out_features = inner.in_features, outer.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.outer(self.inner(x))
+        return out
+
+    def dense(self) -> Tensor:
+        return self.outer.dense() @ self.inner.dense()
+
+    def factors(self) -> list[LinearMap]:
+        return self.inner.factors() + self.outer.factors()
+
+
+class BlockDiagonal(LinearMap):
+    """`diag(K_1, ..., K_E)`, blocks `K_i: out_block x in_block`, stored as one (E, out_block, in_block) tensor.
+
+    x (..., E*in_block) -> view (..., E, in_block) -> per-block matmul -> (..., E*out_block).
+    """
+
+    def __init__(
+        self,
+        num_blocks: int,
+        out_block: int,
+        in_block: int,
+        init: Init = "kaiming_uniform",
+        *,
+        name: str = "K",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        require_positive_int(f"{name}.num_blocks", num_blocks)
+        require_positive_int(f"{name}.out_block", out_block)
+        require_positive_int(f"{name}.in_block", in_block)
+        self.name = name
+        self.num_blocks, self.out_block, self.in_block = num_blocks, out_block, in_block
+        self.in_features, self.out_features = num_blocks * in_block, num_blocks * out_block
+        self.weight = nn.Parameter(torch.empty(num_blocks, out_block, in_block, dtype=dtype, device=device))
+        for i in range(num_blocks):  # init only; forward passes never loop over blocks
+            init_tensor_(self.weight.data[i], init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.in_features, self.weight, name=f"input of {self.name}")
+        xb = x.unflatten(-1, (self.num_blocks, self.in_block))  # (..., E, in_block)
+        yb = torch.einsum("...ei,eoi->...eo", xb, self.weight)  # (..., E, out_block)
+        return yb.flatten(-2)
+
+    def dense(self) -> Tensor:
+        return torch.block_diag(*self.weight.unbind(0))
+
+    def spectral_norm(self) -> float:
+        return float(torch.linalg.matrix_norm(self.weight.detach(), ord=2).max())
+
+
+class KronIdentity(LinearMap):
+    """`T ⊗ I_d` for a square `T: E x E` (the talking module): head i of the output is Σ_j T_ij h_j.
+
+    x (..., E*d) -> view (..., E, d) -> (..., E, d) mixed across heads -> (..., E*d).
+    ‖T ⊗ I_d‖₂ = ‖T‖₂.
+    """
+
+    def __init__(self, talk: Dense, head_dim: int) -> None:
+        super().__init__()
+        if talk.in_features != talk.out_features:
+            raise ShapeError(f"talk.shape={talk.shape}: expected a square E x E matrix")
+        require_positive_int("head_dim", head_dim)
+        self.talk, self.head_dim = talk, head_dim
+        self.num_heads = talk.in_features
+        self.in_features = self.out_features = self.num_heads * head_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.in_features, self.talk.weight, name="input of T⊗I")
+        heads = x.unflatten(-1, (self.num_heads, self.head_dim))  # (..., E, d)
+        return torch.einsum("ij,...jd->...id", self.talk.weight, heads).flatten(-2)
+
+    def dense(self) -> Tensor:
+        eye = torch.eye(self.head_dim, dtype=self.talk.weight.dtype, device=self.talk.weight.device)
+        return torch.kron(self.talk.weight, eye)
+
+    def spectral_norm(self) -> float:
+        return self.talk.spectral_norm()
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """Contiguous split of a rank-r vector into E heads of size r/E: `h = [h_1; ...; h_E]`."""
+
+    num_heads: int
+    head_dim: int
+
+    @property
+    def total(self) -> int:
+        return self.num_heads * self.head_dim
+
+    def split(self, h: Tensor) -> Tensor:
+        """(..., E*d) -> (..., E, d)."""
+        if h.shape[-1] != self.total:
+            raise ShapeError(f"h.shape={tuple(h.shape)}: expected (..., {self.total}) to split into heads")
+        return h.unflatten(-1, (self.num_heads, self.head_dim))
+
+    def concat(self, heads: Tensor) -> Tensor:
+        """(..., E, d) -> (..., E*d)."""
+        if tuple(heads.shape[-2:]) != (self.num_heads, self.head_dim):
+            raise ShapeError(
+                f"heads.shape={tuple(heads.shape)}: expected (..., {self.num_heads}, {self.head_dim})"
+            )
+        return heads.flatten(-2)
+
+    def rows(self, W: Tensor, i: int) -> Tensor:
+        """Block i of rows of W (E*d, ...) -> (d, ...)."""
+        return W[i * self.head_dim : (i + 1) * self.head_dim]
+
+    def cols(self, W: Tensor, i: int) -> Tensor:
+        """Block i of columns of W (..., E*d) -> (..., d)."""
+        return W[..., i * self.head_dim : (i + 1) * self.head_dim]
+
+
+class SoftmaxRouter(nn.Module):
+    """`g(z) = softmax(W z)` over E experts; with `top_k`, keep the k largest and renormalise them to sum 1.
+
+    Renormalising the k kept softmax weights equals a softmax over the k kept logits, which is how it is
+    computed. The router reads `z`, whatever the architecture feeds it (x itself, or a latent).
+    """
+
+    def __init__(self, logits: LinearMap, top_k: int | None = None) -> None:
+        super().__init__()
+        E = logits.out_features
+        if top_k is not None:
+            require_positive_int("top_k", top_k)
+            if top_k > E:
+                raise ConfigError(f"top_k={top_k}: expected 1 <= top_k <= num_experts={E}")
+        self.logits, self.top_k = logits, top_k
+        self.num_experts = E
+
+    def forward(self, z: Tensor) -> Tensor:
+        s = self.logits(z)  # (..., E)
+        if self.top_k is None or self.top_k == self.num_experts:
+            return torch.softmax(s, dim=-1)
+        kth = torch.topk(s, self.top_k, dim=-1).values[..., -1:]
+        masked = s.masked_fill(s < kth, float("-inf"))
+        return torch.softmax(masked, dim=-1)
+
+
+def init_tensor_(t: Tensor, init: Init) -> None:
+    """In-place initialisation by name."""
+    with torch.no_grad():
+        if init == "kaiming_uniform":
+            nn.init.kaiming_uniform_(t, a=math.sqrt(5))
+        elif init == "zeros":
+            nn.init.zeros_(t)
+        elif init == "normal":
+            nn.init.normal_(t, std=1.0 / math.sqrt(t.shape[-1]))
+        elif init == "identity":
+            if t.dim() != 2 or t.shape[0] != t.shape[1]:
+                raise ConfigError(f"init='identity' on shape {tuple(t.shape)}: expected a square matrix")
+            t.copy_(torch.eye(t.shape[0], dtype=t.dtype, device=t.device))
+        else:
+            raise ConfigError(
+                f"init={init!r}: expected one of 'kaiming_uniform', 'zeros', 'normal', 'identity'"
+            )
+
+
+def chain(*maps: LinearMap) -> LinearMap:
+    """`chain(m1, m2, m3)` = m3 ∘ m2 ∘ m1 (applied left to right)."""
+    if not maps:
+        raise ConfigError("chain(): expected at least one map")
+    out = maps[0]
+    for m in maps[1:]:
+        out = Compose(m, out)
+    return out
+
+
+def stack_dense(matrices: Sequence[Tensor]) -> Tensor:
+    """Row-stack matrices (each (p_i, q)) into one (Σp_i, q) matrix, checking the column counts."""
+    q = {int(M.shape[-1]) for M in matrices}
+    if len(q) != 1:
+        raise ShapeError(f"stack_dense: column counts {sorted(q)}; expected all equal")
+    return torch.cat(list(matrices), dim=0)

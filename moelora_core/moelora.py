@@ -1,0 +1,110 @@
+"""MoELoRA (MoLoRA): E LoRA experts mixed by a softmax router.
+
+    Δ(x) = s · Σ_i g_i(x) B_i A_i x,     A_i: r_e x n,  B_i: m x r_e
+
+Input router (MoLoRA):  g(x) = softmax(W_g x),  W_g: E x n.        Params E·r_e(n+m) + E·n.
+Latent router:          g(x) = softmax(W_r h),  h = [A_1 x; ...; A_E x] ∈ R^r (r = E·r_e),
+                        W_r: E x r.                                 Params E·r_e(n+m) + E·r.
+Top-k: keep the k largest g_i and renormalise them to sum 1 (MoLA style).
+
+Storage: the A_i are the row blocks of one `A: r x n`, the B_i the column blocks of one `B: m x r`, so
+the forward pass is two matmuls and a per-head scaling, with no loop over experts:
+    Δ(x) = s · B ((g ⊗ 1_{r_e}) ⊙ A x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import sympy as sp
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import symbols as S
+from .adapter import Adapter, weighted_heads
+from .errors import ConfigError, require_finite_float, require_positive_int
+from .maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
+
+RouterKind = Literal["input", "latent"]
+
+
+@dataclass(frozen=True)
+class MoELoRAConfig:
+    in_features: int  # n
+    out_features: int  # m
+    num_experts: int  # E
+    expert_rank: int  # r_e
+    router: RouterKind = "input"
+    top_k: int | None = None  # None: soft routing over all E
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        require_positive_int("in_features", self.in_features)
+        require_positive_int("out_features", self.out_features)
+        require_positive_int("num_experts", self.num_experts)
+        require_positive_int("expert_rank", self.expert_rank)
+        if self.router not in ("input", "latent"):
+            raise ConfigError(f"router={self.router!r}: expected 'input' or 'latent'")
+        if self.top_k is not None:
+            require_positive_int("top_k", self.top_k)
+            if self.top_k > self.num_experts:
+                raise ConfigError(f"top_k={self.top_k}: expected 1 <= top_k <= num_experts={self.num_experts}")
+        require_finite_float("scale", self.scale)
+
+    @property
+    def rank(self) -> int:
+        """Total rank r = E·r_e."""
+        return self.num_experts * self.expert_rank
+
+
+class MoELoRA(Adapter):
+    family: ClassVar[str] = "moelora"
+
+    def __init__(
+        self, config: MoELoRAConfig, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> None:
+        super().__init__()
+        c = self.config = config
+        E, r = c.num_experts, c.rank
+        self.heads = HeadLayout(E, c.expert_rank)
+        self.A = Dense(r, c.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device)  # [A_1; ...; A_E]
+        self.B = Dense(c.out_features, r, "zeros", name="B", dtype=dtype, device=device)  # [B_1 ... B_E]
+        reads = c.in_features if c.router == "input" else r
+        W = Dense(E, reads, "kaiming_uniform", name="W_g" if c.router == "input" else "W_r", dtype=dtype, device=device)
+        self.router = SoftmaxRouter(W, c.top_k)
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_experts
+
+    def expert_A(self, i: int) -> Tensor:
+        return self.heads.rows(self.A.weight, i)  # (r_e, n)
+
+    def expert_B(self, i: int) -> Tensor:
+        return self.heads.cols(self.B.weight, i)  # (m, r_e)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        assert self.router is not None
+        h = F.linear(x, self.A.weight)  # (..., r)
+        g = self.router(x if self.config.router == "input" else h)  # (..., E)
+        return self.config.scale * F.linear(weighted_heads(h, g, self.config.expert_rank), self.B.weight)
+
+    def router_input_map(self) -> LinearMap:
+        return Identity(self.in_features).to(self.A.weight) if self.config.router == "input" else self.A
+
+    def expert_matrices(self) -> Tensor:
+        c = self.config
+        Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
+        Ah = self.A.weight.unflatten(0, (c.num_experts, c.expert_rank))  # (E, r_e, n)
+        return c.scale * torch.einsum("mei,ein->emn", Bh, Ah)  # (E, m, n)
+
+    def param_formula(self) -> sp.Expr:
+        router = S.E * S.n if self.config.router == "input" else S.E * (S.E * S.r_e)
+        return S.E * S.r_e * (S.n + S.m) + router
+
+    def param_subs(self) -> dict[sp.Symbol, int]:
+        c = self.config
+        return {S.n: c.in_features, S.m: c.out_features, S.E: c.num_experts, S.r_e: c.expert_rank}

@@ -1,0 +1,137 @@
+"""Reductions as constructive embeddings: each function takes an instance and returns an instance of the
+target architecture whose parameters are set so that the two compute the same Δ (and, where both route,
+the same routing weights). Preconditions that do not hold raise ReductionError.
+
+Embedding formulas (blocks: A_(i) = i-th row block of A, B_i = i-th column block of B):
+
+* TalkLoRA -> latent-router MoELoRA (any T):   A_i = A_(i),  B_i' = B_i K_i,  W_r' = W_r (T ⊗ I).
+  With T = I this is W_r' = W_r: "TalkLoRA with identity talking is MoELoRA" (SPEC claim 1), and for
+  any T it is the absorption of the talking module into the router (claim 2).
+* TalkLoRA -> latent-router MoELoRA, as SPEC claim 1 states it: A_i = K_i A_(i), B_i, W_r unchanged.
+  This is exact only when every K_i = I: the router of that MoELoRA reads K A x, TalkLoRA's reads A x.
+  Kept as `talklora_to_moelora_as_stated` so the suite can show where it fails.
+* TalkLoRA -> input-router MoELoRA (any T):    A_i = A_(i),  B_i' = B_i K_i,  W_g = W_r (T ⊗ I) A.
+* CoMoL -> latent-router MoELoRA (core router): r_e = r, A_i = A, B_i = B M_i, W_r' = [W_c 0 ... 0].
+  CoMoL w/o core routing -> input-router MoELoRA with W_g unchanged.
+* CoMoL with N = 1, or all cores equal -> LoRA:  A, B' = B M_1.
+* MoELoRA with E = 1, or identical experts -> LoRA:  A_1, B_1.
+* HydraLoRA with equal heads -> LoRA:  A, B_1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .adapter import Adapter
+from .comol import CoMoL
+from .errors import ReductionError
+from .hydralora import HydraLoRA, HydraLoRAConfig
+from .lora import LoRA, LoRAConfig
+from .moelora import MoELoRA, MoELoRAConfig
+from .talklora import TalkLoRA
+
+
+def _router_weight(a: Adapter) -> Tensor:
+    """The router's logit matrix W (a Parameter, writable in place)."""
+    if a.router is None:
+        raise ReductionError(f"{type(a).__name__} has no router")
+    return a.router.logits.dense()
+
+
+def _blocks_equal(blocks: Tensor, name: str, atol: float) -> None:
+    """blocks: (E, ...); raise ReductionError unless all equal block 0 within atol."""
+    diff = float((blocks - blocks[:1]).abs().max()) if blocks.shape[0] > 1 else 0.0
+    if diff > atol:
+        raise ReductionError(f"{name}: max |block_i - block_1| = {diff:.3e}; expected all equal (atol={atol:g})")
+
+
+@torch.no_grad()
+def talklora_to_moelora(t: TalkLoRA) -> MoELoRA:
+    """TalkLoRA (any T) as a latent-router MoELoRA: A_i = A_(i), B_i' = B_i K_i, W_r' = W_r (T ⊗ I)."""
+    c = t.config
+    cfg = MoELoRAConfig(c.in_features, c.out_features, c.num_experts, c.head_dim, "latent", c.top_k, c.scale)
+    out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
+    out.A.weight.copy_(t.A.weight)
+    BK = torch.einsum("mei,eij->mej", t.B.weight.unflatten(1, (c.num_experts, c.head_dim)), t.K.weight)
+    out.B.weight.copy_(BK.flatten(1))
+    _router_weight(out).copy_(_router_weight(t) @ t.talk.dense())
+    return out
+
+
+@torch.no_grad()
+def talklora_to_moelora_as_stated(t: TalkLoRA) -> MoELoRA:
+    """SPEC claim 1 literally: A_i = K_i A_(i), same B_i, W_r unchanged. Exact iff T = I and every K_i = I."""
+    c = t.config
+    cfg = MoELoRAConfig(c.in_features, c.out_features, c.num_experts, c.head_dim, "latent", c.top_k, c.scale)
+    out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
+    out.A.weight.copy_(t.K(t.A.weight.T).T)  # rows block i = K_i A_(i)
+    out.B.weight.copy_(t.B.weight)
+    _router_weight(out).copy_(_router_weight(t))
+    return out
+
+
+@torch.no_grad()
+def talklora_to_input_moelora(t: TalkLoRA) -> MoELoRA:
+    """TalkLoRA (any T) as an input-router MoELoRA of the same total rank: W_g = W_r (T ⊗ I) A."""
+    m = talklora_to_moelora(t)
+    c = m.config
+    cfg = MoELoRAConfig(c.in_features, c.out_features, c.num_experts, c.expert_rank, "input", c.top_k, c.scale)
+    out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
+    out.A.weight.copy_(m.A.weight)
+    out.B.weight.copy_(m.B.weight)
+    logit_map = t.router_logit_map()
+    assert logit_map is not None
+    _router_weight(out).copy_(logit_map.dense())
+    return out
+
+
+@torch.no_grad()
+def comol_to_moelora(c_: CoMoL) -> MoELoRA:
+    """CoMoL as a MoELoRA with N experts of rank r: A_i = A, B_i = B M_i; router W_c (latent) or W_g (input)."""
+    c = c_.config
+    N, r = c.num_cores, c.rank
+    kind = "latent" if c.core_router else "input"
+    cfg = MoELoRAConfig(c.in_features, c.out_features, N, r, kind, c.top_k, c.scale)  # type: ignore[arg-type]
+    out = MoELoRA(cfg, dtype=c_.A.weight.dtype, device=c_.A.weight.device)
+    out.A.weight.copy_(c_.A.weight.repeat(N, 1))  # [A; A; ...; A]
+    out.B.weight.copy_(torch.einsum("mi,nij->mnj", c_.B.weight, c_.cores).flatten(1))  # [B M_1 ... B M_N]
+    W = _router_weight(c_)
+    target = _router_weight(out)
+    target.zero_()
+    target[:, : W.shape[1]].copy_(W)  # latent: [W_c 0 ... 0] reads the first copy of A x
+    return out
+
+
+@torch.no_grad()
+def comol_to_lora(c_: CoMoL, atol: float = 0.0) -> LoRA:
+    """CoMoL with N = 1 or all cores equal (within atol) as LoRA: A, B' = B M_1."""
+    c = c_.config
+    _blocks_equal(c_.cores, "CoMoL cores M_i", atol)
+    out = LoRA(LoRAConfig(c.in_features, c.out_features, c.rank, c.scale), dtype=c_.A.weight.dtype, device=c_.A.weight.device)
+    out.A.weight.copy_(c_.A.weight)
+    out.B.weight.copy_(c_.B.weight @ c_.cores[0])
+    return out
+
+
+@torch.no_grad()
+def moelora_to_lora(mo: MoELoRA, atol: float = 0.0) -> LoRA:
+    """MoELoRA with E = 1 or identical experts (within atol) as LoRA of rank r_e: A_1, B_1."""
+    c = mo.config
+    _blocks_equal(mo.A.weight.unflatten(0, (c.num_experts, c.expert_rank)), "MoELoRA expert A_i", atol)
+    _blocks_equal(mo.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1), "MoELoRA expert B_i", atol)
+    out = LoRA(LoRAConfig(c.in_features, c.out_features, c.expert_rank, c.scale), dtype=mo.A.weight.dtype, device=mo.A.weight.device)
+    out.A.weight.copy_(mo.expert_A(0))
+    out.B.weight.copy_(mo.expert_B(0))
+    return out
+
+
+@torch.no_grad()
+def hydralora_to_lora(hy: HydraLoRA, atol: float = 0.0) -> LoRA:
+    """HydraLoRA with equal heads (within atol) as LoRA: A, B_1."""
+    c: HydraLoRAConfig = hy.config
+    _blocks_equal(hy.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1), "HydraLoRA heads B_i", atol)
+    out = LoRA(LoRAConfig(c.in_features, c.out_features, c.expert_rank, c.scale), dtype=hy.A.weight.dtype, device=hy.A.weight.device)
+    out.A.weight.copy_(hy.A.weight)
+    out.B.weight.copy_(hy.expert_B(0))
+    return out

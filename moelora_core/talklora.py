@@ -1,0 +1,137 @@
+"""TalkLoRA: a shared down-projection split into E heads, per-head experts, and a talking module that
+mixes the heads for the router only.
+
+    h   = A x ∈ R^r,  A: r x n,  heads h_i ∈ R^{r/E} (contiguous blocks; r divisible by E)
+    h̃   = (T ⊗ I_{r/E}) h,  i.e. h̃_i = Σ_j T_ij h_j,   T: E x E   (talking module)
+    g   = softmax(W_r h̃),  W_r: E x r
+    Δ(x) = s · Σ_i g_i B_i K_i h_i,  K_i: (r/E) x (r/E),  B_i: m x (r/E)   (experts see un-talked heads)
+
+Per layer params `r·n + r²/E + E² + E·r + r·m`; with `share_b` the `B_i` are shared by every layer of
+one module type (as in the reference code) and `r·m` is counted once per module type, not per layer.
+The reference code initialises T with kaiming-uniform (not identity) and does not constrain it; it has
+no α/r scaling (s = 1).
+
+Storage: K is one block-diagonal map diag(K_1..K_E), B one `m x r` matrix [B_1 ... B_E], so
+    Δ(x) = s · B ((g ⊗ 1_{r/E}) ⊙ K A x)     with no loop over experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import sympy as sp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import symbols as S
+from .adapter import Adapter, weighted_heads
+from .errors import ConfigError, ShapeError, require_finite_float, require_positive_int
+from .maps import BlockDiagonal, Dense, HeadLayout, Init, KronIdentity, LinearMap, SoftmaxRouter
+
+
+@dataclass(frozen=True)
+class TalkLoRAConfig:
+    in_features: int  # n
+    out_features: int  # m
+    rank: int  # r (total; r/E per head)
+    num_experts: int = 4  # E (hard-coded 4 in the reference code)
+    top_k: int | None = None
+    scale: float = 1.0  # the reference code has none
+    share_b: bool = False  # B_i shared across the layers of one module type
+    talk_init: Init = "kaiming_uniform"  # the reference's init; "identity" gives T = I
+
+    def __post_init__(self) -> None:
+        require_positive_int("in_features", self.in_features)
+        require_positive_int("out_features", self.out_features)
+        require_positive_int("rank", self.rank)
+        require_positive_int("num_experts", self.num_experts)
+        if self.rank % self.num_experts != 0:
+            raise ConfigError(
+                f"rank={self.rank}: expected a multiple of num_experts={self.num_experts} "
+                "(the rank is split into E equal heads)"
+            )
+        if self.top_k is not None:
+            require_positive_int("top_k", self.top_k)
+            if self.top_k > self.num_experts:
+                raise ConfigError(f"top_k={self.top_k}: expected 1 <= top_k <= num_experts={self.num_experts}")
+        require_finite_float("scale", self.scale)
+
+    @property
+    def head_dim(self) -> int:
+        return self.rank // self.num_experts
+
+
+class TalkLoRA(Adapter):
+    family: ClassVar[str] = "talklora"
+
+    def __init__(
+        self,
+        config: TalkLoRAConfig,
+        *,
+        b: Dense | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        c = self.config = config
+        E, r, d = c.num_experts, c.rank, c.head_dim
+        self.heads = HeadLayout(E, d)
+        self.A = Dense(r, c.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device)  # r x n
+        self.K = BlockDiagonal(E, d, d, "kaiming_uniform", name="K", dtype=dtype, device=device)  # diag(K_i)
+        self.T = Dense(E, E, c.talk_init, name="T", dtype=dtype, device=device)  # talking module
+        self.talk = KronIdentity(self.T, d)  # T ⊗ I_d
+        self.router = SoftmaxRouter(Dense(E, r, "kaiming_uniform", name="W_r", dtype=dtype, device=device), c.top_k)
+        if c.share_b:
+            if b is None:
+                raise ConfigError("b=None with share_b=True: expected the shared B, from TalkLoRA.shared_b(config)")
+            if b.shape != (c.out_features, r):
+                raise ShapeError(f"b.shape={b.shape}: expected ({c.out_features}, {r}) = (out_features, rank)")
+            self.B = b
+        else:
+            if b is not None:
+                raise ConfigError("b given with share_b=False: expected share_b=True to share B across layers")
+            self.B = Dense(c.out_features, r, "zeros", name="B", dtype=dtype, device=device)  # [B_1 ... B_E]
+
+    @staticmethod
+    def shared_b(
+        config: TalkLoRAConfig, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> Dense:
+        """The B = [B_1 ... B_E] (m x r) that layers of one module type share."""
+        return Dense(config.out_features, config.rank, "zeros", name="B", dtype=dtype, device=device)
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_experts
+
+    def expert_B(self, i: int) -> Tensor:
+        return self.heads.cols(self.B.weight, i)  # (m, r/E)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        assert self.router is not None
+        h = F.linear(x, self.A.weight)  # (..., r)
+        k = self.K(h)  # (..., r): heads K_i h_i
+        g = self.router(self.talk(h))  # (..., E) from the talked heads
+        return self.config.scale * F.linear(weighted_heads(k, g, self.config.head_dim), self.B.weight)
+
+    def router_input_map(self) -> LinearMap:
+        return self.talk @ self.A  # x -> (T ⊗ I) A x
+
+    def expert_matrices(self) -> Tensor:
+        c = self.config
+        KA = self.K(self.A.weight.T).T  # (r, n): rows block i = K_i A_(i)
+        Bh = self.B.weight.unflatten(1, (c.num_experts, c.head_dim))  # (m, E, d)
+        return c.scale * torch.einsum("mei,ein->emn", Bh, KA.unflatten(0, (c.num_experts, c.head_dim)))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [self.B.weight] if self.config.share_b else []
+
+    def param_formula(self) -> sp.Expr:
+        per_layer = S.r * S.n + S.r**2 / S.E + S.E**2 + S.E * S.r
+        return per_layer if self.config.share_b else per_layer + S.r * S.m
+
+    def param_subs(self) -> dict[sp.Symbol, int]:
+        c = self.config
+        return {S.n: c.in_features, S.m: c.out_features, S.r: c.rank, S.E: c.num_experts}
