@@ -1,0 +1,394 @@
+"""Model-level injection: wrap matching linear layers of any torch / transformers model with an adapter.
+
+Each matched layer becomes `AdaptedLinear`, computing
+
+    y = W0 x + b0 + Δ(x)        (W0, b0 frozen; Δ one of the five architectures of `moelora_core`)
+
+The *module type* of a layer is the target suffix it matched (e.g. "q_proj"); layers of one type may
+share parameters across depth: TalkLoRA's `B = [B_1 ... B_E]` (`shared_b`, as in the TalkLoRA reference
+code) and CoMoL's `(A, B)` (`shared_ab`). With sharing, shapes within a type must agree (under GQA
+`k_proj` differs from `q_proj`, which is fine: they are different types; GPT-2's attention and MLP
+`c_proj` differ, which is not: target them by regex as different types).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import sympy as sp
+import torch
+from torch import Tensor, nn
+
+from moelora_core import symbols as S
+from moelora_core.adapter import Adapter
+from moelora_core.comol import CoMoL, CoMoLConfig
+from moelora_core.errors import ConfigError, ShapeError
+from moelora_core.hydralora import HydraLoRA, HydraLoRAConfig
+from moelora_core.lora import LoRA, LoRAConfig
+from moelora_core.maps import Dense
+from moelora_core.moelora import MoELoRA, MoELoRAConfig, RouterKind
+from moelora_core.registry import ARCHITECTURES
+from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
+
+__all__ = [
+    "AdaptedLinear",
+    "AdapterSpec",
+    "TrainableReport",
+    "adapted_layers",
+    "build_adapter",
+    "inject_adapters",
+    "linear_features",
+    "remove_adapters",
+    "trainable_report",
+]
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Which architecture to inject where, with its hyper-parameters. JSON-serialisable."""
+
+    arch: str  # "lora" | "moelora" | "hydralora" | "talklora" | "comol"
+    targets: tuple[str, ...] = ()  # module-name suffixes, e.g. ("q_proj", "v_proj")
+    target_regex: str | None = None  # or one regex, full-matched against qualified module names
+    rank: int = 8  # total rank r (LoRA, TalkLoRA, CoMoL)
+    experts: int = 4  # E (MoELoRA, HydraLoRA, TalkLoRA) or N (CoMoL)
+    expert_rank: int | None = None  # r_e of the MoE baselines; default rank // experts
+    router: str = "input"  # MoELoRA: "input" | "latent"
+    top_k: int | None = None
+    core_router: bool = True  # CoMoL
+    shared_b: bool = False  # TalkLoRA: B shared by the layers of one module type
+    shared_ab: bool = False  # CoMoL: A, B shared by the layers of one module type
+    scale: float = 1.0  # s = alpha / r
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"arch={self.arch!r}: expected one of {sorted(ARCHITECTURES)}")
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if not all(isinstance(t, str) and t for t in self.targets):
+            raise ConfigError(f"targets={self.targets!r}: expected non-empty module-name suffixes")
+        if bool(self.targets) == (self.target_regex is not None):
+            raise ConfigError(
+                f"targets={self.targets!r}, target_regex={self.target_regex!r}: "
+                "expected exactly one of them (suffixes or one regex)"
+            )
+        if self.target_regex is not None:
+            try:
+                re.compile(self.target_regex)
+            except re.error as e:
+                raise ConfigError(
+                    f"target_regex={self.target_regex!r}: not a valid regex ({e})"
+                ) from None
+        if self.router not in ("input", "latent"):
+            raise ConfigError(f"router={self.router!r}: expected 'input' or 'latent'")
+        if self.shared_b and self.arch != "talklora":
+            raise ConfigError(f"shared_b=True with arch={self.arch!r}: expected arch='talklora'")
+        if self.shared_ab and self.arch != "comol":
+            raise ConfigError(f"shared_ab=True with arch={self.arch!r}: expected arch='comol'")
+        if self.arch in ("moelora", "hydralora") and self.resolved_expert_rank < 1:
+            raise ConfigError(
+                f"expert_rank={self.expert_rank!r} (rank={self.rank}, experts={self.experts}): "
+                "expected a per-expert rank >= 1 (set expert_rank, or rank >= experts)"
+            )
+
+    @property
+    def resolved_expert_rank(self) -> int:
+        """r_e: `expert_rank` if given, else rank // experts."""
+        return (
+            self.expert_rank if self.expert_rank is not None else self.rank // max(1, self.experts)
+        )
+
+    def matches(self, name: str) -> str | None:
+        """The module type `name` matches (the target suffix, or the regex match's last name part)."""
+        if self.target_regex is not None:
+            return name.rsplit(".", 1)[-1] if re.fullmatch(self.target_regex, name) else None
+        for t in self.targets:
+            if name == t or name.endswith("." + t):
+                return t
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AdapterSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(
+                f"adapter spec keys {unknown}: not recognised; expected a subset of {sorted(known)}"
+            )
+        kw = dict(d)
+        if "targets" in kw:
+            kw["targets"] = tuple(kw["targets"])
+        return cls(**kw)
+
+
+def linear_features(module: nn.Module) -> tuple[int, int] | None:
+    """(in_features, out_features) of an nn.Linear or a transformers Conv1D (weight in x out); else None."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        w = module.weight
+        assert isinstance(w, Tensor)
+        return int(w.shape[0]), int(w.shape[1])
+    return None
+
+
+class AdaptedLinear(nn.Module):
+    """`y = base(x) + Δ(x)`: a frozen linear layer plus an adapter; the output keeps the base's dtype."""
+
+    def __init__(
+        self, base: nn.Module, adapter: Adapter, name: str, module_type: str, spec: AdapterSpec
+    ):
+        super().__init__()
+        feats = linear_features(base)
+        if feats is None:
+            raise ConfigError(f"{name}: {type(base).__name__} is not an nn.Linear or Conv1D")
+        if feats != (adapter.in_features, adapter.out_features):
+            raise ShapeError(
+                f"{name}: base is {feats[0]}->{feats[1]} but adapter is "
+                f"{adapter.in_features}->{adapter.out_features}; expected equal"
+            )
+        self.base, self.adapter = base, adapter
+        self.name, self.module_type, self.spec = name, module_type, spec
+
+    @property
+    def in_features(self) -> int:
+        return self.adapter.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.adapter.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        y: Tensor = self.base(x)  # (..., m)
+        a = self.adapter.reference
+        d: Tensor = self.adapter(x.to(dtype=a.dtype, device=a.device))  # (..., m)
+        return y + d.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, type={self.module_type!r}, arch={self.spec.arch!r}"
+
+
+Shared = Dense | tuple[Dense, Dense]
+
+
+def build_adapter(
+    spec: AdapterSpec,
+    in_features: int,
+    out_features: int,
+    *,
+    shared: Shared | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Adapter:
+    """One adapter for an `in_features -> out_features` layer; `shared` is the module type's shared part."""
+    n, m = in_features, out_features
+    if spec.arch == "lora":
+        return LoRA(LoRAConfig(n, m, spec.rank, spec.scale), dtype=dtype, device=device)
+    if spec.arch == "moelora":
+        router: RouterKind = "latent" if spec.router == "latent" else "input"
+        mc = MoELoRAConfig(
+            n, m, spec.experts, spec.resolved_expert_rank, router, spec.top_k, spec.scale
+        )
+        return MoELoRA(mc, dtype=dtype, device=device)
+    if spec.arch == "hydralora":
+        hc = HydraLoRAConfig(n, m, spec.experts, spec.resolved_expert_rank, spec.top_k, spec.scale)
+        return HydraLoRA(hc, dtype=dtype, device=device)
+    if spec.arch == "talklora":
+        tc = TalkLoRAConfig(
+            n, m, spec.rank, spec.experts, spec.top_k, spec.scale, share_b=spec.shared_b
+        )
+        b = shared if isinstance(shared, Dense) else None
+        if spec.shared_b and b is None:
+            b = TalkLoRA.shared_b(tc, dtype=dtype, device=device)
+        return TalkLoRA(tc, b=b, dtype=dtype, device=device)
+    if spec.arch == "comol":
+        cc = CoMoLConfig(
+            n, m, spec.rank, spec.experts, spec.core_router, spec.top_k, spec.scale, spec.shared_ab
+        )
+        ab = shared if isinstance(shared, tuple) else None
+        if spec.shared_ab and ab is None:
+            ab = CoMoL.shared_ab(cc, dtype=dtype, device=device)
+        return CoMoL(cc, ab=ab, dtype=dtype, device=device)
+    raise ConfigError(f"arch={spec.arch!r}: expected one of {sorted(ARCHITECTURES)}")
+
+
+def _shared_part(adapter: Adapter) -> Shared | None:
+    if isinstance(adapter, TalkLoRA) and adapter.config.share_b:
+        return adapter.B
+    if isinstance(adapter, CoMoL) and adapter.config.share_ab:
+        return (adapter.A, adapter.B)
+    return None
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, module)
+
+
+def _available(model: nn.Module) -> str:
+    names = [n for n, mod in model.named_modules() if n and linear_features(mod) is not None]
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    return f"available linear-layer suffixes: {leaves} ({len(names)} layers, e.g. {names[:6]})"
+
+
+def inject_adapters(
+    model: nn.Module,
+    spec: AdapterSpec,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, AdaptedLinear]:
+    """Freeze every parameter of `model`, wrap every matching linear layer, return {name: AdaptedLinear}.
+
+    `dtype` / `device` of the adapters default to those of each base layer's weight. Raises ConfigError
+    (listing the available linear layers) if a target matches nothing, or if the model has adapters.
+    """
+    if adapted_layers(model):
+        raise ConfigError(
+            "model already has adapters: expected a model without AdaptedLinear layers"
+        )
+    matches: list[tuple[str, str, nn.Module]] = []
+    for name, mod in model.named_modules():
+        if name and linear_features(mod) is not None:
+            t = spec.matches(name)
+            if t is not None:
+                matches.append((name, t, mod))
+    if not matches:
+        raise ConfigError(
+            f"targets={list(spec.targets) or spec.target_regex!r} match no layer; {_available(model)}"
+        )
+    unmatched = [t for t in spec.targets if all(t != mt for _, mt, _ in matches)]
+    if unmatched:
+        raise ConfigError(f"targets {unmatched} match no layer; {_available(model)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    shapes: dict[str, tuple[int, int]] = {}
+    shared: dict[str, Shared | None] = {}
+    out: dict[str, AdaptedLinear] = {}
+    for name, mtype, base in matches:
+        feats = linear_features(base)
+        assert feats is not None
+        if (spec.shared_b or spec.shared_ab) and shapes.setdefault(mtype, feats) != feats:
+            raise ShapeError(
+                f"{name}: shape {feats[0]}->{feats[1]} differs from {shapes[mtype][0]}->{shapes[mtype][1]} "
+                f"of earlier layers of type {mtype!r}; expected equal shapes within a module type "
+                "(needed to share parameters across layers)"
+            )
+        w = base.weight
+        assert isinstance(w, Tensor)
+        adapter = build_adapter(
+            spec,
+            *feats,
+            shared=shared.get(mtype),
+            dtype=dtype or w.dtype,
+            device=device or w.device,
+        )
+        shared.setdefault(mtype, _shared_part(adapter))
+        layer = AdaptedLinear(base, adapter, name, mtype, spec)
+        _set_submodule(model, name, layer)
+        out[name] = layer
+    return out
+
+
+def adapted_layers(model: nn.Module) -> dict[str, AdaptedLinear]:
+    """{qualified name of the replaced layer: AdaptedLinear}, in module order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLinear)}
+
+
+def remove_adapters(model: nn.Module) -> int:
+    """Put every base layer back in place of its AdaptedLinear; returns how many were removed.
+
+    Base parameters stay frozen (undo with `requires_grad_(True)` if needed).
+    """
+    layers = adapted_layers(model)
+    for name, layer in layers.items():
+        _set_submodule(model, name, layer.base)
+    return len(layers)
+
+
+def _shared_formula(adapter: Adapter) -> sp.Expr:
+    """Closed form of the parameters a module type shares once (not part of `param_formula`)."""
+    if isinstance(adapter, TalkLoRA) and adapter.config.share_b:
+        return S.r * S.m
+    if isinstance(adapter, CoMoL) and adapter.config.share_ab:
+        return S.r * (S.n + S.m)
+    return sp.Integer(0)
+
+
+@dataclass(frozen=True)
+class TrainableReport:
+    """Trainable parameters per module type and in total, against the base model's size.
+
+    `formula_total` is the closed form Σ_layers param_formula_value() + Σ_types shared part, which must
+    equal `adapter_trainable` (the counted, de-duplicated total).
+    """
+
+    per_type: dict[str, int] = field(default_factory=dict)  # counted adapter params per module type
+    layers_per_type: dict[str, int] = field(default_factory=dict)
+    formula_per_type: dict[str, int] = field(default_factory=dict)
+    adapter_trainable: int = 0
+    other_trainable: int = 0  # trainable parameters outside adapters (e.g. a task head)
+    base_params: int = 0  # every parameter outside adapters
+    formula_total: int = 0
+
+    @property
+    def total_trainable(self) -> int:
+        return self.adapter_trainable + self.other_trainable
+
+    @property
+    def share_percent(self) -> float:
+        """Trainable parameters as a percentage of the base model's."""
+        return 100.0 * self.total_trainable / self.base_params if self.base_params else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["total_trainable"] = self.total_trainable
+        d["share_percent"] = self.share_percent
+        return d
+
+
+def trainable_report(model: nn.Module) -> TrainableReport:
+    """Count trainable parameters (shared tensors once) per module type; compare with the closed form."""
+    layers = adapted_layers(model)
+    adapter_ids: set[int] = set()
+    per_type: dict[str, int] = {}
+    nlayers: dict[str, int] = {}
+    formula: dict[str, int] = {}
+    cache: dict[tuple[Any, ...], int] = {}
+    for layer in layers.values():
+        t, a = layer.module_type, layer.adapter
+        new = [p for p in a.parameters() if id(p) not in adapter_ids]
+        adapter_ids.update(id(p) for p in a.parameters())
+        per_type[t] = per_type.get(t, 0) + sum(p.numel() for p in new if p.requires_grad)
+        key = (type(a), a.config)
+        if key not in cache:
+            cache[key] = a.param_formula_value()
+        first = t not in nlayers
+        nlayers[t] = nlayers.get(t, 0) + 1
+        formula[t] = formula.get(t, 0) + cache[key]
+        if first:
+            formula[t] += int(_shared_formula(a).subs(a.param_subs()))
+    other = base = 0
+    seen: set[int] = set()
+    for p in model.parameters():
+        if id(p) in adapter_ids or id(p) in seen:
+            continue
+        seen.add(id(p))
+        base += p.numel()
+        other += p.numel() if p.requires_grad else 0
+    return TrainableReport(
+        per_type=per_type,
+        layers_per_type=nlayers,
+        formula_per_type=formula,
+        adapter_trainable=sum(per_type.values()),
+        other_trainable=other,
+        base_params=base,
+        formula_total=sum(formula.values()),
+    )
