@@ -141,5 +141,8 @@ def weighted_heads(h: Tensor, g: Tensor, head_dim: int) -> Tensor:
     """(g ⊗ 1_d) ⊙ h: scale head i of h (..., E*d) by g_i (..., E)."""
     E = g.shape[-1]
     if h.shape[-1] != E * head_dim:
-        raise ShapeError(f"h.shape={tuple(h.shape)}: expected (..., {E * head_dim}) for {E} heads of {head_dim}")
-    return (h.unflatten(-1, (E, head_dim)) * g.unsqueeze(-1)).flatten(-2)
+        raise ShapeError(
+            f"h.shape={tuple(h.shape)}: expected (..., {E * head_dim}) for {E} heads of {head_dim}"
+        )
+    out: Tensor = (h.unflatten(-1, (E, head_dim)) * g.unsqueeze(-1)).flatten(-2)
+    return out

@@ -69,15 +69,15 @@ def require_finite_float(name: str, value: object) -> None:
         raise ConfigError(f"{name}={value!r}: expected a finite real number")
 
 
-def check_input(
-    x: object, features: int, reference: torch.Tensor, name: str = "x"
-) -> torch.Tensor:
+def check_input(x: object, features: int, reference: torch.Tensor, name: str = "x") -> torch.Tensor:
     """Validate an input of shape (..., features) against a parameter tensor `reference`.
 
     Raises ShapeError, DTypeDeviceError or NonFiniteError with a message naming `name`.
     """
     if not isinstance(x, torch.Tensor):
-        raise ShapeError(f"{name}: expected a torch.Tensor of shape (..., {features}), got {type(x).__name__}")
+        raise ShapeError(
+            f"{name}: expected a torch.Tensor of shape (..., {features}), got {type(x).__name__}"
+        )
     if not _CHECKS_ENABLED:
         return x
     if x.dim() < 1 or x.shape[-1] != features:
@@ -94,5 +94,7 @@ def check_input(
         )
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
-        raise NonFiniteError(f"{name}: {bad} non-finite value(s) (NaN or inf); expected finite values")
+        raise NonFiniteError(
+            f"{name}: {bad} non-finite value(s) (NaN or inf); expected finite values"
+        )
     return x

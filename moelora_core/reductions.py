@@ -43,17 +43,23 @@ def _blocks_equal(blocks: Tensor, name: str, atol: float) -> None:
     """blocks: (E, ...); raise ReductionError unless all equal block 0 within atol."""
     diff = float((blocks - blocks[:1]).abs().max()) if blocks.shape[0] > 1 else 0.0
     if diff > atol:
-        raise ReductionError(f"{name}: max |block_i - block_1| = {diff:.3e}; expected all equal (atol={atol:g})")
+        raise ReductionError(
+            f"{name}: max |block_i - block_1| = {diff:.3e}; expected all equal (atol={atol:g})"
+        )
 
 
 @torch.no_grad()
 def talklora_to_moelora(t: TalkLoRA) -> MoELoRA:
     """TalkLoRA (any T) as a latent-router MoELoRA: A_i = A_(i), B_i' = B_i K_i, W_r' = W_r (T ⊗ I)."""
     c = t.config
-    cfg = MoELoRAConfig(c.in_features, c.out_features, c.num_experts, c.head_dim, "latent", c.top_k, c.scale)
+    cfg = MoELoRAConfig(
+        c.in_features, c.out_features, c.num_experts, c.head_dim, "latent", c.top_k, c.scale
+    )
     out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
     out.A.weight.copy_(t.A.weight)
-    BK = torch.einsum("mei,eij->mej", t.B.weight.unflatten(1, (c.num_experts, c.head_dim)), t.K.weight)
+    BK = torch.einsum(
+        "mei,eij->mej", t.B.weight.unflatten(1, (c.num_experts, c.head_dim)), t.K.weight
+    )
     out.B.weight.copy_(BK.flatten(1))
     _router_weight(out).copy_(_router_weight(t) @ t.talk.dense())
     return out
@@ -63,7 +69,9 @@ def talklora_to_moelora(t: TalkLoRA) -> MoELoRA:
 def talklora_to_moelora_as_stated(t: TalkLoRA) -> MoELoRA:
     """SPEC claim 1 literally: A_i = K_i A_(i), same B_i, W_r unchanged. Exact iff T = I and every K_i = I."""
     c = t.config
-    cfg = MoELoRAConfig(c.in_features, c.out_features, c.num_experts, c.head_dim, "latent", c.top_k, c.scale)
+    cfg = MoELoRAConfig(
+        c.in_features, c.out_features, c.num_experts, c.head_dim, "latent", c.top_k, c.scale
+    )
     out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
     out.A.weight.copy_(t.K(t.A.weight.T).T)  # rows block i = K_i A_(i)
     out.B.weight.copy_(t.B.weight)
@@ -76,7 +84,9 @@ def talklora_to_input_moelora(t: TalkLoRA) -> MoELoRA:
     """TalkLoRA (any T) as an input-router MoELoRA of the same total rank: W_g = W_r (T ⊗ I) A."""
     m = talklora_to_moelora(t)
     c = m.config
-    cfg = MoELoRAConfig(c.in_features, c.out_features, c.num_experts, c.expert_rank, "input", c.top_k, c.scale)
+    cfg = MoELoRAConfig(
+        c.in_features, c.out_features, c.num_experts, c.expert_rank, "input", c.top_k, c.scale
+    )
     out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
     out.A.weight.copy_(m.A.weight)
     out.B.weight.copy_(m.B.weight)
@@ -95,7 +105,9 @@ def comol_to_moelora(c_: CoMoL) -> MoELoRA:
     cfg = MoELoRAConfig(c.in_features, c.out_features, N, r, kind, c.top_k, c.scale)  # type: ignore[arg-type]
     out = MoELoRA(cfg, dtype=c_.A.weight.dtype, device=c_.A.weight.device)
     out.A.weight.copy_(c_.A.weight.repeat(N, 1))  # [A; A; ...; A]
-    out.B.weight.copy_(torch.einsum("mi,nij->mnj", c_.B.weight, c_.cores).flatten(1))  # [B M_1 ... B M_N]
+    out.B.weight.copy_(
+        torch.einsum("mi,nij->mnj", c_.B.weight, c_.cores).flatten(1)
+    )  # [B M_1 ... B M_N]
     W = _router_weight(c_)
     target = _router_weight(out)
     target.zero_()
@@ -108,7 +120,11 @@ def comol_to_lora(c_: CoMoL, atol: float = 0.0) -> LoRA:
     """CoMoL with N = 1 or all cores equal (within atol) as LoRA: A, B' = B M_1."""
     c = c_.config
     _blocks_equal(c_.cores, "CoMoL cores M_i", atol)
-    out = LoRA(LoRAConfig(c.in_features, c.out_features, c.rank, c.scale), dtype=c_.A.weight.dtype, device=c_.A.weight.device)
+    out = LoRA(
+        LoRAConfig(c.in_features, c.out_features, c.rank, c.scale),
+        dtype=c_.A.weight.dtype,
+        device=c_.A.weight.device,
+    )
     out.A.weight.copy_(c_.A.weight)
     out.B.weight.copy_(c_.B.weight @ c_.cores[0])
     return out
@@ -118,9 +134,19 @@ def comol_to_lora(c_: CoMoL, atol: float = 0.0) -> LoRA:
 def moelora_to_lora(mo: MoELoRA, atol: float = 0.0) -> LoRA:
     """MoELoRA with E = 1 or identical experts (within atol) as LoRA of rank r_e: A_1, B_1."""
     c = mo.config
-    _blocks_equal(mo.A.weight.unflatten(0, (c.num_experts, c.expert_rank)), "MoELoRA expert A_i", atol)
-    _blocks_equal(mo.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1), "MoELoRA expert B_i", atol)
-    out = LoRA(LoRAConfig(c.in_features, c.out_features, c.expert_rank, c.scale), dtype=mo.A.weight.dtype, device=mo.A.weight.device)
+    _blocks_equal(
+        mo.A.weight.unflatten(0, (c.num_experts, c.expert_rank)), "MoELoRA expert A_i", atol
+    )
+    _blocks_equal(
+        mo.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1),
+        "MoELoRA expert B_i",
+        atol,
+    )
+    out = LoRA(
+        LoRAConfig(c.in_features, c.out_features, c.expert_rank, c.scale),
+        dtype=mo.A.weight.dtype,
+        device=mo.A.weight.device,
+    )
     out.A.weight.copy_(mo.expert_A(0))
     out.B.weight.copy_(mo.expert_B(0))
     return out
@@ -130,8 +156,47 @@ def moelora_to_lora(mo: MoELoRA, atol: float = 0.0) -> LoRA:
 def hydralora_to_lora(hy: HydraLoRA, atol: float = 0.0) -> LoRA:
     """HydraLoRA with equal heads (within atol) as LoRA: A, B_1."""
     c: HydraLoRAConfig = hy.config
-    _blocks_equal(hy.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1), "HydraLoRA heads B_i", atol)
-    out = LoRA(LoRAConfig(c.in_features, c.out_features, c.expert_rank, c.scale), dtype=hy.A.weight.dtype, device=hy.A.weight.device)
+    _blocks_equal(
+        hy.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1),
+        "HydraLoRA heads B_i",
+        atol,
+    )
+    out = LoRA(
+        LoRAConfig(c.in_features, c.out_features, c.expert_rank, c.scale),
+        dtype=hy.A.weight.dtype,
+        device=hy.A.weight.device,
+    )
     out.A.weight.copy_(hy.A.weight)
     out.B.weight.copy_(hy.expert_B(0))
+    return out
+
+
+def input_router_witness(
+    in_features: int, out_features: int, num_experts: int, expert_rank: int, seed: int = 0
+) -> MoELoRA:
+    """An input-router MoELoRA (total rank r = E·r_e) that no TalkLoRA of total rank r can equal.
+
+    A TalkLoRA Δ(x) depends on x only through A x ∈ R^r, so every Jacobian row lies in row(A) (dim <= r).
+    This MoELoRA's router reads W_g x with rows outside row(A): its Jacobians span min(n, r + E - 1) > r
+    dimensions (`proofs_numeric.function_class.dependence_rank` certifies it). Needs E >= 2, n > r and
+    m >= r_e (with m < r_e each expert map B_i A_i has rank m < r_e and fewer directions are read).
+    """
+    from .errors import ConfigError
+
+    r = num_experts * expert_rank
+    if num_experts < 2:
+        raise ConfigError(
+            f"num_experts={num_experts}: expected >= 2 (with one expert the router is constant)"
+        )
+    if in_features <= r:
+        raise ConfigError(
+            f"in_features={in_features}: expected > total rank r={r} (else row(A) can be all of R^n)"
+        )
+    if out_features < expert_rank:
+        raise ConfigError(
+            f"out_features={out_features}: expected >= expert_rank={expert_rank} (full-rank experts)"
+        )
+    cfg = MoELoRAConfig(in_features, out_features, num_experts, expert_rank, "input")
+    out = MoELoRA(cfg, dtype=torch.float64)
+    out.randomize_(seed)
     return out

@@ -26,7 +26,9 @@ def architecture(name: str) -> tuple[type[Adapter], type[Any]]:
     try:
         return ARCHITECTURES[name]
     except KeyError:
-        raise ConfigError(f"architecture={name!r}: expected one of {sorted(ARCHITECTURES)}") from None
+        raise ConfigError(
+            f"architecture={name!r}: expected one of {sorted(ARCHITECTURES)}"
+        ) from None
 
 
 def build(name: str, **config: Any) -> Adapter:

@@ -1,0 +1,64 @@
+"""`python -m proofs_numeric [--profile ci] [--json OUT] [--only NAME ...]`: check every claim, one line each.
+
+Exit code 0 iff every claim came out as expected (true claims hold, twins and refuted statements are
+refuted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+from .checking import check_claim
+from .claims import all_claims
+from .profiles import PROFILES, load_profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m proofs_numeric", description=__doc__)
+    ap.add_argument(
+        "--profile", default=None, choices=sorted(PROFILES), help="Hypothesis profile (default ci)"
+    )
+    ap.add_argument(
+        "--json", dest="json_out", default=None, help="write the reports to this JSON file"
+    )
+    ap.add_argument(
+        "--only", nargs="*", default=None, help="check only the claims with these names"
+    )
+    args = ap.parse_args(argv)
+    profile = load_profile(args.profile)
+    claims = all_claims()
+    if args.only:
+        unknown = set(args.only) - {c.name for c in claims}
+        if unknown:
+            print(f"--only: unknown claim(s) {sorted(unknown)}", file=sys.stderr)
+            return 2
+        claims = [c for c in claims if c.name in args.only]
+    print(f"profile={profile}  claims={len(claims)}")
+    start = time.perf_counter()
+    reports = []
+    for claim in claims:
+        rep = check_claim(claim)
+        reports.append(rep)
+        print(rep.line(), flush=True)
+        if not rep.holds and rep.counterexample:
+            print(f"      counterexample: {rep.counterexample}\n      {rep.detail}")
+    bad = [r for r in reports if not r.as_expected]
+    print(
+        f"{len(reports) - len(bad)} as expected, {len(bad)} not, in {time.perf_counter() - start:.1f}s"
+    )
+    if args.json_out:
+        payload = {"profile": profile, "reports": [r.to_dict() for r in reports]}
+        directory = os.path.dirname(os.path.abspath(args.json_out))
+        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(f.name, args.json_out)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Asymptotic-complexity checks on sympy expressions.
+
+`theta_degree(expr, var)` is the polynomial degree of `expr` in `var` (the others held fixed), the
+quantity that decides Θ-classes such as Θ(N·r) vs Θ(N·n). `same_theta(f, g, vars)` decides f = Θ(g)
+as all `vars` grow, each at its own rate: lim f/g must be finite and non-zero along every path
+`v = t^(a_v)`, t -> ∞, for all exponent vectors a ∈ {1, 2}^k (so Θ(N·r) and Θ(N·n) differ: along
+r = t², n = t their ratio diverges). For polynomials with positive coefficients these paths probe the
+leading monomials in every direction that matters at this size; it is a necessary condition in general.
+`limit_ratio(f, g, grow)` is lim f/g as the variables in `grow` go to infinity together (the others
+fixed). `macs_formula(adapter)` is the per-token multiply–add count of the forward pass, which the suite
+compares with torch's FLOP counter.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+import sympy as sp
+
+from moelora_core import symbols as S
+from moelora_core.adapter import Adapter
+from moelora_core.comol import CoMoL
+from moelora_core.hydralora import HydraLoRA
+from moelora_core.lora import LoRA
+from moelora_core.moelora import MoELoRA
+from moelora_core.talklora import TalkLoRA
+
+_t = sp.Symbol("t", positive=True)
+
+
+def theta_degree(expr: sp.Expr, var: sp.Symbol) -> int:
+    """Degree of `expr` in `var` (leading-order growth with the other symbols fixed)."""
+    poly = sp.Poly(sp.together(expr).as_numer_denom()[0], var)
+    den = sp.Poly(sp.together(expr).as_numer_denom()[1], var)
+    return int(poly.degree() - den.degree())
+
+
+def limit_ratio(f: sp.Expr, g: sp.Expr, grow: Iterable[sp.Symbol]) -> sp.Expr:
+    """lim f/g as every symbol in `grow` -> ∞ at the same rate (the others fixed)."""
+    sub = {v: _t for v in grow}
+    return sp.limit(sp.simplify((f / g).subs(sub)), _t, sp.oo)
+
+
+def same_theta(f: sp.Expr, g: sp.Expr, variables: Iterable[sp.Symbol]) -> bool:
+    """f = Θ(g) as all `variables` grow: 0 < lim f/g < ∞ along several scaling directions."""
+    vs = list(variables)
+    for exponents in itertools.product((1, 2), repeat=len(vs)):
+        sub = {v: _t**a for v, a in zip(vs, exponents, strict=True)}
+        lim = sp.limit(sp.cancel((f / g).subs(sub)), _t, sp.oo)
+        if lim in (0, sp.oo, -sp.oo, sp.zoo, sp.nan) or not lim.is_finite or lim <= 0:
+            return False
+    return True
+
+
+def macs_formula(adapter: Adapter) -> sp.Expr:
+    """Matmul multiply–adds of one token's forward pass (what torch's FLOP counter counts / 2)."""
+    n, m, r, r_e, E, N = S.n, S.m, S.r, S.r_e, S.E, S.N
+    if isinstance(adapter, LoRA):
+        return r * (n + m)
+    if isinstance(adapter, MoELoRA):
+        router = E * n if adapter.config.router == "input" else E * (E * r_e)
+        return E * r_e * (n + m) + router
+    if isinstance(adapter, HydraLoRA):
+        return r_e * n + E * n + E * r_e * m
+    if isinstance(adapter, TalkLoRA):
+        # A, K (r²/E), talk T⊗I (E·r), router (E·r), B
+        return r * n + r**2 / E + E * r + E * r + r * m
+    if isinstance(adapter, CoMoL):
+        router = N * r if adapter.config.core_router else N * n
+        # A, router, cores (N r²), the g-weighted sum of core outputs (N r), B
+        return r * n + router + N * r**2 + N * r + r * m
+    raise TypeError(f"macs_formula: no formula for {type(adapter).__name__}")

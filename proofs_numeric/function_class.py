@@ -1,0 +1,39 @@
+"""Function-class arguments by computation: the dependence rank of an update map.
+
+For a smooth `Δ: R^n -> R^m`, `Δ(x + v) = Δ(x)` for all x iff `J(x) v = 0` for all x. The *dependence
+rank* is the rank of the Jacobians stacked over many points, i.e. the dimension of the subspace of inputs
+that Δ actually reads. A TalkLoRA (or latent-router MoELoRA, or CoMoL with core routing) of total rank r
+reads x only through `A x`, so its dependence rank is <= r. A map whose stacked Jacobians have rank > r
+therefore equals no such adapter, for any choice of their parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.func import jacrev, vmap
+
+from moelora_core.adapter import Adapter
+from moelora_core.errors import input_checks
+
+
+@dataclass(frozen=True)
+class DependenceRank:
+    rank: int
+    singular_values: tuple[float, ...]  # of the stacked Jacobians, descending
+    rtol: float
+
+    def gap_after(self, k: int) -> float:
+        """σ_{k+1} / σ_1 (0 if there is no (k+1)-th singular value)."""
+        s = self.singular_values
+        return s[k] / s[0] if len(s) > k and s[0] > 0 else 0.0
+
+
+def dependence_rank(adapter: Adapter, points: torch.Tensor, rtol: float = 1e-9) -> DependenceRank:
+    """Rank of [J(x_1); ...; J(x_K)] for points (K, n), singular values > rtol·σ_max."""
+    with input_checks(False):
+        J = vmap(jacrev(adapter.delta))(points)  # (K, m, n)
+    s = torch.linalg.svdvals(J.reshape(-1, J.shape[-1]).detach())
+    rank = int((s > rtol * s[0]).sum()) if s[0] > 0 else 0
+    return DependenceRank(rank, tuple(float(v) for v in s), rtol)

@@ -1,0 +1,42 @@
+"""Hypothesis profiles: `dev` (quick, random), `ci` (derandomised, >= 200 cases), `thorough`.
+
+Select with the environment variable HYPOTHESIS_PROFILE or `--profile` on the command line; the default
+is `ci`, so that `pytest -m theorems` is reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+_COMMON = {
+    "deadline": None,
+    "database": None,
+    "print_blob": False,
+    "suppress_health_check": [
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+}
+PROFILES = {
+    "dev": {"max_examples": 50, **_COMMON},
+    "ci": {"max_examples": 200, "derandomize": True, **_COMMON},
+    "thorough": {"max_examples": 2000, **_COMMON},
+}
+DEFAULT_PROFILE = "ci"
+
+for _name, _kwargs in PROFILES.items():
+    settings.register_profile(_name, **_kwargs)  # type: ignore[arg-type]
+
+
+def load_profile(name: str | None = None) -> str:
+    """Load a profile by name (default: $HYPOTHESIS_PROFILE or 'ci'); returns the name loaded."""
+    from moelora_core.errors import ConfigError
+
+    chosen = name or os.environ.get("HYPOTHESIS_PROFILE") or DEFAULT_PROFILE
+    if chosen not in PROFILES:
+        raise ConfigError(f"profile={chosen!r}: expected one of {sorted(PROFILES)}")
+    settings.load_profile(chosen)
+    return chosen

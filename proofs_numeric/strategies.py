@@ -1,0 +1,119 @@
+"""Hypothesis strategies for configs, float64 weights and inputs.
+
+An instance is drawn as a small frozen `Case`: the config, a parameter seed and an input seed, so a
+shrunk counterexample prints as something a user can paste and rebuild (`case.build()`, `case.inputs()`).
+Shapes stay tiny (dims <= 12, rank <= 12) so hundreds of cases run in seconds, and the strategies put
+weight on the edge cases the claims must survive: E = 1, r = E (one rank per head), n < r, top-k = E.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import torch
+from hypothesis import strategies as st
+
+from moelora_core.adapter import Adapter
+from moelora_core.comol import CoMoLConfig
+from moelora_core.hydralora import HydraLoRAConfig
+from moelora_core.lora import LoRAConfig
+from moelora_core.maps import Init
+from moelora_core.moelora import MoELoRAConfig
+from moelora_core.registry import ARCHITECTURES
+from moelora_core.talklora import TalkLoRAConfig
+
+C = TypeVar("C")
+DTYPE = torch.float64
+
+dims = st.integers(1, 12)
+experts = st.integers(1, 4)
+seeds = st.integers(0, 1023)  # small: a shrunk counterexample needs few steps
+scales = st.sampled_from([1.0, 0.5, 2.0])
+batch_shapes = st.sampled_from([(3,), (2, 3), (1,), (2, 1, 2)])
+
+
+@dataclass(frozen=True)
+class Case(Generic[C]):
+    """A drawn instance: `config`, parameter `seed`, input `input_seed` and `batch` shape."""
+
+    config: C
+    seed: int
+    input_seed: int
+    batch: tuple[int, ...] = (3,)
+
+    def build(self) -> Adapter:
+        """The float64 adapter with every parameter drawn from N(0, 1/fan_in) by `seed`."""
+        return build_random(self.config, self.seed)
+
+    def inputs(self, scale: float = 1.0) -> torch.Tensor:
+        n = int(getattr(self.config, "in_features"))  # noqa: B009
+        gen = torch.Generator().manual_seed(self.input_seed)
+        return scale * torch.randn(*self.batch, n, generator=gen, dtype=DTYPE)
+
+
+def build_random(config: Any, seed: int, **kwargs: Any) -> Adapter:
+    for cls, cfg_cls in ARCHITECTURES.values():
+        if isinstance(config, cfg_cls):
+            return cls(config, dtype=DTYPE, **kwargs).randomize_(seed)
+    raise TypeError(f"config={config!r}: expected one of the registered config types")
+
+
+def _top_k(E: int) -> st.SearchStrategy[int | None]:
+    return st.one_of(st.none(), st.integers(1, E))
+
+
+@st.composite
+def lora_configs(draw: st.DrawFn) -> LoRAConfig:
+    return LoRAConfig(draw(dims), draw(dims), draw(dims), draw(scales))
+
+
+@st.composite
+def moelora_configs(
+    draw: st.DrawFn, router: str | None = None, num_experts: int | None = None, top_k: bool = True
+) -> MoELoRAConfig:
+    E = num_experts if num_experts is not None else draw(experts)
+    kind = router or draw(st.sampled_from(["input", "latent"]))
+    k = draw(_top_k(E)) if top_k else None
+    return MoELoRAConfig(draw(dims), draw(dims), E, draw(st.integers(1, 3)), kind, k, draw(scales))  # type: ignore[arg-type]
+
+
+@st.composite
+def hydralora_configs(draw: st.DrawFn, top_k: bool = True) -> HydraLoRAConfig:
+    E = draw(experts)
+    k = draw(_top_k(E)) if top_k else None
+    return HydraLoRAConfig(draw(dims), draw(dims), E, draw(st.integers(1, 4)), k, draw(scales))
+
+
+@st.composite
+def talklora_configs(
+    draw: st.DrawFn, talk_init: Init = "kaiming_uniform", top_k: bool = True
+) -> TalkLoRAConfig:
+    E = draw(experts)
+    rank = E * draw(st.integers(1, 3))  # r = E (one rank per head) included
+    k = draw(_top_k(E)) if top_k else None
+    return TalkLoRAConfig(draw(dims), draw(dims), rank, E, k, draw(scales), False, talk_init)
+
+
+@st.composite
+def comol_configs(
+    draw: st.DrawFn,
+    num_cores: int | None = None,
+    core_router: bool | None = None,
+    top_k: bool = True,
+) -> CoMoLConfig:
+    N = num_cores if num_cores is not None else draw(experts)
+    cr = core_router if core_router is not None else draw(st.booleans())
+    k = draw(_top_k(N)) if top_k else None
+    return CoMoLConfig(draw(dims), draw(dims), draw(st.integers(1, 6)), N, cr, k, draw(scales))
+
+
+def cases(configs: st.SearchStrategy[C]) -> st.SearchStrategy[Case[C]]:
+    """Cases over a config strategy: config, parameter seed, input seed, batch shape."""
+    return st.builds(Case, configs, seeds, seeds, batch_shapes)
+
+
+def any_config() -> st.SearchStrategy[Any]:
+    return st.one_of(
+        lora_configs(), moelora_configs(), hydralora_configs(), talklora_configs(), comol_configs()
+    )
