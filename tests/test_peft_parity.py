@@ -73,6 +73,7 @@ def relative_error(ours: Tensor, ref: Tensor, base: Tensor) -> float:
 
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning")  # peft sets it
 @pytest.mark.parametrize(
     ("make", "targets"),
     [
