@@ -10,6 +10,8 @@ Embedding formulas (blocks: A_(i) = i-th row block of A, B_i = i-th column block
 * TalkLoRA -> latent-router MoELoRA, as SPEC claim 1 states it: A_i = K_i A_(i), B_i, W_r unchanged.
   This is exact only when every K_i = I: the router of that MoELoRA reads K A x, TalkLoRA's reads A x.
   Kept as `talklora_to_moelora_as_stated` so the suite can show where it fails.
+* Latent-router MoELoRA -> TalkLoRA:           A = [A_1; ...; A_E],  K_i = I,  T = I,  B_i,  W_r.
+  With the embedding above, the two function classes are equal at equal total rank.
 * TalkLoRA -> input-router MoELoRA (any T):    A_i = A_(i),  B_i' = B_i K_i,  W_g = W_r (T ⊗ I) A.
 * CoMoL -> latent-router MoELoRA (core router): r_e = r, A_i = A, B_i = B M_i, W_r' = [W_c 0 ... 0].
   CoMoL w/o core routing -> input-router MoELoRA with W_g unchanged.
@@ -29,7 +31,7 @@ from .errors import ReductionError
 from .hydralora import HydraLoRA, HydraLoRAConfig
 from .lora import LoRA, LoRAConfig
 from .moelora import MoELoRA, MoELoRAConfig
-from .talklora import TalkLoRA
+from .talklora import TalkLoRA, TalkLoRAConfig
 
 
 def _router_weight(a: Adapter) -> Tensor:
@@ -76,6 +78,27 @@ def talklora_to_moelora_as_stated(t: TalkLoRA) -> MoELoRA:
     out.A.weight.copy_(t.K(t.A.weight.T).T)  # rows block i = K_i A_(i)
     out.B.weight.copy_(t.B.weight)
     _router_weight(out).copy_(_router_weight(t))
+    return out
+
+
+@torch.no_grad()
+def moelora_to_talklora(mo: MoELoRA) -> TalkLoRA:
+    """A latent-router MoELoRA as a TalkLoRA: A = [A_1; ...; A_E], K_i = I, T = I, same B_i and W_r."""
+    c = mo.config
+    if c.router != "latent":
+        raise ReductionError(
+            f"router={c.router!r}: expected 'latent' (an input router reads directions outside row(A); "
+            "see input_router_witness)"
+        )
+    cfg = TalkLoRAConfig(
+        c.in_features, c.out_features, c.rank, c.num_experts, c.top_k, c.scale, talk_init="identity"
+    )
+    out = TalkLoRA(cfg, dtype=mo.A.weight.dtype, device=mo.A.weight.device)
+    out.A.weight.copy_(mo.A.weight)
+    out.K.weight.copy_(torch.eye(c.expert_rank, dtype=out.K.weight.dtype).expand_as(out.K.weight))
+    out.T.weight.copy_(torch.eye(c.num_experts, dtype=out.T.weight.dtype))
+    out.B.weight.copy_(mo.B.weight)
+    _router_weight(out).copy_(_router_weight(mo))
     return out
 
 

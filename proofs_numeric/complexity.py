@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from typing import Any
 
 import sympy as sp
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from moelora_core import symbols as S
 from moelora_core.adapter import Adapter
@@ -64,10 +68,54 @@ def macs_formula(adapter: Adapter) -> sp.Expr:
     if isinstance(adapter, HydraLoRA):
         return r_e * n + E * n + E * r_e * m
     if isinstance(adapter, TalkLoRA):
-        # A, K (r²/E), talk T⊗I (E·r), router (E·r), B
-        return r * n + r**2 / E + E * r + E * r + r * m
+        # A, then one fused matmul with [diag(K_i); W_r (T⊗I)] ((r + E) x r, the router folded once per
+        # call), then B. The dense diag(K_i) costs r² instead of r²/E per token; r² << r·n in practice,
+        # and one matmul beats E tiny ones (docs/performance.md).
+        return r * n + r**2 + E * r + r * m
     if isinstance(adapter, CoMoL):
         router = N * r if adapter.config.core_router else N * n
-        # A, router, cores (N r²), the g-weighted sum of core outputs (N r), B
-        return r * n + router + N * r**2 + N * r + r * m
+        # A, router, then [M_1 ... M_N] (g ⊗ h): one (r x N·r) matmul (N r²), then B
+        return r * n + router + N * r**2 + r * m
     raise TypeError(f"macs_formula: no formula for {type(adapter).__name__}")
+
+
+class MatmulFlops(TorchDispatchMode):
+    """Counts the FLOPs of matmul-like aten ops (mm, addmm, bmm, baddbmm, ...) run inside the block.
+
+    The same per-op formulas as `torch.utils.flop_counter.FlopCounterMode`, without its module
+    tracking (which costs ~50 ms per use on tiny models).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.flops += int(count(*args, **kwargs, out_val=out))
+        return out
+
+
+def counted_macs_per_token(adapter: Adapter) -> int:
+    """Multiply–adds per token of `adapter`'s forward: counted FLOPs(2 tokens) - FLOPs(1 token), halved.
+
+    The difference removes per-call work that does not scale with the tokens (e.g. folding the
+    talking module into the router, W_r (T ⊗ I), once per call).
+    """
+    p = next(adapter.parameters())
+    counts = []
+    for tokens in (1, 2):
+        x = torch.randn(tokens, adapter.in_features, dtype=p.dtype, device=p.device)
+        with MatmulFlops() as fc:
+            adapter(x)
+        counts.append(fc.flops)
+    return (counts[1] - counts[0]) // 2

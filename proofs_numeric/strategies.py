@@ -26,8 +26,6 @@ from moelora_core.talklora import TalkLoRAConfig
 C = TypeVar("C")
 DTYPE = torch.float64
 
-dims = st.integers(1, 12)
-experts = st.integers(1, 4)
 seeds = st.integers(0, 1023)  # small: a shrunk counterexample needs few steps
 scales = st.sampled_from([1.0, 0.5, 2.0])
 batch_shapes = st.sampled_from([(3,), (2, 3), (1,), (2, 1, 2)])
@@ -59,40 +57,55 @@ def build_random(config: Any, seed: int, **kwargs: Any) -> Adapter:
     raise TypeError(f"config={config!r}: expected one of the registered config types")
 
 
+def _dims(lo: int) -> st.SearchStrategy[int]:
+    return st.integers(lo, 12)
+
+
 def _top_k(E: int) -> st.SearchStrategy[int | None]:
     return st.one_of(st.none(), st.integers(1, E))
 
 
+# Every config strategy takes `lo`, the smallest size drawn for every dimension, rank and expert count
+# (1 by default, so the edge cases E = 1, r = E and n < r are drawn).
+
+
 @st.composite
-def lora_configs(draw: st.DrawFn) -> LoRAConfig:
-    return LoRAConfig(draw(dims), draw(dims), draw(dims), draw(scales))
+def lora_configs(draw: st.DrawFn, lo: int = 1) -> LoRAConfig:
+    return LoRAConfig(draw(_dims(lo)), draw(_dims(lo)), draw(_dims(lo)), draw(scales))
 
 
 @st.composite
 def moelora_configs(
-    draw: st.DrawFn, router: str | None = None, num_experts: int | None = None, top_k: bool = True
+    draw: st.DrawFn,
+    router: str | None = None,
+    num_experts: int | None = None,
+    top_k: bool = True,
+    lo: int = 1,
 ) -> MoELoRAConfig:
-    E = num_experts if num_experts is not None else draw(experts)
+    E = num_experts if num_experts is not None else draw(st.integers(lo, 4))
     kind = router or draw(st.sampled_from(["input", "latent"]))
     k = draw(_top_k(E)) if top_k else None
-    return MoELoRAConfig(draw(dims), draw(dims), E, draw(st.integers(1, 3)), kind, k, draw(scales))  # type: ignore[arg-type]
+    n, m, r_e = draw(_dims(lo)), draw(_dims(lo)), draw(st.integers(lo, 3))
+    return MoELoRAConfig(n, m, E, r_e, kind, k, draw(scales))  # type: ignore[arg-type]
 
 
 @st.composite
-def hydralora_configs(draw: st.DrawFn, top_k: bool = True) -> HydraLoRAConfig:
-    E = draw(experts)
+def hydralora_configs(draw: st.DrawFn, top_k: bool = True, lo: int = 1) -> HydraLoRAConfig:
+    E = draw(st.integers(lo, 4))
     k = draw(_top_k(E)) if top_k else None
-    return HydraLoRAConfig(draw(dims), draw(dims), E, draw(st.integers(1, 4)), k, draw(scales))
+    n, m, r_e = draw(_dims(lo)), draw(_dims(lo)), draw(st.integers(lo, 4))
+    return HydraLoRAConfig(n, m, E, r_e, k, draw(scales))
 
 
 @st.composite
 def talklora_configs(
-    draw: st.DrawFn, talk_init: Init = "kaiming_uniform", top_k: bool = True
+    draw: st.DrawFn, talk_init: Init = "kaiming_uniform", top_k: bool = True, lo: int = 1
 ) -> TalkLoRAConfig:
-    E = draw(experts)
-    rank = E * draw(st.integers(1, 3))  # r = E (one rank per head) included
+    E = draw(st.integers(lo, 4))
+    rank = E * draw(st.integers(lo, 3))  # r = E (one rank per head) included when lo = 1
     k = draw(_top_k(E)) if top_k else None
-    return TalkLoRAConfig(draw(dims), draw(dims), rank, E, k, draw(scales), False, talk_init)
+    n, m = draw(_dims(lo)), draw(_dims(lo))
+    return TalkLoRAConfig(n, m, rank, E, k, draw(scales), False, talk_init)
 
 
 @st.composite
@@ -101,11 +114,13 @@ def comol_configs(
     num_cores: int | None = None,
     core_router: bool | None = None,
     top_k: bool = True,
+    lo: int = 1,
 ) -> CoMoLConfig:
-    N = num_cores if num_cores is not None else draw(experts)
+    N = num_cores if num_cores is not None else draw(st.integers(lo, 4))
     cr = core_router if core_router is not None else draw(st.booleans())
     k = draw(_top_k(N)) if top_k else None
-    return CoMoLConfig(draw(dims), draw(dims), draw(st.integers(1, 6)), N, cr, k, draw(scales))
+    n, m, r = draw(_dims(lo)), draw(_dims(lo)), draw(st.integers(lo, 6))
+    return CoMoLConfig(n, m, r, N, cr, k, draw(scales))
 
 
 def cases(configs: st.SearchStrategy[C]) -> st.SearchStrategy[Case[C]]:
@@ -113,7 +128,11 @@ def cases(configs: st.SearchStrategy[C]) -> st.SearchStrategy[Case[C]]:
     return st.builds(Case, configs, seeds, seeds, batch_shapes)
 
 
-def any_config() -> st.SearchStrategy[Any]:
+def any_config(lo: int = 1) -> st.SearchStrategy[Any]:
     return st.one_of(
-        lora_configs(), moelora_configs(), hydralora_configs(), talklora_configs(), comol_configs()
+        lora_configs(lo=lo),
+        moelora_configs(lo=lo),
+        hydralora_configs(lo=lo),
+        talklora_configs(lo=lo),
+        comol_configs(lo=lo),
     )
