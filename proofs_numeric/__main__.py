@@ -15,7 +15,7 @@ import time
 
 from .checking import check_claim
 from .claims import all_claims
-from .profiles import PROFILES, load_profile
+from .profiles import PROFILES, using_profile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="*", default=None, help="check only the claims with these names"
     )
     args = ap.parse_args(argv)
-    profile = load_profile(args.profile)
+    with using_profile(args.profile) as profile:
+        return _run(args, profile)
+
+
+def _run(args: argparse.Namespace, profile: str) -> int:
     claims = all_claims()
     if args.only:
         unknown = set(args.only) - {c.name for c in claims}

@@ -87,8 +87,8 @@ class MatmulFlops(TorchDispatchMode):
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self.flops = 0
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.flops: int = 0
 
     def __torch_dispatch__(
         self,
@@ -112,7 +112,7 @@ def counted_macs_per_token(adapter: Adapter) -> int:
     talking module into the router, W_r (T ⊗ I), once per call).
     """
     p = next(adapter.parameters())
-    counts = []
+    counts: list[int] = []
     for tokens in (1, 2):
         x = torch.randn(tokens, adapter.in_features, dtype=p.dtype, device=p.device)
         with MatmulFlops() as fc:

@@ -7,6 +7,8 @@ is `ci`, so that `pytest -m theorems` is reproducible.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hypothesis import HealthCheck, Phase, settings
 
@@ -44,3 +46,13 @@ def load_profile(name: str | None = None) -> str:
         raise ConfigError(f"profile={chosen!r}: expected one of {sorted(PROFILES)}")
     settings.load_profile(chosen)
     return chosen
+
+
+@contextmanager
+def using_profile(name: str | None) -> Iterator[str]:
+    """Load a profile inside a block and restore the previous one after it."""
+    previous = settings.get_current_profile_name()
+    try:
+        yield load_profile(name)
+    finally:
+        settings.load_profile(previous)
