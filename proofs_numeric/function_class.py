@@ -30,10 +30,35 @@ class DependenceRank:
         return s[k] / s[0] if len(s) > k and s[0] > 0 else 0.0
 
 
-def dependence_rank(adapter: Adapter, points: torch.Tensor, rtol: float = 1e-9) -> DependenceRank:
-    """Rank of [J(x_1); ...; J(x_K)] for points (K, n), singular values > rtol·σ_max."""
+def analytic_jacobian(adapter: Adapter, x: torch.Tensor) -> torch.Tensor:
+    """J(x) = Σ_i g_i(x) P_i + Σ_i (P_i x) ∇g_i(x)ᵀ,  ∇g(x) = (diag g − g gᵀ) W_eff  (soft routing).
+
+    x: (K, n) -> (K, m, n). `W_eff` is the router's logit map as one matrix (`router_logit_map().dense()`);
+    P_i are `expert_matrices()`. Exact for soft routers; a top-k router is piecewise this (with g and
+    the softmax Jacobian restricted to the kept experts) away from ties.
+    """
+    P = adapter.expert_matrices()  # (E, m, n)
+    g = adapter.routing(x)
+    if g is None:
+        return P[0].expand(x.shape[0], *P.shape[1:])
+    logit_map = adapter.router_logit_map()
+    assert logit_map is not None
+    Js = torch.diag_embed(g) - g.unsqueeze(-1) * g.unsqueeze(-2)  # (K, E, E) softmax Jacobian
+    grad_g = Js @ logit_map.dense()  # (K, E, n)
+    Px = torch.einsum("emn,kn->kem", P, x)  # (K, E, m)
+    return torch.einsum("ke,emn->kmn", g, P) + torch.einsum("kem,ken->kmn", Px, grad_g)
+
+
+def autograd_jacobian(adapter: Adapter, x: torch.Tensor) -> torch.Tensor:
+    """J(x) by reverse-mode autodiff through the forward pass, x: (K, n) -> (K, m, n)."""
     with input_checks(False):
-        J = vmap(jacrev(adapter.delta))(points)  # (K, m, n)
-    s = torch.linalg.svdvals(J.reshape(-1, J.shape[-1]).detach())
+        J: torch.Tensor = vmap(jacrev(adapter.delta))(x)
+    return J
+
+
+def dependence_rank(adapter: Adapter, points: torch.Tensor, rtol: float = 1e-9) -> DependenceRank:
+    """Rank of [J(x_1); ...; J(x_K)] for points (K, n), singular values > rtol·σ_max (soft routers)."""
+    J = analytic_jacobian(adapter, points).detach()  # (K, m, n)
+    s = torch.linalg.svdvals(J.reshape(-1, J.shape[-1]))
     rank = int((s > rtol * s[0]).sum()) if s[0] > 0 else 0
     return DependenceRank(rank, tuple(float(v) for v in s), rtol)

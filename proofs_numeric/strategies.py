@@ -128,11 +128,11 @@ def cases(configs: st.SearchStrategy[C]) -> st.SearchStrategy[Case[C]]:
     return st.builds(Case, configs, seeds, seeds, batch_shapes)
 
 
-def any_config(lo: int = 1) -> st.SearchStrategy[Any]:
+def any_config(lo: int = 1, top_k: bool = True) -> st.SearchStrategy[Any]:
     return st.one_of(
         lora_configs(lo=lo),
-        moelora_configs(lo=lo),
-        hydralora_configs(lo=lo),
-        talklora_configs(lo=lo),
-        comol_configs(lo=lo),
+        moelora_configs(lo=lo, top_k=top_k),
+        hydralora_configs(lo=lo, top_k=top_k),
+        talklora_configs(lo=lo, top_k=top_k),
+        comol_configs(lo=lo, top_k=top_k),
     )
