@@ -8,8 +8,8 @@ Params per layer `r(n+m) + N·r² + N·r` (core router) or `r(n+m) + N·r² + N�
 `share_ab`, A and B are shared by the layers of one module type (cores and router stay per layer).
 
 The merged core Σ_i g_i M_i is never materialised per token (the reference code does: O(r²) memory per
-token). Instead the N core outputs M_i h are computed with one matmul against the row-stacked cores
-and mixed: Σ_i g_i (M_i h), O(N·r) memory per token; the two are equal (tested).
+token). Instead Σ_i g_i (M_i h) = [M_1 ... M_N] (g ⊗ h) is one matmul of the column-stacked cores
+(r x N·r) against g ⊗ h, O(N·r) memory per token; the two are equal (tested).
 """
 
 from __future__ import annotations
@@ -101,11 +101,19 @@ class CoMoL(Adapter):
         self._check(x)
         assert self.router is not None
         c = self.config
-        h = F.linear(x, self.A.weight)  # (..., r)
-        g = self.router(h if c.core_router else x)  # (..., N)
-        z = F.linear(h, self.cores.flatten(0, 1)).unflatten(-1, (c.num_cores, c.rank))  # (..., N, r): M_i h
-        merged = torch.einsum("...n,...nr->...r", g, z)  # Σ_i g_i M_i h
-        return c.scale * F.linear(merged, self.B.weight)
+        W = self.router.logits.dense()
+        if c.core_router:
+            h = F.linear(x, self.A.weight)  # (..., r)
+            logits = F.linear(h, W)  # (..., N) = W_c A x
+        else:  # one matmul [A; W_g] x: x is read once, and dx is one matmul
+            h, logits = F.linear(x, torch.cat([self.A.weight, W])).split(
+                [c.rank, c.num_cores], dim=-1
+            )
+        g = self.router.gate(logits)  # (..., N)
+        gh = (g.unsqueeze(-1) * h.unsqueeze(-2)).flatten(-2)  # (..., N*r): blocks g_i h
+        Mcat = self.cores.transpose(0, 1).flatten(1)  # (r, N*r) = [M_1 ... M_N]
+        merged = F.linear(gh, Mcat)  # (..., r) = Σ_i g_i M_i h
+        return F.linear(c.scale * merged, self.B.weight)
 
     def forward_materialised(self, x: Tensor) -> Tensor:
         """The reference code's order: build the per-token core Σ_i g_i M_i (r x r), then apply it."""

@@ -67,10 +67,13 @@ class HydraLoRA(Adapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         assert self.router is not None
-        h = F.linear(x, self.A.weight)  # (..., r_e)
-        g = self.router(x)  # (..., E)
-        gh = (g.unsqueeze(-1) * h.unsqueeze(-2)).flatten(-2)  # (..., E*r_e) = g ⊗ h
-        return self.config.scale * F.linear(gh, self.B.weight)
+        c = self.config
+        h, logits = F.linear(x, torch.cat([self.A.weight, self.router.logits.dense()])).split(
+            [c.expert_rank, c.num_experts], dim=-1
+        )  # [A; W_g] x in one matmul: (..., r_e), (..., E)
+        g = c.scale * self.router.gate(logits)  # (..., E)
+        gh = (g.unsqueeze(-1) * h.unsqueeze(-2)).flatten(-2)  # (..., E*r_e) = s·g ⊗ h
+        return F.linear(gh, self.B.weight)
 
     def router_input_map(self) -> LinearMap:
         return Identity(self.in_features).to(self.A.weight)

@@ -44,8 +44,8 @@ class LoRA(Adapter):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        h = F.linear(x, self.A.weight)  # (..., r)
-        return self.config.scale * F.linear(h, self.B.weight)  # (..., m)
+        h = self.config.scale * F.linear(x, self.A.weight)  # (..., r): s applied to the r latents
+        return F.linear(h, self.B.weight)  # (..., m)
 
     def expert_matrices(self) -> Tensor:
         return (self.config.scale * (self.B.weight @ self.A.weight)).unsqueeze(0)  # (1, m, n)

@@ -258,7 +258,10 @@ class SoftmaxRouter(nn.Module):
         self.num_experts = E
 
     def forward(self, z: Tensor) -> Tensor:
-        s = self.logits(z)  # (..., E)
+        return self.gate(self.logits(z))
+
+    def gate(self, s: Tensor) -> Tensor:
+        """Logits (..., E) -> routing weights (..., E), for callers that computed W z themselves."""
         if self.top_k is None or self.top_k == self.num_experts:
             return torch.softmax(s, dim=-1)
         kth = torch.topk(s, self.top_k, dim=-1).values[..., -1:]

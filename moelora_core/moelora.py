@@ -88,9 +88,16 @@ class MoELoRA(Adapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         assert self.router is not None
-        h = F.linear(x, self.A.weight)  # (..., r)
-        g = self.router(x if self.config.router == "input" else h)  # (..., E)
-        return self.config.scale * F.linear(weighted_heads(h, g, self.config.expert_rank), self.B.weight)
+        c = self.config
+        if c.router == "input":  # one matmul [A; W_g] x: x is read once, and dx is one matmul
+            h, logits = F.linear(x, torch.cat([self.A.weight, self.router.logits.dense()])).split(
+                [c.rank, c.num_experts], dim=-1
+            )  # (..., r), (..., E)
+        else:
+            h = F.linear(x, self.A.weight)  # (..., r)
+            logits = F.linear(h, self.router.logits.dense())  # (..., E) = W_r h
+        g = self.router.gate(logits)  # (..., E)
+        return F.linear(weighted_heads(h, c.scale * g, c.expert_rank), self.B.weight)
 
     def router_input_map(self) -> LinearMap:
         return Identity(self.in_features).to(self.A.weight) if self.config.router == "input" else self.A

@@ -111,10 +111,14 @@ class TalkLoRA(Adapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         assert self.router is not None
+        c = self.config
         h = F.linear(x, self.A.weight)  # (..., r)
-        k = self.K(h)  # (..., r): heads K_i h_i
-        g = self.router(self.talk(h))  # (..., E) from the talked heads
-        return self.config.scale * F.linear(weighted_heads(k, g, self.config.head_dim), self.B.weight)
+        # One small matmul gives the expert heads K_i h_i and the logits W_r (T ⊗ I) h: the r x r
+        # block-diagonal K and the E x r product W_r (T ⊗ I) are stacked (O(E·r²) per call).
+        W = torch.cat([self.K.dense(), self.router.logits.dense() @ self.talk.dense()])  # (r+E, r)
+        k, logits = F.linear(h, W).split([c.rank, c.num_experts], dim=-1)  # (..., r), (..., E)
+        g = self.router.gate(logits)  # (..., E) from the talked heads
+        return F.linear(weighted_heads(k, c.scale * g, c.head_dim), self.B.weight)
 
     def router_input_map(self) -> LinearMap:
         return self.talk @ self.A  # x -> (T ⊗ I) A x
