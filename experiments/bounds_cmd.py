@@ -1,0 +1,207 @@
+"""`moelora bounds RUN_OR_ADAPTER_DIR`: measure bounds on an already trained checkpoint.
+
+Accepts a demo run directory (`runs/NAME`, every `<arch>/adapter/` in it), one architecture's directory
+(`runs/NAME/<arch>`), or an adapter directory written by `save_adapters`. The base model is the one named
+in the adapter config (`extra.base_model`, overridable with --model); `extra.model_kind` says how to
+rebuild it: "mean_pool_classifier" (the demo's), "causal_lm" (`moelora train`), else a plain AutoModel.
+
+Inputs, in order of precedence: --text (repeatable), --data (an LLM-Adapters .json/.jsonl file, whose
+prompt + output texts are used, or a .txt file with one text per line), the demo task's held-out texts
+for a demo checkpoint, else seeded random token sequences from the tokenizer's vocabulary (synthetic,
+labelled as such in the output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from torch import nn
+
+from moelora_core.errors import ConfigError, MoELoRAError
+
+from .checkpoint import ADAPTER_CONFIG, load_adapters, read_config
+from .data import load_records
+from .inject import adapted_layers
+from .measure import capture_inputs, measure_model
+from .tasks import MeanPoolClassifier, load_encoder, text_batches, vader_task
+from .train import write_json_atomic
+
+
+@dataclass
+class Loaded:
+    label: str
+    model: nn.Module
+    tokenizer: Any
+    config: dict[str, Any]
+
+
+def adapter_dirs(path: str | Path) -> list[tuple[str, Path]]:
+    """[(label, adapter dir)] found at `path` (an adapter dir, an arch dir or a demo run dir)."""
+    p = Path(path)
+    if (p / ADAPTER_CONFIG).is_file():
+        return [(p.parent.name if p.name == "adapter" else p.name, p)]
+    if (p / "adapter" / ADAPTER_CONFIG).is_file():
+        return [(p.name, p / "adapter")]
+    found = (
+        sorted(d for d in p.glob("*/adapter") if (d / ADAPTER_CONFIG).is_file())
+        if p.is_dir()
+        else []
+    )
+    if not found:
+        raise ConfigError(
+            f"path={str(p)!r}: no {ADAPTER_CONFIG} in it, in {p / 'adapter'} or in {p}/*/adapter; "
+            "expected a demo run directory, an architecture directory or an adapter directory"
+        )
+    return [(d.parent.name, d) for d in found]
+
+
+def load_checkpoint(label: str, directory: Path, model_override: str | None = None) -> Loaded:
+    """Rebuild the base model named in the adapter config, inject and load the adapters (eval mode)."""
+    config = read_config(directory)
+    extra = config.get("extra", {})
+    base = model_override or extra.get("base_model")
+    if not base:
+        raise ConfigError(
+            f"{directory / ADAPTER_CONFIG}: names no base model (extra.base_model); pass --model PATH_OR_NAME"
+        )
+    kind = extra.get("model_kind", "auto")
+    if kind == "mean_pool_classifier":
+        encoder, tok = load_encoder(base)
+        model: nn.Module = MeanPoolClassifier(
+            encoder, int(extra["hidden"]), int(extra.get("num_labels", 2))
+        )
+    else:
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+        from .tasks import resolve_model
+
+        cls = AutoModelForCausalLM if kind == "causal_lm" else AutoModel
+        model = cls.from_pretrained(resolve_model(base))
+        tok = AutoTokenizer.from_pretrained(resolve_model(base))
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    load_adapters(model, directory)
+    model.eval()
+    return Loaded(label, model, tok, config)
+
+
+def texts_from(data: str | None, text: list[str] | None) -> tuple[list[str], str] | None:
+    """(texts, source description) from --text or --data; None when neither is given."""
+    if text:
+        return list(text), "given text"
+    if data is None:
+        return None
+    p = Path(data)
+    if p.suffix == ".txt":
+        lines = [s for s in p.read_text(encoding="utf-8").splitlines() if s.strip()]
+        if not lines:
+            raise ConfigError(f"--data {p}: no non-empty line; expected one text per line")
+        return lines, f"text file {p}"
+    return [r.prompt() + r.output for r in load_records(p)], f"data file {p}"
+
+
+def random_texts(tokenizer: Any, n: int, length: int, seed: int) -> list[str]:
+    """`n` synthetic texts of `length` tokens drawn uniformly (seeded) from the ordinary vocabulary."""
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    vocab = [i for i in range(int(tokenizer.vocab_size)) if i not in special]
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, len(vocab), (n, length), generator=gen)
+    return [tokenizer.decode([vocab[int(j)] for j in row]) for row in ids]
+
+
+def inputs_for(
+    loaded: Loaded, given: tuple[list[str], str] | None, n: int, seed: int
+) -> tuple[list[str], str]:
+    if given is not None:
+        return given[0][:n], given[1]
+    extra = loaded.config.get("extra", {})
+    if extra.get("model_kind") == "mean_pool_classifier" and str(
+        extra.get("task", {}).get("name", "")
+    ).startswith("vader"):
+        task = vader_task(float(extra.get("threshold", 1.0)))
+        return [t for t, _ in task.test[:n]], "demo task held-out texts"
+    return random_texts(loaded.tokenizer, n, 16, seed), "random vocabulary tokens (synthetic)"
+
+
+def measure_checkpoint(
+    loaded: Loaded, texts: list[str], *, max_length: int | None, max_tokens: int, seed: int
+) -> dict[str, Any]:
+    """Capture the adapted layers' inputs on `texts` and measure every layer."""
+    if max_length is None:
+        max_length = int(loaded.config.get("extra", {}).get("max_length", 32))
+    layers = adapted_layers(loaded.model)
+    batches = text_batches(loaded.tokenizer, texts, max_length)
+    inputs = capture_inputs(loaded.model, batches, max_tokens=max_tokens, layers=layers)
+    return {"spec": loaded.config["spec"], "layers": measure_model(inputs, layers, seed=seed)}
+
+
+def run_bounds(
+    path: str,
+    *,
+    data: str | None = None,
+    text: list[str] | None = None,
+    json_out: str | None = None,
+    model: str | None = None,
+    texts: int = 256,
+    max_length: int | None = None,
+    max_tokens: int = 512,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure every checkpoint found at `path`; write JSON if asked; return {label: result}."""
+    given = texts_from(data, text)
+    out: dict[str, Any] = {}
+    for label, directory in adapter_dirs(path):
+        loaded = load_checkpoint(label, directory, model)
+        chosen, source = inputs_for(loaded, given, texts, seed)
+        result = measure_checkpoint(
+            loaded, chosen, max_length=max_length, max_tokens=max_tokens, seed=seed
+        )
+        out[label] = {"directory": str(directory), "inputs": source, "texts": len(chosen), **result}
+    if json_out:
+        write_json_atomic(json_out, out)
+    return out
+
+
+def bounds_command(
+    path: str = typer.Argument(..., help="A demo run dir, one arch's dir, or an adapter dir."),
+    data: str | None = typer.Option(
+        None, "--data", help="LLM-Adapters .json/.jsonl, or .txt (one text a line)."
+    ),
+    text: list[str] | None = typer.Option(None, "--text", help="Input text (repeatable)."),  # noqa: B008
+    json_out: str | None = typer.Option(
+        None, "--json", help="Also write the results to this JSON file."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Base model, if the config names none."),
+    texts: int = typer.Option(256, "--texts", help="At most this many texts."),
+    max_length: int | None = typer.Option(
+        None, "--max-length", help="Tokens per text (default: the checkpoint's, else 32)."
+    ),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="Hidden states kept per layer."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Measure router bounds, noise amplification and routing statistics of a trained checkpoint."""
+    from rich.console import Console
+
+    from .report import bounds_table
+
+    try:
+        results = run_bounds(
+            path, data=data, text=text, json_out=json_out, model=model, texts=texts, max_length=max_length,
+            max_tokens=max_tokens, seed=seed,
+        )  # fmt: skip
+    except MoELoRAError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    console = Console(width=max(Console().width, 132))
+    for label, res in results.items():
+        console.print(
+            bounds_table(
+                label, res["layers"], caption=f"inputs: {res['inputs']} ({res['texts']} texts)"
+            )
+        )
+    if json_out:
+        console.print(f"wrote {json_out}")

@@ -1,0 +1,544 @@
+"""A resumable training loop on `accelerate`: CPU, one GPU (bf16 where supported) or DDP processes.
+
+Only the parameters with `requires_grad` are trained, checkpointed and restored (adapters, a task head).
+
+Data order. Examples are drawn from an endless stream: epoch e is a permutation of range(num_examples)
+seeded by (seed, e), epochs concatenated. Step t (0-based) consumes stream positions
+[t·G, (t+1)·G) with G = batch_size · grad_accum · world_size; micro-batch a of process k takes every
+world_size-th index of its slice. The data position is therefore a function of the step, and a resumed
+run sees exactly the batches it would have seen.
+
+Checkpoints. Every `checkpoint_every` steps, at the end, and when SIGTERM / SIGINT arrives (after the
+step in progress completes), `out_dir/checkpoints/step-NNNNNNN/` is written: `trainable.safetensors`,
+`optimizer.pt`, `scheduler.pt`, `rng-rank{k}.pt` (Python, NumPy, torch CPU and CUDA generator states of
+each process) and `state.json` (step, samples seen, epoch, losses, config). It is written to a hidden
+temporary directory and renamed into place (`os.replace`), so a checkpoint directory is always complete.
+`train` resumes from the newest one; with the same config the result is bit-identical on CPU to a run
+that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+import typer
+from torch import Tensor, nn
+
+from moelora_core.errors import ConfigError, MoELoRAError
+
+MakeBatch = Callable[[list[int]], dict[str, Tensor]]  # example indices -> batch of CPU tensors
+LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]  # (model, batch on device) -> scalar loss
+OnStep = Callable[[int, float], None]  # (completed step, loss) -> None
+
+_RESUME_KEYS = (
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "steps",
+    "seed",
+    "max_grad_norm",
+)
+
+
+class TrainingInterrupted(MoELoRAError):
+    """Raised after SIGTERM/SIGINT once the current step is checkpointed; `step` steps are saved."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"training interrupted after step {step}; resume from {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch_size: int = 32  # per process and micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear warm-up, then linear decay to 0 at `steps`
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 1
+    mixed_precision: str = (
+        "auto"  # "auto" (bf16 on a bf16-capable GPU, else "no") | "bf16" | "fp16"
+    )
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name}={v!r}: expected an integer >= 1")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ConfigError(
+                f"mixed_precision={self.mixed_precision!r}: expected auto, no, bf16 or fp16"
+            )
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr}: expected > 0")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float] = field(default_factory=list)  # one mean loss per step, from step 1
+    seconds: float = 0.0  # wall time of this call (not of earlier, resumed-from calls)
+    resumed_from: int = 0
+    checkpoint: Path | None = None
+    world_size: int = 1
+    mixed_precision: str = "no"
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """'auto' -> 'bf16' on a CUDA device that supports it, else 'no'."""
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def make_accelerator(mixed_precision: str = "auto") -> Any:
+    from accelerate import Accelerator
+
+    return Accelerator(
+        mixed_precision=resolve_mixed_precision(mixed_precision), cpu=not torch.cuda.is_available()
+    )
+
+
+def _permutation(n: int, seed: int, epoch: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen).tolist()
+
+
+def stream_indices(start: int, count: int, n: int, seed: int) -> list[int]:
+    """Positions [start, start+count) of the endless seeded stream of example indices."""
+    out: list[int] = []
+    cache: dict[int, list[int]] = {}
+    for q in range(start, start + count):
+        e = q // n
+        if e not in cache:
+            cache[e] = _permutation(n, seed, e)
+        out.append(cache[e][q % n])
+    return out
+
+
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoint directories under `out_dir/checkpoints`, oldest first."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    found = checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it into place."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, p)
+
+
+@contextmanager
+def _stop_signals() -> Iterator[dict[str, bool]]:
+    """Record SIGTERM/SIGINT in a flag instead of dying mid-step (main thread only)."""
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        flag["stop"] = True
+
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class _Run:
+    """State shared by the loop and the checkpoint writer."""
+
+    def __init__(
+        self, acc: Any, model: nn.Module, opt: Any, sched: Any, cfg: TrainConfig, out: Path
+    ):
+        self.acc, self.model, self.opt, self.sched = acc, model, opt, sched
+        self.cfg, self.out = cfg, out
+        self.losses: list[float] = []
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum * int(self.acc.num_processes)
+
+    def save(self, step: int, n: int) -> Path:
+        from safetensors.torch import save_file
+
+        acc = self.acc
+        final = self.out / "checkpoints" / f"step-{step:07d}"
+        tmp = self.out / "checkpoints" / f".tmp-step-{step:07d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        torch.save(_rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
+        if acc.is_main_process:
+            weights = {
+                k: v.detach().cpu().contiguous()
+                for k, v in _trainable(acc.unwrap_model(self.model)).items()
+            }
+            save_file(weights, str(tmp / "trainable.safetensors"))
+            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.sched.state_dict(), tmp / "scheduler.pt")
+            seen = step * self.global_batch
+            state = {
+                "step": step,
+                "samples_seen": seen,
+                "epoch": seen // n,
+                "num_examples": n,
+                "world_size": int(acc.num_processes),
+                "losses": self.losses,
+                "config": asdict(self.cfg),
+            }
+            (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in checkpoints(self.out)[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def load(self, ckpt: Path, n: int) -> int:
+        from safetensors.torch import load_file
+
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        saved = state["config"]
+        for key in _RESUME_KEYS:
+            if saved.get(key) != getattr(self.cfg, key):
+                raise ConfigError(
+                    f"{key}={getattr(self.cfg, key)!r} but checkpoint {ckpt} was written with {saved.get(key)!r}; "
+                    "expected the same training config to resume (or a fresh --out directory)"
+                )
+        if state["world_size"] != self.acc.num_processes or state["num_examples"] != n:
+            raise ConfigError(
+                f"checkpoint {ckpt}: world_size={state['world_size']}, num_examples={state['num_examples']}; "
+                f"this run has {self.acc.num_processes} and {n}, expected equal to resume"
+            )
+        weights = load_file(str(ckpt / "trainable.safetensors"))
+        params = _trainable(self.acc.unwrap_model(self.model))
+        if set(weights) != set(params):
+            raise ConfigError(
+                f"checkpoint {ckpt}: trainable parameters {sorted(set(weights) ^ set(params))[:5]} differ; "
+                "expected the same model and adapter spec"
+            )
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(weights[k].to(p.device, p.dtype))
+        self.opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+        self.sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+        _set_rng_state(
+            torch.load(ckpt / f"rng-rank{self.acc.process_index}.pt", weights_only=False)
+        )
+        self.losses = list(state["losses"])
+        return int(state["step"])
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - cfg.warmup_steps))
+
+    return f
+
+
+def train(
+    model: nn.Module,
+    num_examples: int,
+    make_batch: MakeBatch,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    accelerator: Any = None,
+    on_step: OnStep | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train the `requires_grad` parameters of `model` for `cfg.steps` optimizer steps (AdamW).
+
+    Resumes from the newest checkpoint in `out_dir`. The caller seeds and builds the model identically
+    each time (the checkpoint then overwrites the trainable weights). Raises TrainingInterrupted after a
+    SIGTERM/SIGINT, once the completed step is checkpointed.
+    """
+    from accelerate.utils import set_seed
+
+    if num_examples < 1:
+        raise ConfigError(f"num_examples={num_examples}: expected >= 1")
+    acc = accelerator or make_accelerator(cfg.mixed_precision)
+    out = Path(out_dir)
+    params = list(_trainable(model).values())
+    if not params:
+        raise ConfigError(
+            "model has no trainable parameter: expected adapters (or a head) with requires_grad"
+        )
+    set_seed(cfg.seed)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    model, opt = acc.prepare(model, opt)
+    run = _Run(acc, model, opt, sched, cfg, out)
+    ckpt = latest_checkpoint(out)
+    start = run.load(ckpt, num_examples) if ckpt is not None else 0
+    result = TrainResult(
+        steps=start,
+        resumed_from=start,
+        world_size=int(acc.num_processes),
+        mixed_precision=str(acc.mixed_precision),
+    )
+    t0 = time.perf_counter()
+    if start >= cfg.steps:
+        result.losses, result.checkpoint = run.losses, ckpt
+        return result
+    from tqdm.auto import tqdm
+
+    show = cfg.progress and acc.is_main_process and sys.stderr.isatty()
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not show, dynamic_ncols=True)
+    model.train()
+    width = cfg.batch_size * acc.num_processes  # stream positions per micro-batch, all processes
+    last: Path | None = ckpt
+    with _stop_signals() as flag:
+        for step in range(start, cfg.steps):
+            first = step * run.global_batch
+            total = 0.0
+            for a in range(cfg.grad_accum):
+                micro = stream_indices(first + a * width, width, num_examples, cfg.seed)
+                mine = micro[acc.process_index :: acc.num_processes]
+                batch = {k: v.to(acc.device) for k, v in make_batch(mine).items()}
+                with acc.autocast():
+                    loss = loss_fn(model, batch) / cfg.grad_accum
+                acc.backward(loss)
+                total += float(acc.reduce(loss.detach(), reduction="mean"))
+            if cfg.max_grad_norm is not None:
+                acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            run.losses.append(total)
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.4f}")
+            if on_step is not None:
+                on_step(done, total)
+            stop = flag["stop"]
+            if acc.num_processes > 1:
+                stop = bool(
+                    acc.reduce(torch.tensor(float(stop), device=acc.device), reduction="sum") > 0
+                )
+            if stop or done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                last = run.save(done, num_examples)
+            if stop:
+                bar.close()
+                assert last is not None
+                raise TrainingInterrupted(done, last)
+    bar.close()
+    result.steps, result.losses, result.checkpoint = cfg.steps, run.losses, last
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+# ----- `moelora train`: adapters on a causal LM, instruction data in the LLM-Adapters format ----------
+
+
+def finetune_causal_lm(
+    model_name: str,
+    spec: Any,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    data: str | None = None,
+    hf_dataset: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    max_length: int = 256,
+    gradient_checkpointing: bool = False,
+) -> TrainResult:
+    """Fine-tune `spec` adapters on a causal LM (local dir or hub name) and save them to out/adapter.
+
+    The base model is loaded in bf16 when training in bf16 (else fp32); adapters are fp32. Loss on the
+    response tokens only (`data.tokenize_causal`). Resumes from out/train/checkpoints.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .checkpoint import save_adapters
+    from .data import collate_causal, load_hf_records, load_records, tokenize_causal
+    from .inject import inject_adapters, trainable_report
+    from .tasks import resolve_model
+
+    if (data is None) == (hf_dataset is None):
+        raise ConfigError(f"data={data!r}, hf_dataset={hf_dataset!r}: expected exactly one of them")
+    acc = make_accelerator(cfg.mixed_precision)
+    path = resolve_model(model_name)
+    tok = AutoTokenizer.from_pretrained(path)
+    records = load_records(data, limit) if data else load_hf_records(str(hf_dataset), split, limit)
+    examples = tokenize_causal(records, tok, max_length)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    torch.manual_seed(cfg.seed)
+    inject_adapters(model, spec, dtype=torch.float32)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    if acc.is_main_process:
+        rep = trainable_report(model)
+        print(
+            f"{len(examples)} examples; trainable {rep.total_trainable:,} ({rep.share_percent:.4f}% of base)"
+        )
+
+    def make_batch(indices: list[int]) -> dict[str, Tensor]:
+        return collate_causal([examples[i] for i in indices], pad_id)
+
+    def loss_fn(m: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        loss: Tensor = m(**batch).loss
+        return loss
+
+    out = Path(out_dir)
+    result = train(
+        model, len(examples), make_batch, loss_fn, cfg, out / "train", accelerator=acc, desc="train"
+    )
+    if acc.is_main_process:
+        extra = {
+            "base_model": model_name,
+            "model_kind": "causal_lm",
+            "data": data or f"hf:{hf_dataset}[{split}]",
+            "examples": len(examples),
+            "max_length": max_length,
+            "step": result.steps,
+        }
+        save_adapters(acc.unwrap_model(model), out / "adapter", spec, extra=extra)
+    acc.wait_for_everyone()
+    return result
+
+
+def train_command(
+    model: str = typer.Option(..., "--model", help="Causal LM: a local directory or a hub name."),
+    data: str | None = typer.Option(None, "--data", help="LLM-Adapters .json/.jsonl file."),
+    hf_dataset: str | None = typer.Option(
+        None, "--hf-dataset", help="Or a Hugging Face dataset name."
+    ),
+    split: str = typer.Option("train", "--split", help="Split of --hf-dataset."),
+    limit: int | None = typer.Option(None, "--limit", help="Use the first N records only."),
+    out: str = typer.Option(
+        "runs/train", "--out", help="Output directory (resumed if it has checkpoints)."
+    ),
+    arch: str = typer.Option(
+        "talklora", "--arch", help="lora, moelora, hydralora, talklora or comol."
+    ),
+    targets: str = typer.Option(
+        "q_proj,v_proj", "--targets", help="Comma-separated module-name suffixes."
+    ),
+    rank: int = typer.Option(16, "--rank", help="Total rank r."),
+    experts: int = typer.Option(
+        4, "--experts", help="Experts E (MoE, TalkLoRA) or cores N (CoMoL)."
+    ),
+    expert_rank: int | None = typer.Option(
+        None, "--expert-rank", help="MoE per-expert rank (default r // E)."
+    ),
+    router: str = typer.Option("input", "--router", help="MoELoRA router: input or latent."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Keep the k largest routing weights."),
+    core_router: bool = typer.Option(
+        True, "--core-router/--no-core-router", help="CoMoL: route on A x."
+    ),
+    shared_b: bool = typer.Option(
+        False, "--shared-b", help="TalkLoRA: share B across layers of a type."
+    ),
+    shared_ab: bool = typer.Option(
+        False, "--shared-ab", help="CoMoL: share A, B across layers of a type."
+    ),
+    scale: float = typer.Option(1.0, "--scale", help="s = alpha / r."),
+    steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Per process and micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step."),
+    lr: float = typer.Option(3e-4, "--lr"),
+    warmup: int = typer.Option(100, "--warmup", help="Linear warm-up steps."),
+    max_length: int = typer.Option(256, "--max-length", help="Tokens per example (truncated)."),
+    seed: int = typer.Option(0, "--seed"),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every"),
+    mixed_precision: str = typer.Option(
+        "auto", "--mixed-precision", help="auto, no, bf16 or fp16."
+    ),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
+) -> None:
+    """Fine-tune adapters on a causal LM (CPU, one GPU, or DDP under `accelerate launch`)."""
+    from .inject import AdapterSpec
+
+    try:
+        spec = AdapterSpec(
+            arch, tuple(t for t in targets.split(",") if t), None, rank, experts, expert_rank, router, top_k,
+            core_router, shared_b, shared_ab, scale,
+        )  # fmt: skip
+        cfg = TrainConfig(
+            steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=min(warmup, steps - 1),
+            seed=seed, checkpoint_every=checkpoint_every, mixed_precision=mixed_precision,
+        )  # fmt: skip
+        r = finetune_causal_lm(
+            model, spec, cfg, out, data=data, hf_dataset=hf_dataset, split=split, limit=limit,
+            max_length=max_length, gradient_checkpointing=gradient_checkpointing,
+        )  # fmt: skip
+    except TrainingInterrupted as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(130) from None
+    except MoELoRAError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    final = f"{r.losses[-1]:.4f}" if r.losses else "n/a"
+    typer.echo(
+        f"{r.steps} steps (resumed from {r.resumed_from}), final loss {final}; adapters in {out}/adapter"
+    )
