@@ -1,0 +1,379 @@
+"""`moelora verify` and `proofs_numeric.variants`: the worked examples' claims (theorems, ci profile),
+a refuted mutated twin beside each kind of declaration, the command's exit codes and JSON, and clean
+one-line errors for malformed variant files."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from experiments.cli import app
+from moelora_core.lora import LoRA, LoRAConfig
+from proofs_numeric.checking import Claim
+from proofs_numeric.variants import (
+    Variant,
+    VariantError,
+    bounds_search,
+    check_variant_claim,
+    complexity,
+    embeds,
+    empirical_lipschitz,
+    format_report,
+    lipschitz_bound,
+    load_variant,
+    load_variants,
+    param_formula,
+    reduces_to,
+    run_variant,
+    satisfies,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+TRUE_FILE, FALSE_FILE = EXAMPLES / "adamole_variant.py", EXAMPLES / "false_claim_variant.py"
+ADAMOLE = load_variant(TRUE_FILE)
+MOLA = load_variant(FALSE_FILE)
+ada: Any = sys.modules[ADAMOLE.build.__module__]  # type: ignore[attr-defined]
+FALSE_CLAIMS = {
+    "mola_top2.params_without_router": "num_experts=2",  # the smallest instance where E·n > 0 matters
+    "mola_top2.top2_gate_lipschitz": "num_experts=3",  # top-2 of 2 is softmax: E = 3 is the first jump
+    "mola_top2.switch_loss_at_least_one": "num_experts=3",  # E = 2: f = (½, ½) and the loss is 1
+}
+runner = CliRunner()
+
+
+# ----- the examples, under the active (ci) profile ---------------------------------------------------
+
+
+@pytest.mark.theorems
+@pytest.mark.parametrize("claim", ADAMOLE.claims(), ids=lambda c: c.name)
+def test_adamole_example_claims(claim: Claim[Any]) -> None:
+    report = check_variant_claim(ADAMOLE, claim)
+    assert report.as_expected, "\n".join(format_report(report))
+    if claim.expect == "holds" and claim.max_examples is None:
+        assert report.cases >= 200  # the ci profile's cases
+    if claim.expect == "refuted":
+        assert report.counterexample and "num_experts=2" in report.counterexample
+
+
+@pytest.mark.theorems
+@pytest.mark.parametrize("claim", MOLA.claims(), ids=lambda c: c.name)
+def test_false_example_claims(claim: Claim[Any]) -> None:
+    report = check_variant_claim(MOLA, claim)
+    if claim.name not in FALSE_CLAIMS:
+        assert report.holds, "\n".join(format_report(report))
+        return
+    assert not report.holds and not report.as_expected
+    assert report.counterexample is not None and report.detail
+    shrunk = f"in_features=1, out_features=1, {FALSE_CLAIMS[claim.name]}, expert_rank=1"
+    assert shrunk in report.counterexample, report.counterexample
+    assert "rebuild: adapter, x = load_variant(" in report.counterexample
+    if claim.name == "mola_top2.top2_gate_lipschitz":
+        assert "g(x) jumps between a and b, so no finite bound holds" in report.detail
+
+
+# ----- the Lipschitz search ----------------------------------------------------------------------------
+
+
+def test_lipschitz_search_is_sound_and_tight_on_softmax() -> None:
+    """g = softmax([w·x, -w·x]) has Lip = ½‖W‖₂ exactly (attained at w·x = 0): the search must come
+    within 2 % and never exceed it."""
+    for seed in range(5):
+        w = torch.randn(1, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        W = torch.cat([w, -w])  # (2, 4)
+        bound = 0.5 * float(torch.linalg.matrix_norm(W, ord=2))
+        found = empirical_lipschitz(lambda X, W=W: torch.softmax(X @ W.T, -1), 4, seed=seed)
+        assert 0.98 * bound <= found.ratio <= bound * (1 + 1e-9)
+        g = lambda X, W=W: torch.softmax(X @ W.T, -1)  # noqa: E731
+        direct = float((g(found.a[None]) - g(found.b[None])).norm() / (found.a - found.b).norm())
+        assert found.ratio <= direct  # the witness pair really has (at least) that ratio
+
+
+def test_lipschitz_search_finds_jumps() -> None:
+    found = empirical_lipschitz(lambda X: (X[:, :1] > 0.3).to(X.dtype), 2, seed=0)
+    assert found.ratio > 1e6
+
+
+def test_bounds_search_stage_is_sound_and_used_when_thorough() -> None:
+    w = torch.randn(1, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    W = torch.cat([w, -w])
+    bound = 0.5 * float(torch.linalg.matrix_norm(W, ord=2))
+    found = bounds_search(lambda X: torch.softmax(X @ W.T, -1), 3, seed=0)
+    assert found is not None and 0.9 * bound <= found.ratio <= bound * (1 + 1e-9)
+    half = lipschitz_bound(
+        lambda a: ada.half_router_norm(a) / 2, of="probabilities", effort="thorough"
+    )
+    v = Variant("twin", build=ada.AdaMoLE, shapes=ADAMOLE.shapes, claims=[half])
+    (report,) = run_variant(v, max_examples=10).reports
+    assert not report.holds
+    with pytest.raises(VariantError, match="effort='max'"):
+        lipschitz_bound(ada.half_router_norm, effort="max")  # type: ignore[arg-type]
+
+
+# ----- a refuted mutated twin beside each kind of declaration -----------------------------------------
+
+
+def _lora_with_extra_A(lora: LoRA) -> Any:
+    """Twin: the embedding with A perturbed."""
+    out = ada.lora_as_adamole(lora)
+    out.A.weight.add_(0.1)
+    return out
+
+
+def _float32_lora(a: Any) -> LoRA:
+    """Twin: an embedding built in float32 (values rounded)."""
+    return ada.first_expert_as_lora(a).to(torch.float32)
+
+
+TWINS: list[tuple[str, Any]] = [
+    ("reduction without its precondition", reduces_to("lora", embed=ada.first_expert_as_lora)),
+    ("embedding in float32", reduces_to("lora", embed=_float32_lora, shapes={"num_experts": 1})),
+    ("wrong embedding", embeds("lora", embed=_lora_with_extra_A)),
+    ("formula missing n + 1", param_formula("E*r_e*(n + m) + E*n")),
+    ("wrong complexity class", complexity("E*r_e*(n + m) + E*n + n + 1", "E*r_e*n", "n m E r_e")),
+    ("wrong class of param_formula()", complexity(None, "E*r_e*n", "n m E r_e")),
+    ("bound too small by 2", lipschitz_bound(lambda a: ada.half_router_norm(a) / 2, of="probabilities")),
+    ("false property", satisfies("gate_is_softmax", lambda a, x: float((a.routing(x) - a.probabilities(x)).abs().max()), tol=1e-9)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "decl"), TWINS, ids=[t[0] for t in TWINS])
+def test_each_kind_of_claim_can_be_refuted(what: str, decl: Any) -> None:
+    v = Variant("twin", build=ada.AdaMoLE, shapes=ADAMOLE.shapes, claims=[decl])
+    (claim,) = v.claims()
+    report = check_variant_claim(v, claim, max_examples=60)
+    assert not report.holds, f"{what}: held on {report.cases} cases"
+    assert report.counterexample is not None and report.detail
+
+
+def test_true_versions_of_the_twins_hold() -> None:
+    decls = [
+        complexity(None, "E*r_e*(n + m)", "n m E r_e"),
+        param_formula(),  # the adapter's own param_formula()
+        lipschitz_bound(ada.half_router_norm, of=lambda a, x: a.probabilities(x)),
+    ]
+    v = Variant("twin", build=ada.AdaMoLE, shapes=ADAMOLE.shapes, claims=decls)
+    for report in run_variant(v, max_examples=20).reports:
+        assert report.holds, "\n".join(format_report(report))
+
+
+def test_claim_declared_refuted_that_holds_is_reported() -> None:
+    v = Variant(
+        "twin", build=ada.AdaMoLE, shapes=ADAMOLE.shapes, claims=[param_formula(expect="refuted")]
+    )
+    (report,) = run_variant(v, max_examples=10).reports
+    assert report.holds and not report.as_expected and report.line().startswith("BAD")
+
+
+def test_strategy_configs_and_overrides() -> None:
+    """configs= (a strategy) with a per-claim shapes= override applied by dataclasses.replace."""
+    configs = st.builds(LoRAConfig, st.integers(1, 5), st.integers(1, 5), st.integers(1, 3))
+    one = lambda a: a  # noqa: E731  (LoRA reduces to itself)
+    v = Variant(
+        "lora_again",
+        build=LoRA,
+        configs=configs,
+        claims=[
+            reduces_to(LoRA, embed=one, shapes={"rank": 7}),
+            satisfies("rank_is_seven", lambda a, x: a.config.rank == 7, shapes={"rank": 7}),
+            satisfies("rank_small", lambda a, x: a.config.rank <= 3),
+        ],
+    )
+    assert all(r.holds for r in run_variant(v, max_examples=10).reports)
+
+
+# ----- declaration errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"shapes": {"in_features": 2, "out_features": 2, "rnk": 1}}, "not fields of LoRAConfig"),
+        ({"shapes": {"in_features": 2, "out_features": 2}}, "required field(s) ['rank']"),
+        ({"shapes": {"in_features": (3, 1), "out_features": 2, "rank": 1}}, "expected lo <= hi"),
+        ({"shapes": {"in_features": (1, 2, 3), "out_features": 2, "rank": 1}}, "inclusive range"),
+        ({}, "give configs="),
+        (
+            {"shapes": {"in_features": 2, "out_features": 2, "rank": 1}, "claims": []},
+            "declares no claims",
+        ),
+        (
+            {"shapes": {"in_features": 2, "out_features": 2, "rank": 1}, "claims": ["x"]},
+            "expected declarations",
+        ),
+    ],
+)
+def test_bad_declarations_raise_clear_errors(kwargs: dict[str, Any], message: str) -> None:
+    kwargs.setdefault("claims", [param_formula("r*(n + m)")])
+    with pytest.raises(
+        VariantError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+    ):
+        Variant("bad", build=LoRA, **kwargs)
+
+
+def test_unknown_architecture_lists_the_known_ones() -> None:
+    with pytest.raises(
+        VariantError, match=r"'molora' is not registered; expected one of \['comol'"
+    ):
+        reduces_to("molora", embed=lambda a: a)
+    with pytest.raises(VariantError, match="not a formula"):
+        param_formula("E*(n +")
+
+
+def test_no_valid_config_is_a_preflight_error() -> None:
+    v = Variant("never", build=LoRA, shapes={"in_features": 0, "out_features": 1, "rank": 1},
+                claims=[param_formula("r*(n + m)")])  # fmt: skip
+    with pytest.raises(
+        VariantError,
+        match=r"no valid config could be drawn; last rejection: LoRAConfig\(in_features=0",
+    ):
+        v.preflight()
+
+
+# ----- the command -----------------------------------------------------------------------------------
+
+
+def test_cli_true_example_exits_0() -> None:
+    result = runner.invoke(
+        app, ["verify", str(TRUE_FILE), "--profile", "dev", "--max-examples", "8"]
+    )
+    assert result.exit_code == 0, result.stdout + result.stderr
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith(("ok ", "BAD"))]
+    assert len(lines) == len(ADAMOLE.declarations) and all(ln.startswith("ok ") for ln in lines)
+    assert "(expected refuted)" in result.stdout and "counterexample:" in result.stdout
+
+
+def test_cli_false_example_exits_1_with_counterexamples_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "report.json"
+    result = runner.invoke(
+        app, ["verify", str(FALSE_FILE), "--max-examples", "30", "--json", str(out)]
+    )
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert result.stdout.count("counterexample:") == 3 and result.stdout.count("rebuild:") == 3
+    assert "2 of 5 claim(s) as declared, 3 not" in result.stdout
+    payload = json.loads(out.read_text())
+    assert payload["ok"] is False and payload["profile"] == "ci"
+    bad = {r["name"] for v in payload["variants"] for r in v["reports"] if not r["as_expected"]}
+    assert bad == set(FALSE_CLAIMS)
+    assert [p.name for p in out.parent.iterdir()] == [
+        "report.json"
+    ]  # written atomically, no leftovers
+
+
+def test_cli_only_and_directory_and_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = runner.invoke(
+        app,
+        ["verify", str(FALSE_FILE), "--only", "balanced_loss_is_one", "--only", "is_top2_moelora"],
+    )
+    assert result.exit_code == 0 and result.stdout.count("ok ") == 2
+    result = runner.invoke(app, ["verify", str(FALSE_FILE), "--only", "nope"])
+    assert result.exit_code == 2 and "no claim(s) ['nope']" in result.stderr
+    (tmp_path / "tiny_variant.py").write_text(TINY)
+    result = runner.invoke(app, ["verify", str(tmp_path), "--max-examples", "5"])  # a directory
+    assert result.exit_code == 0 and "variant tiny" in result.stdout
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = runner.invoke(
+        app, ["verify", "tiny_variant", "--max-examples", "5"]
+    )  # a dotted module
+    assert result.exit_code == 0 and "variant tiny (tiny_variant)" in result.stdout
+
+
+TINY = textwrap.dedent(
+    """
+    from moelora_core.lora import LoRA
+    from proofs_numeric.variants import Variant, param_formula
+
+    VARIANT = Variant("tiny", build=LoRA, shapes={"in_features": (1, 3), "out_features": 2, "rank": 1},
+                      claims=[param_formula("r*(n + m)")])
+    """
+)
+
+MALFORMED = {
+    "syntax_variant.py": ("VARIANT = (\n", "syntax_variant.py:1: syntax error"),
+    "import_variant.py": (
+        "import not_a_real_module_xyz\n",
+        "import failed: No module named 'not_a_real_module_xyz'",
+    ),
+    "raises_variant.py": (
+        "x = 1 / 0\n",
+        "raises_variant.py:1: ZeroDivisionError while loading the variant",
+    ),
+    "none_variant.py": ("X = 1\n", "no module-level VARIANT = Variant(...) or VARIANTS = [...]"),
+    "wrongtype_variant.py": (
+        "VARIANT = 3\n",
+        "VARIANT(S) holds int; expected proofs_numeric.variants.Variant",
+    ),
+    "empty_variant.py": (
+        TINY.replace('claims=[param_formula("r*(n + m)")]', "claims=[]"),
+        "declares no claims",
+    ),
+    "unknown_variant.py": (
+        TINY.replace(
+            'param_formula("r*(n + m)")', 'reduces_to("molora", embed=lambda a: a)'
+        ).replace("param_formula", "param_formula, reduces_to"),
+        "architecture 'molora' is not registered; expected one of ['comol', 'hydralora', 'lora', 'moelora'",
+    ),
+    "shapes_variant.py": (
+        textwrap.dedent(
+            """
+            from moelora_core.lora import LoRA
+            from moelora_core.maps import Compose, Dense
+            from proofs_numeric.variants import Variant, param_formula
+
+            class Broken(LoRA):
+                def __init__(self, config):
+                    super().__init__(config)
+                    self.path = Compose(Dense(2, config.rank + 1), self.A)  # inner gives rank, outer wants rank + 1
+
+            VARIANT = Variant("broken", build=Broken, shapes={"in_features": 2, "out_features": 2, "rank": 1},
+                              claims=[param_formula("r*(n + m)")])
+            """
+        ),
+        "building or running LoRAConfig(in_features=2, out_features=2, rank=1, scale=1.0) raised ShapeError: "
+        "compose: outer.in_features=2 but inner.out_features=1",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_variant_files_give_one_clear_line(name: str, tmp_path: Path) -> None:
+    text, message = MALFORMED[name]
+    path = tmp_path / name
+    path.write_text(text)
+    result = runner.invoke(app, ["verify", str(path)])
+    assert result.exit_code == 2
+    assert message in result.stderr and str(path) in result.stderr, result.stderr
+    assert (
+        "Traceback" not in result.stdout + result.stderr
+        and len(result.stderr.strip().splitlines()) <= 2
+    )
+
+
+def test_missing_targets(tmp_path: Path) -> None:
+    for target, message in [
+        (str(tmp_path / "nope.py"), "no such file"),
+        ("no_such_module_xyz.sub", "no such file, directory or importable module"),
+        (str(tmp_path), "no variant file (named *_variant.py or moelora_variant_*.py)"),
+    ]:
+        result = runner.invoke(app, ["verify", target])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+    result = runner.invoke(app, ["verify", str(TRUE_FILE), "--profile", "fast"])
+    assert result.exit_code == 2 and "--profile='fast'" in result.stderr
+
+
+def test_counterexample_rebuilds() -> None:
+    """The printed rebuild line gives back the same adapter and inputs."""
+    (v,) = load_variants(FALSE_FILE)
+    cfg = ada.AdaMoLEConfig(2, 1, 2, 1)
+    a1, x1 = ADAMOLE.rebuild(cfg, seed=3, input_seed=4, batch=(2,))
+    a2, x2 = load_variant(str(TRUE_FILE), "adamole").rebuild(cfg, seed=3, input_seed=4, batch=(2,))
+    assert torch.equal(x1, x2) and torch.equal(a1(x1), a2(x2))
+    assert v is MOLA and math.isfinite(float(a1(x1).detach().sum()))
