@@ -373,7 +373,7 @@ class Variant:
 
     @builtins.property
     def where(self) -> str:
-        return self.source or f"variant {self.name!r}"
+        return self.source or "(in memory)"
 
     def _check_shape_keys(self, shapes: dict[str, Any], complete: bool) -> None:
         cls = self.config_class
@@ -433,8 +433,8 @@ class Variant:
             a = self.build(config)
         if not isinstance(a, Adapter):
             raise VariantError(
-                f"{self.where}: build({config!r}) returned {type(a).__name__}; expected a "
-                "moelora_core.adapter.Adapter subclass"
+                f"{self.where}: variant {self.name!r}: build({config!r}) returned "
+                f"{type(a).__name__}; expected a moelora_core.adapter.Adapter subclass"
             )
         a = a.to(DTYPE)
         if self.init is not None:
@@ -492,24 +492,26 @@ class Variant:
                 f"{self.where}: variant {self.name!r}: no valid config could be drawn; last rejection: "
                 f"{self._why.last or 'none recorded'}"
             ) from None
+        where = f"{self.where}: variant {self.name!r}"
         try:
             a, x = self.rebuild(config, 0, 0, (2,))
-            out = a(x)
-            if tuple(out.shape) != (2, a.out_features):
-                raise VariantError(
-                    f"Δ(x) has shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; expected "
-                    f"(2, {a.out_features}) (out_features)"
-                )
-            g = a.routing(x)
-            if g is not None and (g.dim() != 2 or g.shape[0] != 2):
-                raise VariantError(f"routing(x) has shape {tuple(g.shape)}; expected (2, E)")
-        except VariantError as e:
-            raise VariantError(f"{self.where}: variant {self.name!r} on {config!r}: {e}") from None
+            out, g = a(x), a.routing(x)
+        except VariantError:
+            raise
         except Exception as e:
             raise VariantError(
-                f"{self.where}: variant {self.name!r}: building or running {config!r} raised "
-                f"{type(e).__name__}: {e}"
+                f"{where}: building or running {config!r} raised {type(e).__name__}: {e}"
             ) from None
+        if not isinstance(out, Tensor) or tuple(out.shape) != (2, a.out_features):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise VariantError(
+                f"{where} on {config!r}: Δ(x) has shape {shape} for x of shape {tuple(x.shape)}; "
+                f"expected (2, {a.out_features}) (out_features)"
+            )
+        if g is not None and (g.dim() != 2 or g.shape[0] != 2):
+            raise VariantError(
+                f"{where} on {config!r}: routing(x) has shape {tuple(g.shape)}; expected (2, E)"
+            )
 
     # ----- claims --------------------------------------------------------------------------------------
     def claims(self) -> list[Claim[Any]]:

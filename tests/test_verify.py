@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -235,6 +236,28 @@ def test_no_valid_config_is_a_preflight_error() -> None:
         VariantError,
         match=r"no valid config could be drawn; last rejection: LoRAConfig\(in_features=0",
     ):
+        v.preflight()
+
+
+class _WrongOut(LoRA):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[..., :1]  # drops output features
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda c: 3,
+            "build(LoRAConfig(in_features=1, out_features=2, rank=1, scale=1.0)) returned int",
+        ),
+        (_WrongOut, "Δ(x) has shape (2, 1) for x of shape (2, 1); expected (2, 2) (out_features)"),
+    ],
+)
+def test_preflight_names_what_is_wrong(build: Any, message: str) -> None:
+    v = Variant("odd", build=build, config=LoRAConfig, claims=[param_formula("r*(n + m)")],
+                shapes={"in_features": (1, 3), "out_features": 2, "rank": 1})  # fmt: skip
+    with pytest.raises(VariantError, match=re.escape(message)):
         v.preflight()
 
 
