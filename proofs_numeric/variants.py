@@ -111,7 +111,6 @@ __all__ = [
     "load_variant",
     "load_variants",
     "param_formula",
-    "property",
     "reduces_to",
     "run_variant",
     "satisfies",
@@ -657,6 +656,13 @@ def reduces_to(
     )
 
 
+def _describe_source_case(c: Case[Any]) -> str:
+    return (
+        f"{c!r}\nrebuild: from proofs_numeric.strategies import Case; "
+        f"source = {c!r}.build(); x = {c!r}.inputs()"
+    )
+
+
 def embeds(
     source: str | type,
     *,
@@ -706,6 +712,7 @@ def embeds(
         return Claim(
             full, text.replace("{variant}", v.name), strategy, case, exp,
             spec=f"variant {v.name} ({v.source or 'in memory'})", max_examples=max_examples,
+            describe=_describe_source_case,
         )  # fmt: skip
 
     return Declaration("embeds", name or f"embeds_{key.lower()}", text, exp, make)
@@ -1164,7 +1171,9 @@ def satisfies(
     max_examples: int | None = None,
 ) -> Declaration:
     """`predicate(adapter, x)` holds on every drawn instance: it returns True, a float <= `tol`, or an
-    `Outcome`. Exported as `property`."""
+    `Outcome`. It runs under `torch.no_grad()`, on a fresh instance, so it may modify the parameters
+    (e.g. zero the router to test balanced routing). Also available as `property` (not exported by
+    `import *`, which would shadow the builtin)."""
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
         raise VariantError(
             f"property name={name!r}: expected an identifier (letters, digits, _ or -)"
