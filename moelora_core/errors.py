@@ -92,7 +92,9 @@ def check_input(x: object, features: int, reference: torch.Tensor, name: str = "
         raise DTypeDeviceError(
             f"{name}.device={x.device}: expected {reference.device}, the device of the adapter's parameters"
         )
-    if not bool(torch.isfinite(x).all()):
+    # Fast path: a NaN or inf makes the sum non-finite, so a finite sum proves every entry finite
+    # (one reduction, no (..., n) temporary). A non-finite sum may be an overflow: check exactly.
+    if not bool(torch.isfinite(x.detach().sum())) and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise NonFiniteError(
             f"{name}: {bad} non-finite value(s) (NaN or inf); expected finite values"
