@@ -1,0 +1,143 @@
+"""Bound-report benchmark: wall time of `layer_report` for one layer, and its parts.
+
+    .venv/bin/python benchmarks/bounds.py                    # n = m = 4096, r = 32, E = 8, 1024 inputs
+    .venv/bin/python benchmarks/bounds.py --threads 1        # single-threaded
+    .venv/bin/python benchmarks/bounds.py --json out.json    # also write every sample (atomically)
+
+The layer is a float32 TalkLoRA (n = m = 4096, r = 32, E = 8, head dim 4) with random A, K, T, W_r and
+B ~ N(0, 0.02²) (B = 0 at initialisation would make every local bound trivial); the inputs are 1024
+standard normal rows. Cases: the given points (radius None), balls of radius 1 around them, and the
+same points for the other routed architectures at equal total rank (MoELoRA latent and input routers
+with r_e = 4, HydraLoRA r_e = 4, CoMoL r = 32 with N = 8 cores). Each case runs once to warm up
+(first use of forward-mode AD loads torch's decompositions, ~0.5 s once per process), then `--repeats`
+times; the minimum and the median are printed with the report's own per-part timings of the fastest
+run. Wall time on a shared machine varies with other processes: the minimum is the cost of the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from moelora_core import (
+    Adapter,
+    CoMoL,
+    CoMoLConfig,
+    HydraLoRA,
+    HydraLoRAConfig,
+    MoELoRA,
+    MoELoRAConfig,
+    TalkLoRA,
+    TalkLoRAConfig,
+)
+from proofs_numeric.bounds import LayerBoundReport, layer_report
+
+
+def _layer(kind: str, n: int, r: int, E: int, seed: int) -> Adapter:
+    torch.manual_seed(seed)
+    a: Adapter
+    if kind == "talklora":
+        a = TalkLoRA(TalkLoRAConfig(n, n, r, E))
+    elif kind in ("moelora-latent", "moelora-input"):
+        a = MoELoRA(MoELoRAConfig(n, n, E, r // E, kind.split("-")[1]))  # type: ignore[arg-type]
+    elif kind == "hydralora":
+        a = HydraLoRA(HydraLoRAConfig(n, n, E, r // E))
+    else:
+        a = CoMoL(CoMoLConfig(n, n, r, E))
+    with torch.no_grad():
+        for name, p in a.named_parameters():
+            if name.startswith("B.") or name == "B.weight":
+                p.normal_(0, 0.02)
+    return a
+
+
+def _time(a: Adapter, X: torch.Tensor, radius: float | None, repeats: int) -> dict[str, Any]:
+    layer_report(a, X, radius=radius)  # warm-up
+    runs: list[tuple[float, LayerBoundReport]] = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        rep = layer_report(a, X, radius=radius)
+        runs.append((time.perf_counter() - t, rep))
+    best_t, best = min(runs, key=lambda r: r[0])
+    return {
+        "min_s": best_t,
+        "median_s": statistics.median(t for t, _ in runs),
+        "samples_s": [t for t, _ in runs],
+        "parts_s": best.timings,
+        "upper": best.upper,
+        "lower": best.lower,
+        "gap": best.gap_ratio,
+        "local_upper": best.local.adaptive if best.local else None,
+        "local_lower": best.local.lower if best.local else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--experts", type=int, default=8)
+    ap.add_argument("--inputs", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only-main", action="store_true", help="only the TalkLoRA cases")
+    ap.add_argument("--json", dest="json_out", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    X = torch.randn(args.inputs, args.n, generator=torch.Generator().manual_seed(0))
+    cases: list[tuple[str, float | None]] = [("talklora", None), ("talklora", 1.0)]
+    if not args.only_main:
+        cases += [(k, None) for k in ("moelora-latent", "moelora-input", "hydralora", "comol")]
+    print(
+        f"layer_report: n = m = {args.n}, r = {args.rank}, E = {args.experts}, "
+        f"{args.inputs} inputs, float32, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s), {args.repeats} repeats"
+    )
+    results = []
+    for kind, radius in cases:
+        a = _layer(kind, args.n, args.rank, args.experts, 0)
+        res = _time(a, X, radius, args.repeats)
+        res.update(kind=kind, radius=radius)
+        results.append(res)
+        parts = "  ".join(f"{k} {v * 1e3:.0f}" for k, v in res["parts_s"].items())
+        domain = "points" if radius is None else f"balls R={radius:g}"
+        print(
+            f"{kind:<15} {domain:<12} min {res['min_s']:.3f}s  median {res['median_s']:.3f}s  "
+            f"| parts (ms): {parts}",
+            flush=True,
+        )
+        print(
+            f"{'':<28} Lip(g) <= {res['upper']:.4g}, found {res['lower']:.4g} (gap {res['gap']:.3f})"
+            + (
+                f"; local Lip(Δ) <= {res['local_upper']:.4g}, found {res['local_lower']:.4g}"
+                if res["local_upper"] is not None
+                else ""
+            )
+        )
+    if args.json_out:
+        payload = {
+            "machine": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "args": vars(args),
+            "results": results,
+        }
+        directory = os.path.dirname(os.path.abspath(args.json_out))
+        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+            json.dump(payload, f, indent=2, default=str)
+        os.replace(f.name, args.json_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Certified upper bounds on the router's Lipschitz constant, from its logit map's factors.
+
+The router computes g(x) = softmax(L x) with L = F_K ⋯ F_1 (E x n), the factors of
+`adapter.router_logit_map().factors()` (innermost first): [I, W_g] for an input router, [A, W_r] for a
+latent MoELoRA, [A, T⊗I, W_r] for TalkLoRA, [A, W_c] for the CoMoL core router. The Jacobian is
+J_g(x) = J(p) L with J(p) = diag(p) − ppᵀ, and J(p) = J(p) Π (Π = I − 11ᵀ/E), so for all x, x':
+
+    ‖g(x) − g(x')‖ ≤ Lip ‖x − x'‖,   Lip ≤ ½ ‖Π L‖₂ ≤ ½ ‖L‖₂ ≤ ½ ∏_k ‖F_k‖₂
+                                        (centred)   (effective)  (product)
+
+(softmax constant ½ from `spectral.SOFTMAX_LIP`; Lipschitz = sup of the Jacobian norm on the convex
+R^n). For TalkLoRA the product form is ½ ‖W_r‖₂ ‖T‖₂ ‖A‖₂ (‖T ⊗ I‖₂ = ‖T‖₂) and the effective form
+½ ‖W_r (T ⊗ I) A‖₂; for the CoMoL core router ½ ‖W_c A‖₂.
+
+Latent routers also have a head-perturbation map h ↦ g = softmax(H h), H = F_K ⋯ F_2 (the factors
+after the latent map F_1 = A): TalkLoRA H = W_r (T ⊗ I), latent MoELoRA H = W_r, CoMoL H = W_c. The
+same three forms bound it. For TalkLoRA a perturbation δ confined to head j gives (T ⊗ I)δ = (T e_j) ⊗ δ_j,
+so it is bounded by ½ ‖W_r‖₂ ‖T e_j‖₂ ‖δ‖ (product) and ½ ‖Π W_r ((T e_j) ⊗ I_d)‖₂ ‖δ‖ (centred).
+
+Attainability (used to say when a bound cannot be tight): ‖J(p) Π L‖₂ = ½ ‖Π L‖₂ needs J(p) to have
+eigenvalue ½ on a top left singular vector of Π L, i.e. p = (e_i + e_j)/2 and u = (e_i − e_j)/√2. So
+sup_x ‖J_g(x)‖₂ ≥ ½ max_{i<j} ‖l_i − l_j‖/√2 = a · ½‖Π L‖₂ when every centred logit vector is reachable
+(rank Π L = E − 1; approached as z_i = z_j → +∞ relative to the others), where a ∈ [0, 1] is the pair
+alignment; and a < 1 means the centred bound is not attained (strictly).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from moelora_core.adapter import Adapter
+from moelora_core.maps import BlockDiagonal, Dense, Identity, KronIdentity, LinearMap
+from moelora_core.talklora import TalkLoRA
+
+from .domain import NoRouterError
+from .spectral import F64, SOFTMAX_LIP, centring, certify, spectral_norm
+
+RANK_RTOL = 1e-9  # relative singular-value threshold for rank(Π L)
+
+
+def factor_name(f: LinearMap) -> str:
+    if isinstance(f, KronIdentity):
+        return f"{factor_name(f.talk)}⊗I"
+    if isinstance(f, Identity):
+        return "I"
+    if isinstance(f, Dense | BlockDiagonal):
+        return f.name
+    return type(f).__name__
+
+
+def logit_factors(adapter: Adapter) -> list[LinearMap]:
+    """The factors of the router's logit map x -> L x, innermost first."""
+    lm = adapter.router_logit_map()
+    if lm is None or adapter.router is None:
+        raise NoRouterError(f"adapter={type(adapter).__name__}: has no router")
+    return lm.factors()
+
+
+def is_latent(factors: Sequence[LinearMap]) -> bool:
+    """A latent router reads h = F_1 x for a non-identity first factor (A)."""
+    return len(factors) > 1 and not isinstance(factors[0], Identity)
+
+
+def effective_matrix(factors: Sequence[LinearMap]) -> Tensor:
+    """L = F_K ⋯ F_1 in float64, multiplied outermost first (E rows throughout); identities skipped."""
+    M: Tensor | None = None
+    for f in reversed(factors):
+        if isinstance(f, Identity):
+            continue
+        D = f.dense().detach().to(F64)
+        M = D if M is None else M @ D
+    if M is None:  # only identities: L = I
+        return torch.eye(factors[0].in_features, dtype=F64)
+    return M
+
+
+@dataclass(frozen=True)
+class RouterBounds:
+    """The three certified forms for p = softmax(L v), with the norms they are made of."""
+
+    num_experts: int
+    product: float  # ½ ∏ ‖F_k‖₂
+    effective: float  # ½ ‖L‖₂
+    centred: float  # ½ ‖Π L‖₂
+    factor_norms: dict[str, float]
+    logit_norm: float  # ‖L‖₂
+    centred_norm: float  # ‖Π L‖₂
+    centred_rank: int  # rank(Π L); E − 1 means every centred logit vector is reachable
+    pair_alignment: float  # a = max_ij ‖l_i − l_j‖ / (√2 ‖Π L‖₂) (1 when Π L = 0)
+    best_pair: tuple[int, int] | None
+    methods: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def upper(self) -> float:
+        """The tightest certified form (the centred one)."""
+        return self.centred
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "product": self.product,
+            "effective": self.effective,
+            "centred": self.centred,
+            "factor_norms": dict(self.factor_norms),
+            "logit_norm": self.logit_norm,
+            "centred_norm": self.centred_norm,
+            "centred_rank": self.centred_rank,
+            "pair_alignment": self.pair_alignment,
+            "best_pair": list(self.best_pair) if self.best_pair is not None else None,
+            "methods": dict(self.methods),
+        }
+
+
+def pair_alignment(PL: Tensor, centred_norm: float) -> tuple[float, tuple[int, int] | None]:
+    """a = max_{i<j} ‖l_i − l_j‖ / (√2 ‖Π L‖₂) and the maximising pair (rows l_i of L or of Π L)."""
+    E = PL.shape[0]
+    if E < 2 or centred_norm == 0.0:
+        return 1.0, None
+    G = PL @ PL.T  # (E, E)
+    d2 = (G.diagonal().unsqueeze(0) + G.diagonal().unsqueeze(1) - 2 * G).clamp_min(0)
+    d2 = d2.triu(1)
+    flat = int(torch.argmax(d2))
+    i, j = divmod(flat, E)
+    a = math.sqrt(float(d2[i, j]) / 2.0) / centred_norm
+    return min(a, 1.0), (i, j)
+
+
+def bounds_for(factors: Sequence[LinearMap]) -> RouterBounds:
+    """Certified forms for v ↦ softmax(F_K ⋯ F_1 v)."""
+    L = effective_matrix(factors)  # (E, in)
+    E = L.shape[0]
+    norms: dict[str, float] = {}
+    methods: dict[str, str] = {}
+    prod = 1.0
+    for f in factors:
+        if isinstance(f, Identity):
+            continue
+        W = f.talk.dense() if isinstance(f, KronIdentity) else f.dense()  # ‖T ⊗ I‖₂ = ‖T‖₂
+        s = spectral_norm(W, factor_name(f))
+        key = factor_name(f.talk) if isinstance(f, KronIdentity) else factor_name(f)
+        norms[key], methods[key] = s.upper, s.method
+        prod *= s.upper
+    PL = centring(E) @ L
+    sl, sc = spectral_norm(L, "L"), spectral_norm(PL, "ΠL")
+    methods["L"], methods["ΠL"] = sl.method, sc.method
+    sv = torch.linalg.svdvals(PL)  # E values: E x in with E small
+    rank = int((sv > RANK_RTOL * sv[0]).sum()) if sc.lower > 0 else 0
+    a, pair = pair_alignment(PL, sc.lower)
+    return RouterBounds(
+        num_experts=E,
+        product=certify(SOFTMAX_LIP * prod),
+        effective=SOFTMAX_LIP * sl.upper,
+        centred=SOFTMAX_LIP * sc.upper,
+        factor_norms=norms,
+        logit_norm=sl.upper,
+        centred_norm=sc.upper,
+        centred_rank=rank,
+        pair_alignment=a,
+        best_pair=pair,
+        methods=methods,
+    )
+
+
+def router_bounds(adapter: Adapter) -> RouterBounds:
+    """Bounds on the Lipschitz constant of x ↦ g(x)."""
+    return bounds_for(logit_factors(adapter))
+
+
+def head_bounds(adapter: Adapter) -> RouterBounds | None:
+    """Bounds on the Lipschitz constant of h ↦ g for a latent router (None for an input router)."""
+    factors = logit_factors(adapter)
+    if not is_latent(factors):
+        return None
+    return bounds_for(factors[1:])
+
+
+@dataclass(frozen=True)
+class TalkBounds:
+    """TalkLoRA's talking module seen through the head-perturbation bound."""
+
+    talk_norm: float  # ‖T‖₂; the head bound relative to T = I (fixed W_r)
+    attenuation: list[float]  # ‖T e_j‖₂: the factor on a perturbation confined to head j
+    head_product: list[float]  # ½ ‖W_r‖₂ ‖T e_j‖₂
+    head_centred: list[float]  # ½ ‖Π W_r ((T e_j) ⊗ I_d)‖₂
+    amplifies: bool  # ‖T‖₂ > 1
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "talk_norm": self.talk_norm,
+            "attenuation": list(self.attenuation),
+            "head_product": list(self.head_product),
+            "head_centred": list(self.head_centred),
+            "amplifies": self.amplifies,
+        }
+
+
+def talk_bounds(t: TalkLoRA) -> TalkBounds:
+    T = t.T.weight.detach().to(F64)  # (E, E)
+    E, d = t.num_experts, t.config.head_dim
+    W = t.router.logits.dense().detach().to(F64) if t.router is not None else None
+    if W is None:
+        raise NoRouterError("TalkLoRA without a router")
+    talk_norm = spectral_norm(T, "T").lower  # exact (E x E, svdvals)
+    att = torch.linalg.vector_norm(T, dim=0)  # (E,) column norms ‖T e_j‖₂
+    w_norm = spectral_norm(W, "W_r").upper
+    # columns of head j of W_r (T ⊗ I_d): Σ_i T_ij W_r[:, head i] -> (E_out, E_heads, d)
+    H = torch.einsum("oid,ij->ojd", W.unflatten(1, (E, d)), T)
+    PH = torch.einsum("po,ojd->jpd", centring(E), H)  # (heads, E_out, d)
+    per_head = torch.linalg.matrix_norm(PH, ord=2) if d > 0 else torch.zeros(E, dtype=F64)
+    return TalkBounds(
+        talk_norm=talk_norm,
+        attenuation=[float(v) for v in att],
+        head_product=[certify(SOFTMAX_LIP * w_norm * float(v)) for v in att],
+        head_centred=[certify(SOFTMAX_LIP * float(v)) for v in per_head],
+        amplifies=talk_norm > 1.0,
+    )
