@@ -25,6 +25,7 @@ from moelora_core.lora import LoRA, LoRAConfig
 from moelora_core.moelora import MoELoRA, MoELoRAConfig
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 
+from .bounds.claims import BOUND_CLAIMS
 from .checking import EXACT_TOL, Claim, Outcome, exact
 from .complexity import counted_macs_per_token, limit_ratio, macs_formula, same_theta, theta_degree
 from .function_class import analytic_jacobian, autograd_jacobian, dependence_rank
@@ -702,12 +703,5 @@ _ = (LoRA, LoRAConfig, MoELoRAConfig, lora_configs, _configs_with)
 
 def all_claims() -> list[Claim[Any]]:
     """Every registered claim: the core catalogue and the bound claims."""
-    out = list(CORE_CLAIMS)
-    try:
-        from .bounds.claims import BOUND_CLAIMS  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError as e:  # the bounds package is optional only while it does not exist
-        if e.name not in ("proofs_numeric.bounds", "proofs_numeric.bounds.claims"):
-            raise
-    else:
-        out.extend(BOUND_CLAIMS)
-    return out
+
+    return [*CORE_CLAIMS, *BOUND_CLAIMS]
