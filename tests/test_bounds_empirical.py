@@ -18,7 +18,7 @@ from proofs_numeric.bounds.empirical import (
     screen,
     search,
 )
-from proofs_numeric.bounds.report import pair_targets, routing_fn
+from proofs_numeric.bounds.searches import pair_targets, routing_fn
 from proofs_numeric.bounds.spectral import softmax_jacobian
 
 D = torch.float64

@@ -73,8 +73,10 @@ def test_float32_adapter_reports_float64_values() -> None:
 def test_report_is_reproducible_and_leaves_the_adapter_alone() -> None:
     t = _talk()
     before = {k: v.clone() for k, v in t.state_dict().items()}
-    a, b = layer_report(t, seed=3, samples=8), layer_report(t, seed=3, samples=8)
-    assert a.lower == b.lower and a.upper == b.upper
+    threads = torch.get_num_threads()
+    a, b = layer_report(t, seed=3, samples=8), layer_report(t, seed=3, samples=8, threads=1)
+    assert torch.get_num_threads() == threads  # restored
+    assert a.lower == pytest.approx(b.lower, rel=1e-12) and a.upper == b.upper
     assert all(torch.equal(before[k], v) for k, v in t.state_dict().items())
     assert all(p.requires_grad for p in t.parameters())
 
@@ -111,7 +113,13 @@ def test_bad_input() -> None:
     for r in (-1.0, float("nan"), "1"):
         with pytest.raises(ConfigError, match="radius"):
             layer_report(t, radius=r)  # type: ignore[arg-type]
-    for k, v in (("samples", 0), ("iterations", 1.5), ("epsilon", 0.0), ("seed", -1)):
+    for k, v in (
+        ("samples", 0),
+        ("iterations", 1.5),
+        ("epsilon", 0.0),
+        ("seed", -1),
+        ("threads", 0),
+    ):
         with pytest.raises(ConfigError, match=k):
             layer_report(t, **{k: v})  # type: ignore[arg-type]
     with torch.no_grad():

@@ -37,10 +37,11 @@ from moelora_core.adapter import Adapter
 from moelora_core.maps import BlockDiagonal, Dense, Identity, KronIdentity, LinearMap
 from moelora_core.talklora import TalkLoRA
 
-from .domain import NoRouterError
+from .domain import Domain, NoRouterError
 from .spectral import F64, SOFTMAX_LIP, centring, certify, spectral_norm
 
 RANK_RTOL = 1e-9  # relative singular-value threshold for rank(Π L)
+ALIGN_TOL = 1e-9  # pair alignment below 1 − ALIGN_TOL: the centred bound is not attained
 
 
 def factor_name(f: LinearMap) -> str:
@@ -72,7 +73,7 @@ def effective_matrix(factors: Sequence[LinearMap]) -> Tensor:
     for f in reversed(factors):
         if isinstance(f, Identity):
             continue
-        D = f.dense().detach().to(F64)
+        D = f.dense().detach().to("cpu", F64)
         M = D if M is None else M @ D
     if M is None:  # only identities: L = I
         return torch.eye(factors[0].in_features, dtype=F64)
@@ -199,9 +200,9 @@ class TalkBounds:
 
 
 def talk_bounds(t: TalkLoRA) -> TalkBounds:
-    T = t.T.weight.detach().to(F64)  # (E, E)
+    T = t.T.weight.detach().to("cpu", F64)  # (E, E)
     E, d = t.num_experts, t.config.head_dim
-    W = t.router.logits.dense().detach().to(F64) if t.router is not None else None
+    W = t.router.logits.dense().detach().to("cpu", F64) if t.router is not None else None
     if W is None:
         raise NoRouterError("TalkLoRA without a router")
     talk_norm = spectral_norm(T, "T").lower  # exact (E x E, svdvals)
@@ -218,3 +219,44 @@ def talk_bounds(t: TalkLoRA) -> TalkBounds:
         head_centred=[certify(SOFTMAX_LIP * float(v)) for v in per_head],
         amplifies=talk_norm > 1.0,
     )
+
+
+def tightness_reasons(b: RouterBounds, domain: Domain, prefix: str = "") -> list[str]:
+    """Reasons, proved from the computed quantities, why the certified forms cannot be attained."""
+    out: list[str] = []
+    E = b.num_experts
+    if E == 1 or b.centred_norm == 0.0:
+        out.append(
+            f"{prefix}constant router (E = {E}, Π L = 0): g does not depend on the input, Lip(g) = 0 "
+            "= the centred bound; the effective and product forms (> 0) cannot be tight"
+        )
+        return out
+    if b.product > b.effective * (1 + 1e-6):
+        out.append(
+            f"{prefix}product form: ∏‖F_k‖₂ = {b.product / b.effective:.4g} x ‖L‖₂, the factors' "
+            "singular directions do not align; only the effective and centred forms can be tight"
+        )
+    if b.effective > b.centred * (1 + 1e-6):
+        out.append(
+            f"{prefix}effective form: ‖L‖₂ = {b.logit_norm / b.centred_norm:.4g} x ‖Π L‖₂, L has a "
+            "component along 1 that softmax ignores; ½‖L‖₂ is not attained"
+        )
+    if b.pair_alignment < 1 - ALIGN_TOL:
+        attain = (
+            f"at least {b.pair_alignment:.4f} x the bound is approached as the logits of the pair "
+            f"{b.best_pair} grow above the rest"
+            if b.centred_rank == E - 1
+            else f"rank(Π L) = {b.centred_rank} < E − 1 = {E - 1}: not every logit pattern is "
+            "reachable"
+        )
+        out.append(
+            f"{prefix}geometry: ‖J(p)‖₂ = ½ only at p = (e_i + e_j)/2 along (e_i − e_j)/√2, and no "
+            f"such direction is a top left singular vector of Π L (pair alignment "
+            f"{b.pair_alignment:.4f} < 1): sup_x ‖J_g(x)‖₂ < ½‖Π L‖₂; {attain}"
+        )
+    if domain.kind != "unconstrained" and E >= 3:
+        out.append(
+            f"{prefix}bounded domain: for E >= 3, ½ needs p = (e_i + e_j)/2 on the boundary of the "
+            "simplex, which bounded inputs never reach; the certified bound holds on all of R^n"
+        )
+    return out

@@ -95,7 +95,9 @@ class ExpertFactors:
         E, m, k = self.U.shape
         Ucat = self.U.permute(1, 0, 2).reshape(m, E * k)  # (m, Ek)
         if self.shared_v:
-            GV = torch.kron(torch.ones(E, E, dtype=F64, device=self.V.device), self.V[0] @ self.V[0].T)
+            GV = torch.kron(
+                torch.ones(E, E, dtype=F64, device=self.V.device), self.V[0] @ self.V[0].T
+            )
         else:
             Vst = self.V.reshape(E * k, -1)  # (Ek, n)
             GV = Vst @ Vst.T
@@ -118,7 +120,7 @@ def _factors(a: Adapter) -> ExpertFactors:
             .unflatten(1, (c.num_experts, c.expert_rank))
             .permute(1, 0, 2)
         )
-        V = a.A.weight.detach().to(F64).unflatten(0, (c.num_experts, c.expert_rank))
+        V = a.A.weight.detach().to("cpu", F64).unflatten(0, (c.num_experts, c.expert_rank))
         return ExpertFactors(c.scale * U, V, "moelora")
     if isinstance(a, HydraLoRA):
         h = a.config
@@ -128,22 +130,27 @@ def _factors(a: Adapter) -> ExpertFactors:
             .unflatten(1, (h.num_experts, h.expert_rank))
             .permute(1, 0, 2)
         )
-        V = a.A.weight.detach().to(F64).expand(h.num_experts, -1, -1)
+        V = a.A.weight.detach().to("cpu", F64).expand(h.num_experts, -1, -1)
         return ExpertFactors(h.scale * U, V, "hydralora", shared_v=True)
     if isinstance(a, TalkLoRA):
         t = a.config
-        Bh = a.B.weight.detach().to(F64).unflatten(1, (t.num_experts, t.head_dim)).permute(1, 0, 2)
-        U = Bh @ a.K.weight.detach().to(F64)  # (E, m, d): B_i K_i
-        V = a.A.weight.detach().to(F64).unflatten(0, (t.num_experts, t.head_dim))
+        Bh = (
+            a.B.weight.detach()
+            .to("cpu", F64)
+            .unflatten(1, (t.num_experts, t.head_dim))
+            .permute(1, 0, 2)
+        )
+        U = Bh @ a.K.weight.detach().to("cpu", F64)  # (E, m, d): B_i K_i
+        V = a.A.weight.detach().to("cpu", F64).unflatten(0, (t.num_experts, t.head_dim))
         return ExpertFactors(t.scale * U, V, "talklora")
     if isinstance(a, CoMoL):
         o = a.config
         U = torch.einsum(
-            "mi,nij->nmj", a.B.weight.detach().to(F64), a.cores.detach().to(F64)
+            "mi,nij->nmj", a.B.weight.detach().to("cpu", F64), a.cores.detach().to("cpu", F64)
         )  # (N, m, r)
-        V = a.A.weight.detach().to(F64).expand(o.num_cores, -1, -1)
+        V = a.A.weight.detach().to("cpu", F64).expand(o.num_cores, -1, -1)
         return ExpertFactors(o.scale * U, V, "comol", shared_v=True)
-    P = a.expert_matrices().detach().to(F64)  # (E, m, n)
+    P = a.expert_matrices().detach().to("cpu", F64)  # (E, m, n)
     E, m, n = P.shape
     if E * min(m, n) > DENSE_FALLBACK_MAX:
         raise ConfigError(
@@ -166,12 +173,12 @@ def check_factors(adapter: Adapter, f: ExpertFactors, probes: int = 4, seed: int
     ref = adapter.reference
     gen = torch.Generator(device="cpu").manual_seed(seed)
     scales = torch.logspace(-1, 1, probes, dtype=F64).unsqueeze(-1)
-    X = (scales * torch.randn(probes, adapter.in_features, generator=gen, dtype=F64)).to(ref.device)
+    X = scales * torch.randn(probes, adapter.in_features, generator=gen, dtype=F64)  # CPU
     with torch.no_grad(), input_checks(False):
-        Xw = X.to(ref.dtype)
-        delta = adapter.delta(Xw).detach().to(F64)
+        Xw = X.to(dtype=ref.dtype, device=ref.device)
+        delta = adapter.delta(Xw).detach().to("cpu", F64)
         g = adapter.routing(Xw)
-    gw = torch.ones(probes, 1, dtype=F64, device=ref.device) if g is None else g.detach().to(F64)
+    gw = torch.ones(probes, 1, dtype=F64) if g is None else g.detach().to("cpu", F64)
     z = torch.einsum("ekn,bn->bek", f.V, X)  # (probes, E, k): V_i x
     Px = torch.einsum("emk,bek->bem", f.U, z)  # (probes, E, m): P_i x
     ours = torch.einsum("be,bem->bm", gw, Px)
@@ -221,7 +228,7 @@ def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Te
     GU4 = GU.view(E, k, E, k)
     Pi = centring(E, device=GU.device)
     out = []
-    for X_ in X.to(F64).split(chunk):
+    for X_ in X.to("cpu", F64).split(chunk):
         if f.shared_v:  # one V for all experts: V x once
             z = (X_ @ f.V[0].T).unsqueeze(1).expand(-1, E, -1)  # (b, E, k)
         else:
@@ -291,14 +298,15 @@ class LocalBounds:
 def local_bounds(
     f: ExpertFactors, centres: Tensor, radius: float, L: Tensor
 ) -> tuple[LocalBounds, Tensor]:
-    """The three local bounds (max over centres) and K_adapt per centre (N,); L: (E, n) float64."""
+    """The three local bounds (max over centres) and K_adapt per centre (N,); L: (E, n) float64.
+    All of it runs on the CPU in float64 (the centres are copied there)."""
     sn = stack_norms(f)
     E = L.shape[0]
     PL = centring(E, device=L.device) @ L
     eff = SOFTMAX_LIP * certify(float(torch.linalg.matrix_norm(L, ord=2)))
     cen_norm = certify(float(torch.linalg.matrix_norm(PL, ord=2)))
     cen = SOFTMAX_LIP * cen_norm
-    X = centres.to(F64)
+    X = centres.detach().to("cpu", F64)
     cn = torch.linalg.vector_norm(X, dim=-1)  # (N,)
     yc = centred_response_norms(f, X)  # (N,)
     spec = sn.expert_max + eff * sn.stack * (cn + radius)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +29,6 @@ from torch import Tensor
 
 from moelora_core.adapter import Adapter
 from moelora_core.errors import ConfigError, input_checks
-from moelora_core.maps import LinearMap
 from moelora_core.talklora import TalkLoRA
 
 from .certified import (
@@ -38,6 +39,7 @@ from .certified import (
     is_latent,
     logit_factors,
     talk_bounds,
+    tightness_reasons,
 )
 from .domain import (
     Domain,
@@ -48,13 +50,18 @@ from .domain import (
     require_radius,
     require_routed,
 )
-from .empirical import Fn, Probe, Region, SearchResult, jacobians, search
+from .empirical import Probe, Region, jacobians, search
 from .local import LocalBounds, check_factors, expert_factors, local_bounds
-from .spectral import F64, centring
+from .searches import (
+    delta_fn,
+    head_fn,
+    random_in_balls,
+    routing_fn,
+    run_search,
+    starting_points,
+)
+from .spectral import F64
 from .topk import TopKWitness, topk_witness
-
-PAIR_LOGIT = 12.0  # pair-target starts: logits of (i, j) this far above the rest (p_rest ~ e^-12)
-ALIGN_TOL = 1e-9
 
 
 @dataclass
@@ -250,175 +257,6 @@ def _arch_name(adapter: Adapter, latent: bool) -> str:
     return f"{fam}[{'latent' if latent else 'input'}]"
 
 
-def routing_fn(m: Adapter) -> Fn:
-    def f(x: Tensor) -> Tensor:
-        g = m.routing(x)
-        assert g is not None
-        return g
-
-    return f
-
-
-def head_fn(m: Adapter) -> Fn:
-    """h ↦ g for a latent router: the factors after the latent map, then the router's softmax."""
-    factors = logit_factors(m)
-    inner: list[LinearMap] = list(factors[1:-1])
-    router = m.router
-    assert router is not None
-
-    def f(h: Tensor) -> Tensor:
-        z = h
-        for fac in inner:  # the 0-2 linear maps between latent and logits, not a loop over data
-            z = fac(z)
-        out: Tensor = router(z)
-        return out
-
-    return f
-
-
-def delta_fn(m: Adapter) -> Fn:
-    def f(x: Tensor) -> Tensor:
-        return m.delta(x)
-
-    return f
-
-
-def pair_targets(M: Tensor, count: int) -> Tensor:
-    """Points v with centred logits Π M v = Π z*, z* = PAIR_LOGIT (e_i + e_j), for the `count` pairs
-    (i, j) with the largest ‖m_i − m_j‖: there p ≈ (e_i + e_j)/2, where ‖J(p)‖₂ -> ½."""
-    E = M.shape[0]
-    if E < 2 or count <= 0:
-        return torch.zeros(0, M.shape[1], dtype=F64)
-    Pi = centring(E)
-    PM = Pi @ M
-    G = PM @ PM.T
-    d2 = (G.diagonal().unsqueeze(0) + G.diagonal().unsqueeze(1) - 2 * G).triu(1)
-    iu = torch.triu_indices(E, E, 1)
-    scores = d2[iu[0], iu[1]]
-    order = torch.argsort(scores, descending=True)[:count]
-    Z = torch.zeros(order.numel(), E, dtype=F64)
-    rows = torch.arange(order.numel())
-    Z[rows, iu[0][order]] = PAIR_LOGIT
-    Z[rows, iu[1][order]] = PAIR_LOGIT
-    out: Tensor = (Z @ Pi) @ torch.linalg.pinv(PM).T  # (count, in)
-    return out
-
-
-def _random_in_balls(
-    centres: Tensor, radius: float, count: int, gen: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """`count` uniform points (float64, on the CPU) in balls around random centres, and the centres'
-    indices."""
-    C, d = centres.shape
-    idx = torch.randint(0, C, (count,), generator=gen)
-    u = torch.randn(count, d, generator=gen, dtype=F64)
-    u = u / torch.linalg.vector_norm(u, dim=-1, keepdim=True).clamp_min(1e-300)
-    rad = radius * torch.rand(count, 1, generator=gen, dtype=F64) ** (1.0 / d)
-    return centres[idx.to(centres.device)].to(F64).cpu() + rad * u, idx
-
-
-def _starts(
-    domain: Domain, centres: Tensor | None, M: Tensor, radius: float, samples: int, seed: int
-) -> tuple[Tensor, Region, tuple[Tensor, Tensor] | None]:
-    """Starting points, the region, and (for 'points') pairs of given inputs. Points and balls keep
-    the centres' dtype (no copy of the inputs); unconstrained starts are float64."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    d = M.shape[1]
-    targets = pair_targets(M, max(1, samples // 2))
-    if domain.kind == "unconstrained":
-        spread = 3.0 / max(float(torch.linalg.matrix_norm(M, ord=2)), 1e-12)
-        rnd = spread * torch.randn(samples, d, generator=gen, dtype=F64)
-        return torch.cat([targets, rnd]), Region(None, None, 0.0), None
-    assert centres is not None
-    C = centres.detach()
-    N = C.shape[0]
-    if domain.kind == "points":
-        perm = torch.randperm(N, generator=gen).to(C.device)
-        keep = (perm != torch.arange(N, device=C.device)).nonzero().flatten()[: 4 * samples]
-        return C, Region(None, None, 0.0), (C[keep], C[perm[keep]])
-    rnd, ridx = _random_in_balls(C, radius, samples, gen)
-    parts, idx = [C, rnd.to(C)], [torch.arange(N), ridx]
-    if targets.shape[0] > 0 and radius > 0:
-        tidx = torch.randint(0, N, (targets.shape[0],), generator=gen)
-        unit = targets / torch.linalg.vector_norm(targets, dim=-1, keepdim=True).clamp_min(1e-300)
-        parts.append(C[tidx.to(C.device)] + (radius * unit).to(C))
-        idx.append(tidx)
-    return torch.cat(parts), Region(C, torch.cat(idx).to(C.device), radius), None
-
-
-def _run_search(
-    f: Fn,
-    f64: Fn,
-    domain: Domain,
-    centres: Tensor | None,
-    M: Tensor,
-    radius: float,
-    dtype: torch.dtype,
-    device: torch.device,
-    *,
-    samples: int,
-    iterations: int,
-    ascent: int,
-    pairs: int,
-    seed: int,
-) -> SearchResult:
-    starts, region, extra = _starts(domain, centres, M, radius, samples, seed)
-    moves = domain.kind != "points"
-    return search(
-        Probe(f, batched=True),
-        Probe(f64, batched=True),
-        starts.to(dtype=dtype, device=device),
-        region.to(dtype, device),
-        iterations=iterations,
-        ascent=ascent if moves else 0,
-        pair_steps=pairs if moves else 0,
-        keep=samples,
-        seed=seed,
-        extra_pairs=None if extra is None else (extra[0].to(device), extra[1].to(device)),
-    )
-
-
-def tightness_reasons(b: RouterBounds, domain: Domain, prefix: str = "") -> list[str]:
-    """Reasons, proved from the computed quantities, why the certified forms cannot be attained."""
-    out: list[str] = []
-    E = b.num_experts
-    if E == 1 or b.centred_norm == 0.0:
-        out.append(
-            f"{prefix}constant router (E = {E}, Π L = 0): g does not depend on the input, Lip(g) = 0 "
-            "= the centred bound; the effective and product forms (> 0) cannot be tight"
-        )
-        return out
-    if b.product > b.effective * (1 + 1e-6):
-        out.append(
-            f"{prefix}product form: ∏‖F_k‖₂ = {b.product / b.effective:.4g} x ‖L‖₂, the factors' "
-            "singular directions do not align; only the effective and centred forms can be tight"
-        )
-    if b.effective > b.centred * (1 + 1e-6):
-        out.append(
-            f"{prefix}effective form: ‖L‖₂ = {b.logit_norm / b.centred_norm:.4g} x ‖Π L‖₂, L has a "
-            "component along 1 that softmax ignores; ½‖L‖₂ is not attained"
-        )
-    if b.pair_alignment < 1 - ALIGN_TOL:
-        attain = (
-            f"at least {b.pair_alignment:.4f} x the bound is approached as the logits of the pair "
-            f"{b.best_pair} grow above the rest"
-            if b.centred_rank == E - 1
-            else f"rank(Π L) = {b.centred_rank} < E − 1 = {E - 1}: not every logit pattern is "
-            "reachable"
-        )
-        out.append(
-            f"{prefix}geometry: ‖J(p)‖₂ = ½ only at p = (e_i + e_j)/2 along (e_i − e_j)/√2, and no "
-            f"such direction is a top left singular vector of Π L (pair alignment "
-            f"{b.pair_alignment:.4f} < 1): sup_x ‖J_g(x)‖₂ < ½‖Π L‖₂; {attain}"
-        )
-    if domain.kind != "unconstrained" and E >= 3:
-        out.append(
-            f"{prefix}bounded domain: for E >= 3, ½ needs p = (e_i + e_j)/2 on the boundary of the "
-            "simplex, which bounded inputs never reach; the certified bound holds on all of R^n"
-        )
-    return out
-
-
 # ----- the report --------------------------------------------------------------------------------
 
 
@@ -435,6 +273,7 @@ def layer_report(
     local: bool = True,
     local_samples: int = 32,
     epsilon: float = 1e-6,
+    threads: int | None = None,
 ) -> LayerBoundReport:
     """Certified and empirical bounds for one routed adapter layer (see the module docstring).
 
@@ -442,8 +281,44 @@ def layer_report(
     and no radius -> the points; a radius -> balls of radius R around the inputs (or the origin);
     neither -> all of R^n. samples: random/pair-target starts, and how many of the best points get
     gradient ascent and pair search; iterations: power iterations per point; epsilon: the distance of
-    a top-k discontinuity witness.
+    a top-k discontinuity witness; threads: torch's intra-op threads for the duration of the report
+    (None: unchanged; 1 avoids OpenMP barrier stalls when other processes hold the cores).
     """
+    if threads is not None:
+        require_count("threads", threads)
+    with _torch_threads(threads):
+        return _layer_report(
+            adapter, inputs, radius, seed, samples, iterations, ascent_steps, pair_steps, local,
+            local_samples, epsilon,
+        )  # fmt: skip
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch.set_num_threads(n) inside the block (nothing for None), restored afterwards."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(previous)
+
+
+def _layer_report(
+    adapter: Adapter,
+    inputs: Tensor | None,
+    radius: float | None,
+    seed: int,
+    samples: int,
+    iterations: int,
+    ascent_steps: int,
+    pair_steps: int,
+    local: bool,
+    local_samples: int,
+    epsilon: float,
+) -> LayerBoundReport:
     t_start = time.perf_counter()
     a = require_routed(adapter)
     X = require_inputs(a, inputs)
@@ -516,7 +391,7 @@ def layer_report(
 
     with input_checks(False):
         t = time.perf_counter()
-        res = _run_search(
+        res = run_search(
             routing_fn(work),
             routing_fn(w64),
             domain,
@@ -601,7 +476,7 @@ def _head_report(
     H = effective_matrix(logit_factors(work)[1:])
     Hc, radius = _latent_domain(work, domain, centres, R)
     ref = work.reference
-    res = _run_search(
+    res = run_search(
         head_fn(work),
         head_fn(w64),
         domain,
@@ -634,11 +509,12 @@ def _talk_head_lower(
     E, d = work.num_experts, work.config.head_dim
     H = effective_matrix(logit_factors(work)[1:])
     Hc, radius = _latent_domain(work, domain, centres, R)
-    starts, region, _ = _starts(domain, Hc, H, radius, samples, seed + 2)
+    starts, region, _ = starting_points(domain, Hc, H, radius, samples, seed + 2)
     gen = torch.Generator(device="cpu").manual_seed(seed + 5)
     pick = torch.randperm(starts.shape[0], generator=gen)[:samples]
     X = region.project(starts)[pick] if region.idx is None else starts[pick]
-    J = jacobians(Probe(head_fn(w64), True), X.to(F64)).detach()  # (S, E, r) float64
+    X64 = X.to(dtype=F64, device=work.reference.device)
+    J = jacobians(Probe(head_fn(w64), True), X64).detach().cpu()  # (S, E, r) float64
     Jh = J.unflatten(-1, (E, d)).permute(0, 2, 1, 3)  # (S, heads, E, d)
     return [float(v) for v in torch.linalg.matrix_norm(Jh, ord=2).max(dim=0).values]
 
@@ -674,7 +550,7 @@ def _local_report(
     ref = work.reference
     if R > 0:
         gen = torch.Generator(device="cpu").manual_seed(seed + 7)
-        rnd, ridx = _random_in_balls(C.cpu(), R, local_samples, gen)
+        rnd, ridx = random_in_balls(C.cpu(), R, local_samples, gen)
         starts = torch.cat([C.to(F64).cpu(), rnd])
         region = Region(C.to(ref.dtype), torch.cat([torch.arange(k), ridx]).to(ref.device), R)
         ascent, pairs = ascent_steps, pair_steps

@@ -87,7 +87,7 @@ def _check_matrix(M: Tensor, name: str) -> Tensor:
         raise ShapeError(f"{name}.shape={shape}: expected a 2-D matrix")
     if not bool(torch.isfinite(M).all()):
         raise NonFiniteError(f"{name}: non-finite entries; expected a finite matrix")
-    return M.detach().to(F64)
+    return M.detach().to("cpu", F64)
 
 
 def exact_norm(M: Tensor, name: str = "M") -> float:
