@@ -38,7 +38,7 @@ from moelora_core.maps import BlockDiagonal, Dense, Identity, KronIdentity, Line
 from moelora_core.talklora import TalkLoRA
 
 from .domain import Domain, NoRouterError
-from .spectral import F64, SOFTMAX_LIP, centring, certify, spectral_norm
+from .spectral import F64, SOFTMAX_LIP, SpectralNorm, centring, certify, spectral_norm
 
 RANK_RTOL = 1e-9  # relative singular-value threshold for rank(Π L)
 ALIGN_TOL = 1e-9  # pair alignment below 1 − ALIGN_TOL: the centred bound is not attained
@@ -146,9 +146,10 @@ def bounds_for(factors: Sequence[LinearMap]) -> RouterBounds:
         norms[key], methods[key] = s.upper, s.method
         prod *= s.upper
     PL = centring(E) @ L
-    sl, sc = spectral_norm(L, "L"), spectral_norm(PL, "ΠL")
+    sl = spectral_norm(L, "L")
+    sv = torch.linalg.svdvals(PL)  # E values (E x in, E small): the norm and the rank at once
+    sc = SpectralNorm(float(sv[0]), certify(float(sv[0])), "svd")
     methods["L"], methods["ΠL"] = sl.method, sc.method
-    sv = torch.linalg.svdvals(PL)  # E values: E x in with E small
     rank = int((sv > RANK_RTOL * sv[0]).sum()) if sc.lower > 0 else 0
     a, pair = pair_alignment(PL, sc.lower)
     return RouterBounds(

@@ -85,9 +85,10 @@ def _check_matrix(M: Tensor, name: str) -> Tensor:
     if not isinstance(M, Tensor) or M.dim() != 2:
         shape = tuple(M.shape) if isinstance(M, Tensor) else type(M).__name__
         raise ShapeError(f"{name}.shape={shape}: expected a 2-D matrix")
-    if not bool(torch.isfinite(M).all()):
+    A = M.detach().to("cpu", F64)
+    if not math.isfinite(float(A.sum())) and not bool(torch.isfinite(A).all()):
         raise NonFiniteError(f"{name}: non-finite entries; expected a finite matrix")
-    return M.detach().to("cpu", F64)
+    return A
 
 
 def exact_norm(M: Tensor, name: str = "M") -> float:
