@@ -47,12 +47,15 @@ class CoMoLConfig:
         if self.top_k is not None:
             require_positive_int("top_k", self.top_k)
             if self.top_k > self.num_cores:
-                raise ConfigError(f"top_k={self.top_k}: expected 1 <= top_k <= num_cores={self.num_cores}")
+                raise ConfigError(
+                    f"top_k={self.top_k}: expected 1 <= top_k <= num_cores={self.num_cores}"
+                )
         require_finite_float("scale", self.scale)
 
 
 class CoMoL(Adapter):
     family: ClassVar[str] = "comol"
+    config: CoMoLConfig
 
     def __init__(
         self,
@@ -67,7 +70,9 @@ class CoMoL(Adapter):
         N, r = c.num_cores, c.rank
         if c.share_ab:
             if ab is None:
-                raise ConfigError("ab=None with share_ab=True: expected the shared (A, B) from CoMoL.shared_ab(config)")
+                raise ConfigError(
+                    "ab=None with share_ab=True: expected the shared (A, B) from CoMoL.shared_ab(config)"
+                )
             A, B = ab
             if A.shape != (r, c.in_features) or B.shape != (c.out_features, r):
                 raise ShapeError(
@@ -76,20 +81,34 @@ class CoMoL(Adapter):
             self.A, self.B = A, B
         else:
             if ab is not None:
-                raise ConfigError("ab given with share_ab=False: expected share_ab=True to share A, B")
+                raise ConfigError(
+                    "ab given with share_ab=False: expected share_ab=True to share A, B"
+                )
             self.A, self.B = CoMoL.shared_ab(c, dtype=dtype, device=device)
         self.cores = nn.Parameter(torch.empty(N, r, r, dtype=dtype, device=device))  # M_1..M_N
         for i in range(N):  # init only
             init_tensor_(self.cores.data[i], "kaiming_uniform")
         reads = r if c.core_router else c.in_features
-        W = Dense(N, reads, "kaiming_uniform", name="W_c" if c.core_router else "W_g", dtype=dtype, device=device)
+        W = Dense(
+            N,
+            reads,
+            "kaiming_uniform",
+            name="W_c" if c.core_router else "W_g",
+            dtype=dtype,
+            device=device,
+        )
         self.router = SoftmaxRouter(W, c.top_k)
 
     @staticmethod
     def shared_ab(
-        config: CoMoLConfig, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+        config: CoMoLConfig,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
     ) -> tuple[Dense, Dense]:
-        A = Dense(config.rank, config.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device)
+        A = Dense(
+            config.rank, config.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device
+        )
         B = Dense(config.out_features, config.rank, "zeros", name="B", dtype=dtype, device=device)
         return A, B
 
@@ -130,7 +149,9 @@ class CoMoL(Adapter):
 
     def expert_matrices(self) -> Tensor:
         # P_i = s · B M_i A, (N, m, n)
-        return self.config.scale * torch.einsum("mi,nij,jk->nmk", self.B.weight, self.cores, self.A.weight)
+        return self.config.scale * torch.einsum(
+            "mi,nij,jk->nmk", self.B.weight, self.cores, self.A.weight
+        )
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [self.A.weight, self.B.weight] if self.config.share_ab else []

@@ -39,22 +39,40 @@ class HydraLoRAConfig:
         if self.top_k is not None:
             require_positive_int("top_k", self.top_k)
             if self.top_k > self.num_experts:
-                raise ConfigError(f"top_k={self.top_k}: expected 1 <= top_k <= num_experts={self.num_experts}")
+                raise ConfigError(
+                    f"top_k={self.top_k}: expected 1 <= top_k <= num_experts={self.num_experts}"
+                )
         require_finite_float("scale", self.scale)
 
 
 class HydraLoRA(Adapter):
     family: ClassVar[str] = "hydralora"
+    config: HydraLoRAConfig
 
     def __init__(
-        self, config: HydraLoRAConfig, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+        self,
+        config: HydraLoRAConfig,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         c = self.config = config
         self.heads = HeadLayout(c.num_experts, c.expert_rank)
-        self.A = Dense(c.expert_rank, c.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device)
-        self.B = Dense(c.out_features, c.num_experts * c.expert_rank, "zeros", name="B", dtype=dtype, device=device)
-        W = Dense(c.num_experts, c.in_features, "kaiming_uniform", name="W_g", dtype=dtype, device=device)
+        self.A = Dense(
+            c.expert_rank, c.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device
+        )
+        self.B = Dense(
+            c.out_features,
+            c.num_experts * c.expert_rank,
+            "zeros",
+            name="B",
+            dtype=dtype,
+            device=device,
+        )
+        W = Dense(
+            c.num_experts, c.in_features, "kaiming_uniform", name="W_g", dtype=dtype, device=device
+        )
         self.router = SoftmaxRouter(W, c.top_k)
 
     @property

@@ -32,14 +32,23 @@ class LoRAConfig:
 
 class LoRA(Adapter):
     family: ClassVar[str] = "lora"
+    config: LoRAConfig
 
     def __init__(
-        self, config: LoRAConfig, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+        self,
+        config: LoRAConfig,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         c = self.config = config
-        self.A = Dense(c.rank, c.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device)  # r x n
-        self.B = Dense(c.out_features, c.rank, "zeros", name="B", dtype=dtype, device=device)  # m x r
+        self.A = Dense(
+            c.rank, c.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device
+        )  # r x n
+        self.B = Dense(
+            c.out_features, c.rank, "zeros", name="B", dtype=dtype, device=device
+        )  # m x r
         self.router = None
 
     def forward(self, x: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ class LinearMap(nn.Module):
         """The maps whose composition this is, innermost first ([self] for an atom)."""
         return [self]
 
-    def __matmul__(self, inner: LinearMap) -> Compose:  # type: ignore[override]
+    def __matmul__(self, inner: LinearMap) -> Compose:
         return Compose(self, inner)
 
 
@@ -78,7 +78,9 @@ class Dense(LinearMap):
         require_positive_int(f"{name}.in_features", in_features)
         self.name = name
         self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device))
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, dtype=dtype, device=device)
+        )
         init_tensor_(self.weight, init)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -105,7 +107,7 @@ class Identity(LinearMap):
         return x
 
     def dense(self) -> Tensor:
-        ref: Tensor = self._ref
+        ref = self.get_buffer("_ref")
         return torch.eye(self.in_features, dtype=ref.dtype, device=ref.device)
 
     def spectral_norm(self) -> float:
@@ -160,7 +162,9 @@ class BlockDiagonal(LinearMap):
         self.name = name
         self.num_blocks, self.out_block, self.in_block = num_blocks, out_block, in_block
         self.in_features, self.out_features = num_blocks * in_block, num_blocks * out_block
-        self.weight = nn.Parameter(torch.empty(num_blocks, out_block, in_block, dtype=dtype, device=device))
+        self.weight = nn.Parameter(
+            torch.empty(num_blocks, out_block, in_block, dtype=dtype, device=device)
+        )
         for i in range(num_blocks):  # init only; forward passes never loop over blocks
             init_tensor_(self.weight.data[i], init)
 
@@ -168,10 +172,12 @@ class BlockDiagonal(LinearMap):
         check_input(x, self.in_features, self.weight, name=f"input of {self.name}")
         xb = x.unflatten(-1, (self.num_blocks, self.in_block))  # (..., E, in_block)
         yb = torch.einsum("...ei,eoi->...eo", xb, self.weight)  # (..., E, out_block)
-        return yb.flatten(-2)
+        out: Tensor = yb.flatten(-2)
+        return out
 
     def dense(self) -> Tensor:
-        return torch.block_diag(*self.weight.unbind(0))
+        out: Tensor = torch.block_diag(*self.weight.unbind(0))
+        return out
 
     def spectral_norm(self) -> float:
         return float(torch.linalg.matrix_norm(self.weight.detach(), ord=2).max())
@@ -220,8 +226,11 @@ class HeadLayout:
     def split(self, h: Tensor) -> Tensor:
         """(..., E*d) -> (..., E, d)."""
         if h.shape[-1] != self.total:
-            raise ShapeError(f"h.shape={tuple(h.shape)}: expected (..., {self.total}) to split into heads")
-        return h.unflatten(-1, (self.num_heads, self.head_dim))
+            raise ShapeError(
+                f"h.shape={tuple(h.shape)}: expected (..., {self.total}) to split into heads"
+            )
+        out: Tensor = h.unflatten(-1, (self.num_heads, self.head_dim))
+        return out
 
     def concat(self, heads: Tensor) -> Tensor:
         """(..., E, d) -> (..., E*d)."""
@@ -288,7 +297,9 @@ def init_tensor_(t: Tensor, init: Init) -> None:
             nn.init.normal_(t, std=1.0 / math.sqrt(t.shape[-1]))
         elif init == "identity":
             if t.dim() != 2 or t.shape[0] != t.shape[1]:
-                raise ConfigError(f"init='identity' on shape {tuple(t.shape)}: expected a square matrix")
+                raise ConfigError(
+                    f"init='identity' on shape {tuple(t.shape)}: expected a square matrix"
+                )
             t.copy_(torch.eye(t.shape[0], dtype=t.dtype, device=t.device))
         else:
             raise ConfigError(

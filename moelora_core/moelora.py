@@ -50,7 +50,9 @@ class MoELoRAConfig:
         if self.top_k is not None:
             require_positive_int("top_k", self.top_k)
             if self.top_k > self.num_experts:
-                raise ConfigError(f"top_k={self.top_k}: expected 1 <= top_k <= num_experts={self.num_experts}")
+                raise ConfigError(
+                    f"top_k={self.top_k}: expected 1 <= top_k <= num_experts={self.num_experts}"
+                )
         require_finite_float("scale", self.scale)
 
     @property
@@ -61,18 +63,34 @@ class MoELoRAConfig:
 
 class MoELoRA(Adapter):
     family: ClassVar[str] = "moelora"
+    config: MoELoRAConfig
 
     def __init__(
-        self, config: MoELoRAConfig, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+        self,
+        config: MoELoRAConfig,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         c = self.config = config
         E, r = c.num_experts, c.rank
         self.heads = HeadLayout(E, c.expert_rank)
-        self.A = Dense(r, c.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device)  # [A_1; ...; A_E]
-        self.B = Dense(c.out_features, r, "zeros", name="B", dtype=dtype, device=device)  # [B_1 ... B_E]
+        self.A = Dense(
+            r, c.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device
+        )  # [A_1; ...; A_E]
+        self.B = Dense(
+            c.out_features, r, "zeros", name="B", dtype=dtype, device=device
+        )  # [B_1 ... B_E]
         reads = c.in_features if c.router == "input" else r
-        W = Dense(E, reads, "kaiming_uniform", name="W_g" if c.router == "input" else "W_r", dtype=dtype, device=device)
+        W = Dense(
+            E,
+            reads,
+            "kaiming_uniform",
+            name="W_g" if c.router == "input" else "W_r",
+            dtype=dtype,
+            device=device,
+        )
         self.router = SoftmaxRouter(W, c.top_k)
 
     @property
@@ -100,7 +118,11 @@ class MoELoRA(Adapter):
         return F.linear(weighted_heads(h, c.scale * g, c.expert_rank), self.B.weight)
 
     def router_input_map(self) -> LinearMap:
-        return Identity(self.in_features).to(self.A.weight) if self.config.router == "input" else self.A
+        return (
+            Identity(self.in_features).to(self.A.weight)
+            if self.config.router == "input"
+            else self.A
+        )
 
     def expert_matrices(self) -> Tensor:
         c = self.config

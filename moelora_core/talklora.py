@@ -55,7 +55,9 @@ class TalkLoRAConfig:
         if self.top_k is not None:
             require_positive_int("top_k", self.top_k)
             if self.top_k > self.num_experts:
-                raise ConfigError(f"top_k={self.top_k}: expected 1 <= top_k <= num_experts={self.num_experts}")
+                raise ConfigError(
+                    f"top_k={self.top_k}: expected 1 <= top_k <= num_experts={self.num_experts}"
+                )
         require_finite_float("scale", self.scale)
 
     @property
@@ -65,6 +67,7 @@ class TalkLoRAConfig:
 
 class TalkLoRA(Adapter):
     family: ClassVar[str] = "talklora"
+    config: TalkLoRAConfig
 
     def __init__(
         self,
@@ -78,28 +81,47 @@ class TalkLoRA(Adapter):
         c = self.config = config
         E, r, d = c.num_experts, c.rank, c.head_dim
         self.heads = HeadLayout(E, d)
-        self.A = Dense(r, c.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device)  # r x n
-        self.K = BlockDiagonal(E, d, d, "kaiming_uniform", name="K", dtype=dtype, device=device)  # diag(K_i)
+        self.A = Dense(
+            r, c.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device
+        )  # r x n
+        self.K = BlockDiagonal(
+            E, d, d, "kaiming_uniform", name="K", dtype=dtype, device=device
+        )  # diag(K_i)
         self.T = Dense(E, E, c.talk_init, name="T", dtype=dtype, device=device)  # talking module
         self.talk = KronIdentity(self.T, d)  # T ⊗ I_d
-        self.router = SoftmaxRouter(Dense(E, r, "kaiming_uniform", name="W_r", dtype=dtype, device=device), c.top_k)
+        self.router = SoftmaxRouter(
+            Dense(E, r, "kaiming_uniform", name="W_r", dtype=dtype, device=device), c.top_k
+        )
         if c.share_b:
             if b is None:
-                raise ConfigError("b=None with share_b=True: expected the shared B, from TalkLoRA.shared_b(config)")
+                raise ConfigError(
+                    "b=None with share_b=True: expected the shared B, from TalkLoRA.shared_b(config)"
+                )
             if b.shape != (c.out_features, r):
-                raise ShapeError(f"b.shape={b.shape}: expected ({c.out_features}, {r}) = (out_features, rank)")
+                raise ShapeError(
+                    f"b.shape={b.shape}: expected ({c.out_features}, {r}) = (out_features, rank)"
+                )
             self.B = b
         else:
             if b is not None:
-                raise ConfigError("b given with share_b=False: expected share_b=True to share B across layers")
-            self.B = Dense(c.out_features, r, "zeros", name="B", dtype=dtype, device=device)  # [B_1 ... B_E]
+                raise ConfigError(
+                    "b given with share_b=False: expected share_b=True to share B across layers"
+                )
+            self.B = Dense(
+                c.out_features, r, "zeros", name="B", dtype=dtype, device=device
+            )  # [B_1 ... B_E]
 
     @staticmethod
     def shared_b(
-        config: TalkLoRAConfig, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+        config: TalkLoRAConfig,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
     ) -> Dense:
         """The B = [B_1 ... B_E] (m x r) that layers of one module type share."""
-        return Dense(config.out_features, config.rank, "zeros", name="B", dtype=dtype, device=device)
+        return Dense(
+            config.out_features, config.rank, "zeros", name="B", dtype=dtype, device=device
+        )
 
     @property
     def num_experts(self) -> int:
@@ -127,7 +149,9 @@ class TalkLoRA(Adapter):
         c = self.config
         KA = self.K(self.A.weight.T).T  # (r, n): rows block i = K_i A_(i)
         Bh = self.B.weight.unflatten(1, (c.num_experts, c.head_dim))  # (m, E, d)
-        return c.scale * torch.einsum("mei,ein->emn", Bh, KA.unflatten(0, (c.num_experts, c.head_dim)))
+        return c.scale * torch.einsum(
+            "mei,ein->emn", Bh, KA.unflatten(0, (c.num_experts, c.head_dim))
+        )
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [self.B.weight] if self.config.share_b else []
