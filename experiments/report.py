@@ -7,6 +7,8 @@ Everything here reads the metrics dictionary that `experiments.demo.run_demo` wr
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -169,8 +171,10 @@ def markdown(metrics: Mapping[str, Any], plots: list[str]) -> str:
         f"Task: {task['name']} — {task['train']} train / {task['test']} test entries, "
         f"{100 * task['positive_share']:.1f}% positive. Model: {metrics['model']} (frozen), adapters on "
         f"query/value of every layer, mean pooling, linear head. {cfg['steps']} steps of batch "
-        f"{cfg['batch_size']}, lr {cfg['lr']}, seed {cfg['seed']}, {cfg['threads']} CPU threads.",
+        f"{cfg['batch_size']}, lr {cfg['lr']}, seed {cfg['seed']}, {metrics['environment']['threads']} CPU threads.",
         f"Head only (no adapter): accuracy {metrics.get('head_only_accuracy', float('nan')):.4f}. "
+        f"Binomial standard error of an accuracy near 0.9 on {task['test']} test entries: "
+        f"{math.sqrt(0.09 / task['test']):.4f} (one seed; smaller differences are noise). "
         f"Wall time of this call: {metrics['seconds']['total_this_call']:.0f} s.",
         "",
         "Bounds are on the router g: Lip(g) ≤ ½‖ΠL‖₂ (centred, certified), ½‖L‖₂ (effective), ½∏‖F_k‖₂ "
@@ -200,7 +204,7 @@ def markdown(metrics: Mapping[str, Any], plots: list[str]) -> str:
         out += [
             f"## {arch}",
             "",
-            f"Spec: `{res['spec']}`; trainable per module type: {res['trainable']['per_type']}.",
+            f"Spec: `{json.dumps(res['spec'])}`; trainable per module type: {res['trainable']['per_type']}.",
             "",
         ]
         if not any(m.get("bounds") for m in layers.values()):
@@ -283,35 +287,36 @@ def plot_bounds(metrics: Mapping[str, Any], path: Path) -> Path | None:
 
 
 def plot_routing(metrics: Mapping[str, Any], path: Path) -> Path | None:
-    """Per routed arch: a heat map of the mean routing weight (load) of each expert in each layer."""
+    """Per routed arch: a heat map of the mean routing weight (load) of each expert in each layer,
+    coloured by its distance from the balanced load 1/E (white)."""
     import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
 
     routed = {
         a: ls for a, ls in _routed(metrics).items() if any(m.get("routing") for m in ls.values())
     }
     if not routed:
         return None
-    fig, axes = plt.subplots(1, len(routed), figsize=(2.6 * len(routed) + 1, 4.2), squeeze=False)
+    loads = {a: [m["routing"]["load"] for m in ls.values()] for a, ls in routed.items()}
+    E = len(next(iter(loads.values()))[0])
+    top = max(max(max(r) for r in rows) for rows in loads.values())
+    norm = TwoSlopeNorm(vcenter=1 / E, vmin=0.0, vmax=max(2 / E, top))
+    fig, axes = plt.subplots(
+        1, len(routed), figsize=(2.2 * len(routed) + 1.5, 0.32 * len(loads[next(iter(loads))]) + 1.6),
+        sharey=True, squeeze=False,
+    )  # fmt: skip
     im = None
-    for ax, (arch, layers) in zip(axes[0], routed.items(), strict=True):
-        loads = [m["routing"]["load"] for m in layers.values()]
-        im = ax.imshow(loads, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        for i, row in enumerate(loads):
+    for ax, (arch, rows) in zip(axes[0], loads.items(), strict=True):
+        im = ax.imshow(rows, norm=norm, cmap="RdBu_r", aspect="auto")
+        for i, row in enumerate(rows):
             for j, v in enumerate(row):
-                ax.text(
-                    j,
-                    i,
-                    f"{v:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=6,
-                    color="w" if v < 0.6 else "k",
-                )
-        ax.set_yticks(range(len(loads)), [short_name(n) for n in layers], fontsize=7)
-        ax.set_xticks(range(len(loads[0])), [f"e{j}" for j in range(len(loads[0]))], fontsize=7)
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
+        ax.set_xticks(range(len(rows[0])), [f"e{j}" for j in range(len(rows[0]))], fontsize=7)
         ax.set_title(arch, fontsize=9)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean routing weight (load)")
-    fig.suptitle("Routing load per expert and layer (held-out tokens; balanced = 1/E = 0.25)")
+    axes[0][0].set_yticks(range(len(loads[next(iter(loads))])), [short_name(n) for n in next(iter(routed.values()))],
+                          fontsize=7)  # fmt: skip
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"load (white = 1/E = {1 / E:.2f})")
+    fig.suptitle("Routing load per expert and layer (held-out tokens)", y=1.03)
     out = _save(fig, path)
     plt.close(fig)
     return out
@@ -327,13 +332,6 @@ def plot_accuracy(metrics: Mapping[str, Any], path: Path) -> Path:
         ax.scatter(
             s["trainable"], s["accuracy"], s=40, color=ARCH_COLOURS.get(arch), label=arch, zorder=3
         )
-        ax.annotate(
-            arch,
-            (s["trainable"], s["accuracy"]),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=8,
-        )
     head = metrics.get("head_only_accuracy")
     if head is not None:
         ax.axhline(head, ls="--", color="k", lw=1, label="head only")
@@ -341,7 +339,7 @@ def plot_accuracy(metrics: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylabel("test accuracy")
     ax.set_title(metrics["task"]["name"])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)
@@ -371,7 +369,9 @@ def plot_talk(metrics: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_xticks(range(len(names)), [short_name(n) for n in names], rotation=90, fontsize=7)
     ax.set_ylabel("factor on a head perturbation")
     ax.set_title("TalkLoRA talking module after training: ‖T‖₂ > 1 amplifies")
-    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    top = max(max(max(t["attenuation"]), t["talk_norm"]) for t in talk.values())
+    ax.set_ylim(0, max(1.1, 1.08 * top))
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     out = _save(fig, path)

@@ -185,6 +185,8 @@ def write_char_tokenizer(path: str | Path) -> Any:
     out.mkdir(parents=True, exist_ok=True)
     chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    for stale in ("tokenizer.json", "special_tokens_map.json", "added_tokens.json"):
+        (out / stale).unlink(missing_ok=True)  # a previous tokenizer's files would take precedence
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 64}
     (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")

@@ -38,7 +38,7 @@ import torch
 import typer
 from torch import Tensor, nn
 
-from moelora_core.errors import ConfigError, MoELoRAError
+from moelora_core.errors import ConfigError, MoELoRAError, input_checks
 
 MakeBatch = Callable[[list[int]], dict[str, Tensor]]  # example indices -> batch of CPU tensors
 LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]  # (model, batch on device) -> scalar loss
@@ -353,7 +353,7 @@ def train(
     model.train()
     width = cfg.batch_size * acc.num_processes  # stream positions per micro-batch, all processes
     last: Path | None = ckpt
-    with _stop_signals() as flag:
+    with _stop_signals() as flag, input_checks(False):  # per-call checks off in the hot loop
         for step in range(start, cfg.steps):
             first = step * run.global_batch
             total = 0.0
