@@ -221,11 +221,14 @@ def jacobians(p: Probe, X: Tensor) -> Tensor:
 
 
 def top_singular(J: Tensor) -> tuple[Tensor, Tensor]:
-    """σ_max of each J (N, k, d) and its unit top right singular vector, via the k x k Gram."""
-    w, U = torch.linalg.eigh(J @ J.transpose(-1, -2))  # (N, k), (N, k, k)
+    """σ_max of each J (N, k, d) and its unit top right singular vector, via the k x k Gram in
+    float64 (rows with non-finite entries score 0: an overflowed point proves nothing)."""
+    ok = torch.isfinite(J).flatten(1).all(dim=1)  # (N,)
+    J64 = torch.where(ok[:, None, None], J, torch.zeros_like(J)).to(F64)
+    w, U = torch.linalg.eigh(J64 @ J64.transpose(-1, -2))  # (N, k), (N, k, k)
     s = w[..., -1].clamp_min(0).sqrt()
-    v = (U[..., -1].unsqueeze(-2) @ J).squeeze(-2)  # (N, d): u_topᵀ J = σ vᵀ
-    return s, unit(v)
+    v = (U[..., -1].unsqueeze(-2) @ J64).squeeze(-2)  # (N, d): u_topᵀ J = σ vᵀ
+    return s.to(J.dtype), unit(v).to(J.dtype)
 
 
 def exact_small(p: Probe, X: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
