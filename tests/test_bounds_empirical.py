@@ -100,3 +100,19 @@ def test_pair_ratio_skips_coincident_points() -> None:
     A = torch.randn(3, 4, generator=GEN, dtype=D)
     r = pair_ratio(Probe(f, True), A, A.clone())
     assert torch.equal(r, torch.zeros(3, dtype=D))
+
+
+def test_top_singular_survives_overflow_and_float32() -> None:
+    """Rows with non-finite entries score 0; float32 Grams are diagonalised in float64."""
+    from proofs_numeric.bounds.empirical import top_singular
+
+    J = torch.randn(3, 4, 6, generator=GEN).float()
+    J[1, 0, 0] = float("nan")
+    J[2] = 1e-30 * torch.ones(4, 6)  # nearly repeated (all-equal) singular structure
+    s, v = top_singular(J)
+    assert s.dtype == torch.float32 and bool(torch.isfinite(s).all()) and float(s[1]) == 0.0
+    exact = torch.linalg.matrix_norm(J[0].double(), ord=2)
+    assert float(s[0]) == pytest.approx(float(exact), rel=1e-6)
+    assert float(torch.linalg.vector_norm(J[0].double() @ v[0].double())) == pytest.approx(
+        float(exact), rel=1e-5
+    )
