@@ -234,13 +234,14 @@ def tightness_reasons(b: RouterBounds, domain: Domain, prefix: str = "") -> list
         return out
     if b.product > b.effective * (1 + 1e-6):
         out.append(
-            f"{prefix}product form: ∏‖F_k‖₂ = {b.product / b.effective:.4g} x ‖L‖₂, the factors' "
-            "singular directions do not align; only the effective and centred forms can be tight"
+            f"{prefix}product form: ½∏‖F_k‖₂ = {b.product:.6g} > ½‖L‖₂ = {b.effective:.6g}, the "
+            "factors' singular directions do not align; only the effective and centred forms can "
+            "be tight"
         )
     if b.effective > b.centred * (1 + 1e-6):
         out.append(
-            f"{prefix}effective form: ‖L‖₂ = {b.logit_norm / b.centred_norm:.4g} x ‖Π L‖₂, L has a "
-            "component along 1 that softmax ignores; ½‖L‖₂ is not attained"
+            f"{prefix}effective form: ‖L‖₂ = {b.logit_norm:.6g} > ‖Π L‖₂ = {b.centred_norm:.6g}, L "
+            "has a component along 1 that softmax ignores; ½‖L‖₂ is not attained"
         )
     if b.pair_alignment < 1 - ALIGN_TOL:
         attain = (
