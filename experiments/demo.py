@@ -47,7 +47,7 @@ from .tasks import (
     text_batches,
     vader_task,
 )
-from .train import TrainConfig, train, write_json_atomic
+from .train import TrainConfig, TrainingInterrupted, train, write_json_atomic
 
 TARGETS = ("query", "value")
 DEMO_SPECS: dict[str, AdapterSpec] = {
@@ -330,6 +330,9 @@ def demo_command(
             force=force, threads=threads, model=model,
         )  # fmt: skip
         metrics = run_demo(cfg)
+    except TrainingInterrupted as e:
+        typer.echo(f"{e}; rerun the same command to continue", err=True)
+        raise typer.Exit(130) from None
     except MoELoRAError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -103,6 +103,7 @@ class TrainResult:
     checkpoint: Path | None = None
     world_size: int = 1
     mixed_precision: str = "no"
+    main_process: bool = True
 
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -341,6 +342,7 @@ def train(
         resumed_from=start,
         world_size=int(acc.num_processes),
         mixed_precision=str(acc.mixed_precision),
+        main_process=bool(acc.is_main_process),
     )
     t0 = time.perf_counter()
     if start >= cfg.steps:
@@ -538,6 +540,8 @@ def train_command(
     except MoELoRAError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    if not r.main_process:
+        return
     final = f"{r.losses[-1]:.4f}" if r.losses else "n/a"
     typer.echo(
         f"{r.steps} steps (resumed from {r.resumed_from}), final loss {final}; adapters in {out}/adapter"
