@@ -33,7 +33,8 @@ from .train import write_json_atomic
 
 @dataclass
 class Loaded:
-    label: str
+    """A base model with its adapters loaded, its tokenizer and the adapter config."""
+
     model: nn.Module
     tokenizer: Any
     config: dict[str, Any]
@@ -59,7 +60,7 @@ def adapter_dirs(path: str | Path) -> list[tuple[str, Path]]:
     return [(d.parent.name, d) for d in found]
 
 
-def load_checkpoint(label: str, directory: Path, model_override: str | None = None) -> Loaded:
+def load_checkpoint(directory: Path, model_override: str | None = None) -> Loaded:
     """Rebuild the base model named in the adapter config, inject and load the adapters (eval mode)."""
     config = read_config(directory)
     extra = config.get("extra", {})
@@ -86,7 +87,7 @@ def load_checkpoint(label: str, directory: Path, model_override: str | None = No
             tok.pad_token = tok.eos_token
     load_adapters(model, directory)
     model.eval()
-    return Loaded(label, model, tok, config)
+    return Loaded(model, tok, config)
 
 
 def texts_from(data: str | None, text: list[str] | None) -> tuple[list[str], str] | None:
@@ -97,6 +98,10 @@ def texts_from(data: str | None, text: list[str] | None) -> tuple[list[str], str
         return None
     p = Path(data)
     if p.suffix == ".txt":
+        if not p.is_file():
+            raise ConfigError(
+                f"--data {str(p)!r}: not found; expected a text file, one text per line"
+            )
         lines = [s for s in p.read_text(encoding="utf-8").splitlines() if s.strip()]
         if not lines:
             raise ConfigError(f"--data {p}: no non-empty line; expected one text per line")
@@ -155,7 +160,7 @@ def run_bounds(
     given = texts_from(data, text)
     out: dict[str, Any] = {}
     for label, directory in adapter_dirs(path):
-        loaded = load_checkpoint(label, directory, model)
+        loaded = load_checkpoint(directory, model)
         chosen, source = inputs_for(loaded, given, texts, seed)
         result = measure_checkpoint(
             loaded, chosen, max_length=max_length, max_tokens=max_tokens, seed=seed

@@ -24,7 +24,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,6 @@ class Prepared:
     tokenizer: Any
     hidden: int
     load_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 def build_classifier(
@@ -113,20 +112,35 @@ def build_classifier(
     return model
 
 
-def _batcher(prep: Prepared, max_length: int) -> Any:
+def _loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    logits = model(batch["input_ids"], batch["attention_mask"])
+    return nn.functional.cross_entropy(logits.float(), batch["labels"])
+
+
+def fit(cfg: DemoConfig, prep: Prepared, spec: AdapterSpec | None, out: Path, desc: str) -> Any:
+    """Build the classifier (adapters from `spec`, or the head alone) and train it, resumably, in `out`;
+    returns (model in eval mode, TrainResult)."""
+    model = build_classifier(prep.encoder, prep.hidden, spec, cfg.seed)
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=min(cfg.warmup_steps, cfg.steps - 1),
+        seed=cfg.seed,
+        checkpoint_every=max(1, cfg.steps // 3),
+        mixed_precision="no",
+        progress=cfg.progress,
+    )
     texts = [t for t, _ in prep.task.train]
     labels = torch.tensor([y for _, y in prep.task.train])
 
     def make_batch(indices: list[int]) -> dict[str, torch.Tensor]:
-        enc = encode_texts(prep.tokenizer, [texts[i] for i in indices], max_length)
+        enc = encode_texts(prep.tokenizer, [texts[i] for i in indices], cfg.max_length)
         return {**enc, "labels": labels[indices]}
 
-    return make_batch
-
-
-def _loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    logits = model(batch["input_ids"], batch["attention_mask"])
-    return nn.functional.cross_entropy(logits.float(), batch["labels"])
+    result = train(model, len(texts), make_batch, _loss, tcfg, out, desc=desc)
+    model.eval()
+    return model, result
 
 
 def run_arch(cfg: DemoConfig, arch: str, prep: Prepared) -> dict[str, Any]:
@@ -141,27 +155,7 @@ def run_arch(cfg: DemoConfig, arch: str, prep: Prepared) -> dict[str, Any]:
         return cached
     t0 = time.perf_counter()
     spec = DEMO_SPECS[arch]
-    model = build_classifier(prep.encoder, prep.hidden, spec, cfg.seed)
-    tcfg = TrainConfig(
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        warmup_steps=min(cfg.warmup_steps, cfg.steps - 1) if cfg.steps > 1 else 0,
-        seed=cfg.seed,
-        checkpoint_every=max(1, cfg.steps // 3),
-        mixed_precision="no",
-        progress=cfg.progress,
-    )
-    tr = train(
-        model,
-        len(prep.task.train),
-        _batcher(prep, cfg.max_length),
-        _loss,
-        tcfg,
-        arch_dir / "train",
-        desc=arch,
-    )
-    model.eval()
+    model, tr = fit(cfg, prep, spec, arch_dir / "train", arch)
     extra = {
         "base_model": cfg.model,
         "model_kind": MODEL_KIND,
@@ -215,34 +209,17 @@ def prepare(cfg: DemoConfig) -> Prepared:
 
 
 def head_only_accuracy(cfg: DemoConfig, prep: Prepared) -> float:
-    """Accuracy of the frozen encoder with an untrained head is chance; this trains the head alone,
-    with the same schedule, as the reference that adapters must beat."""
+    """Test accuracy of the head trained alone on the frozen encoder, with the same schedule: the
+    reference the adapters must beat. Cached and resumable like an architecture."""
     path = cfg.out / "head-only" / "result.json"
-    if path.exists() and not cfg.force:
+    if cfg.force:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    elif path.exists():
         return float(json.loads(path.read_text(encoding="utf-8"))["accuracy"])
-    shutil.rmtree(path.parent, ignore_errors=True)
-    model = build_classifier(prep.encoder, prep.hidden, None, cfg.seed)
-    tcfg = TrainConfig(
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        mixed_precision="no",
-        progress=cfg.progress,
-    )
-    train(
-        model,
-        len(prep.task.train),
-        _batcher(prep, cfg.max_length),
-        _loss,
-        tcfg,
-        path.parent / "train",
-        desc="head",
-    )
+    model, _ = fit(cfg, prep, None, path.parent / "train", "head")
     acc = accuracy(model, prep.tokenizer, prep.task.test, cfg.max_length)
-    write_json_atomic(
-        path, {"accuracy": acc, "trainable": sum(p.numel() for p in model.head.parameters())}
-    )
+    head = sum(p.numel() for p in model.head.parameters())
+    write_json_atomic(path, {"accuracy": acc, "trainable": head})
     return acc
 
 

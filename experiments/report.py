@@ -323,15 +323,15 @@ def plot_routing(metrics: Mapping[str, Any], path: Path) -> Path | None:
 
 
 def plot_accuracy(metrics: Mapping[str, Any], path: Path) -> Path:
-    """Test accuracy against adapter parameters (head-only accuracy as a dashed line)."""
+    """Test accuracy (± one binomial standard error) against adapter parameters; head only dashed."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for arch, res in metrics["archs"].items():
         s = arch_summary(res)
-        ax.scatter(
-            s["trainable"], s["accuracy"], s=40, color=ARCH_COLOURS.get(arch), label=arch, zorder=3
-        )
+        se = math.sqrt(s["accuracy"] * (1 - s["accuracy"]) / metrics["task"]["test"])  # binomial
+        ax.errorbar(s["trainable"], s["accuracy"], yerr=se, fmt="o", ms=6, capsize=3,
+                    color=ARCH_COLOURS.get(arch), label=arch, zorder=3)  # fmt: skip
     head = metrics.get("head_only_accuracy")
     if head is not None:
         ax.axhline(head, ls="--", color="k", lw=1, label="head only")

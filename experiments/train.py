@@ -25,6 +25,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -190,8 +191,6 @@ def _stop_signals() -> Iterator[dict[str, bool]]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         flag["stop"] = True
-
-    import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield flag
