@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -222,3 +223,42 @@ def test_two_cpu_processes_agree(tmp_path: Path) -> None:
     last = latest_checkpoint(tmp_path)
     assert last is not None
     assert {"rng-rank0.pt", "rng-rank1.pt"} <= {p.name for p in last.iterdir()}
+
+
+@pytest.mark.gpu
+def test_one_gpu_trains_in_bf16_and_resumes(tmp_path: Path) -> None:
+    """On a bf16-capable GPU `auto` picks bf16 autocast; adapters stay fp32 and resume exactly."""
+    assert torch.cuda.is_available()
+    r = train(
+        tiny_model(), N_EXAMPLES, make_batch, loss_fn, cfg(mixed_precision="auto"), tmp_path / "a"
+    )
+    expected = "bf16" if torch.cuda.is_bf16_supported() else "no"
+    assert r.mixed_precision == expected and all(math.isfinite(v) for v in r.losses)
+
+    def die_at_5(step: int, loss: float) -> None:
+        if step == 5:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train(
+            tiny_model(),
+            N_EXAMPLES,
+            make_batch,
+            loss_fn,
+            cfg(mixed_precision="auto"),
+            tmp_path / "b",
+            on_step=die_at_5,
+        )
+    resumed = tiny_model()
+    r2 = train(
+        resumed, N_EXAMPLES, make_batch, loss_fn, cfg(mixed_precision="auto"), tmp_path / "b"
+    )
+    assert r2.resumed_from == 3
+    assert all(
+        p.device.type == "cuda" and p.dtype == torch.float32
+        for p in resumed.parameters()
+        if p.requires_grad
+    )
+    assert (
+        r2.losses[:3] == r.losses[:3]
+    )  # the restored history; later steps may differ by GPU nondeterminism
