@@ -24,7 +24,13 @@ from torch import Tensor, nn
 
 from . import symbols as S
 from .adapter import Adapter
-from .errors import ConfigError, ShapeError, require_finite_float, require_positive_int
+from .errors import (
+    ConfigError,
+    ShapeError,
+    require_finite_float,
+    require_positive_int,
+    require_top_k,
+)
 from .maps import Dense, Identity, LinearMap, SoftmaxRouter, init_tensor_
 
 
@@ -44,12 +50,7 @@ class CoMoLConfig:
         require_positive_int("out_features", self.out_features)
         require_positive_int("rank", self.rank)
         require_positive_int("num_cores", self.num_cores)
-        if self.top_k is not None:
-            require_positive_int("top_k", self.top_k)
-            if self.top_k > self.num_cores:
-                raise ConfigError(
-                    f"top_k={self.top_k}: expected 1 <= top_k <= num_cores={self.num_cores}"
-                )
+        require_top_k(self.top_k, self.num_cores, "num_cores")
         require_finite_float("scale", self.scale)
 
 

@@ -64,6 +64,16 @@ def require_positive_int(name: str, value: object, minimum: int = 1) -> None:
         raise ConfigError(f"{name}={value!r}: expected an integer >= {minimum}")
 
 
+def require_top_k(top_k: object, num_experts: int, experts_name: str = "num_experts") -> None:
+    """None (soft routing) or an integer 1 <= top_k <= num_experts."""
+    if top_k is None:
+        return
+    require_positive_int("top_k", top_k)
+    assert isinstance(top_k, int)
+    if top_k > num_experts:
+        raise ConfigError(f"top_k={top_k}: expected 1 <= top_k <= {experts_name}={num_experts}")
+
+
 def require_finite_float(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(f"{name}={value!r}: expected a finite real number")

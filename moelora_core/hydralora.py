@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import symbols as S
 from .adapter import Adapter
-from .errors import ConfigError, require_finite_float, require_positive_int
+from .errors import require_finite_float, require_positive_int, require_top_k
 from .maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
 
 
@@ -36,12 +36,7 @@ class HydraLoRAConfig:
         require_positive_int("out_features", self.out_features)
         require_positive_int("num_experts", self.num_experts)
         require_positive_int("expert_rank", self.expert_rank)
-        if self.top_k is not None:
-            require_positive_int("top_k", self.top_k)
-            if self.top_k > self.num_experts:
-                raise ConfigError(
-                    f"top_k={self.top_k}: expected 1 <= top_k <= num_experts={self.num_experts}"
-                )
+        require_top_k(self.top_k, self.num_experts, "num_experts")
         require_finite_float("scale", self.scale)
 
 

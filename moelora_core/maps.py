@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, ShapeError, check_input, require_positive_int
+from .errors import ConfigError, ShapeError, check_input, require_positive_int, require_top_k
 
 Init = Literal["kaiming_uniform", "zeros", "normal", "identity"]
 
@@ -259,10 +259,7 @@ class SoftmaxRouter(nn.Module):
     def __init__(self, logits: LinearMap, top_k: int | None = None) -> None:
         super().__init__()
         E = logits.out_features
-        if top_k is not None:
-            require_positive_int("top_k", top_k)
-            if top_k > E:
-                raise ConfigError(f"top_k={top_k}: expected 1 <= top_k <= num_experts={E}")
+        require_top_k(top_k, E)
         self.logits, self.top_k = logits, top_k
         self.num_experts = E
 

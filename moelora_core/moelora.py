@@ -24,7 +24,7 @@ from torch import Tensor
 
 from . import symbols as S
 from .adapter import Adapter, weighted_heads
-from .errors import ConfigError, require_finite_float, require_positive_int
+from .errors import ConfigError, require_finite_float, require_positive_int, require_top_k
 from .maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
 
 RouterKind = Literal["input", "latent"]
@@ -47,12 +47,7 @@ class MoELoRAConfig:
         require_positive_int("expert_rank", self.expert_rank)
         if self.router not in ("input", "latent"):
             raise ConfigError(f"router={self.router!r}: expected 'input' or 'latent'")
-        if self.top_k is not None:
-            require_positive_int("top_k", self.top_k)
-            if self.top_k > self.num_experts:
-                raise ConfigError(
-                    f"top_k={self.top_k}: expected 1 <= top_k <= num_experts={self.num_experts}"
-                )
+        require_top_k(self.top_k, self.num_experts, "num_experts")
         require_finite_float("scale", self.scale)
 
     @property

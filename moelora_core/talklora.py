@@ -27,7 +27,13 @@ from torch import Tensor, nn
 
 from . import symbols as S
 from .adapter import Adapter, weighted_heads
-from .errors import ConfigError, ShapeError, require_finite_float, require_positive_int
+from .errors import (
+    ConfigError,
+    ShapeError,
+    require_finite_float,
+    require_positive_int,
+    require_top_k,
+)
 from .maps import BlockDiagonal, Dense, HeadLayout, Init, KronIdentity, LinearMap, SoftmaxRouter
 
 
@@ -52,12 +58,7 @@ class TalkLoRAConfig:
                 f"rank={self.rank}: expected a multiple of num_experts={self.num_experts} "
                 "(the rank is split into E equal heads)"
             )
-        if self.top_k is not None:
-            require_positive_int("top_k", self.top_k)
-            if self.top_k > self.num_experts:
-                raise ConfigError(
-                    f"top_k={self.top_k}: expected 1 <= top_k <= num_experts={self.num_experts}"
-                )
+        require_top_k(self.top_k, self.num_experts, "num_experts")
         require_finite_float("scale", self.scale)
 
     @property
