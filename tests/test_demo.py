@@ -6,27 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from experiments.cli import app
 from experiments.demo import DEMO_SPECS, DemoConfig, run_demo
 from experiments.report import soundness
-from experiments.tasks import write_tiny_bert
 from moelora_core.errors import ConfigError
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def small(out: Path, model: Path, **kw: object) -> DemoConfig:

@@ -19,22 +19,8 @@ from experiments.tasks import (
     load_encoder,
     text_batches,
     write_char_tokenizer,
-    write_tiny_bert,
 )
 from moelora_core import MoELoRA, MoELoRAConfig, TalkLoRA, TalkLoRAConfig
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def test_capture_returns_the_hidden_states_of_real_tokens(tiny: Path) -> None:

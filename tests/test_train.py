@@ -87,15 +87,6 @@ class Kill(Exception):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    """Tiny models run fastest on one thread (and far slower with threads on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_stream_covers_each_epoch_once_and_depends_on_seed() -> None:
     s = stream_indices(0, 3 * 10, 10, seed=1)
     for e in range(3):
