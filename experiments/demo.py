@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -237,6 +238,12 @@ def auto_threads(limit: int = 2) -> int:
     return max(1, min(limit, cpus - int(busy + 0.5)))
 
 
+def _status(cfg: DemoConfig, line: str) -> None:
+    """One line per step on stderr (progress bars are off when the output is not a terminal)."""
+    if cfg.progress:
+        print(line, file=sys.stderr, flush=True)
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run (or resume) the demo; writes metrics.json, report.md and plots under cfg.out; returns metrics."""
     from .report import write_report
@@ -248,7 +255,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
         prep = prepare(cfg)
-        results = {arch: run_arch(cfg, arch, prep) for arch in cfg.archs}
+        results: dict[str, Any] = {}
+        for i, arch in enumerate(cfg.archs, 1):
+            _status(cfg, f"[{i}/{len(cfg.archs)}] {arch}: training and measuring")
+            t_arch = time.perf_counter()
+            results[arch] = run_arch(cfg, arch, prep)
+            acc = results[arch].get("accuracy")
+            _status(cfg, f"[{i}/{len(cfg.archs)}] {arch}: done in {time.perf_counter() - t_arch:.0f} s"
+                    + (f", accuracy {acc:.4f}" if isinstance(acc, float) else ""))  # fmt: skip
         head = head_only_accuracy(cfg, prep)
     finally:
         torch.set_num_threads(threads_before)
