@@ -120,7 +120,10 @@ def summary_table(metrics: Mapping[str, Any]) -> Table:
         "max load",
         "‖T‖₂ (mean)",
     ):
-        t.add_column(c, justify="left" if c == "arch" else "right")
+        if c == "arch":  # names must read in full ("moelora-input" vs "moelora-latent")
+            t.add_column(c, justify="left", no_wrap=True, min_width=14)
+        else:
+            t.add_column(c, justify="right")
     for arch, res in metrics["archs"].items():
         s = arch_summary(res)
         t.add_row(
