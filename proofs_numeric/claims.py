@@ -21,8 +21,7 @@ from moelora_core import symbols as S
 from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoL, CoMoLConfig
 from moelora_core.hydralora import HydraLoRA
-from moelora_core.lora import LoRA, LoRAConfig
-from moelora_core.moelora import MoELoRA, MoELoRAConfig
+from moelora_core.moelora import MoELoRA
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 
 from .bounds.claims import BOUND_CLAIMS
@@ -37,7 +36,6 @@ from .strategies import (
     cases,
     comol_configs,
     hydralora_configs,
-    lora_configs,
     moelora_configs,
     seeds,
     talklora_configs,
@@ -383,10 +381,6 @@ def _comol_order_case(c: Case[CoMoLConfig]) -> Outcome:
     return exact((a.forward_materialised(x), a(x)))
 
 
-def _configs_with(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Case[Any]]:
-    return cases(strategy)
-
-
 _ONE = st.just(0)
 
 CORE_CLAIMS: list[Claim[Any]] = [
@@ -697,8 +691,6 @@ CORE_CLAIMS: list[Claim[Any]] = [
         "delta_weight_consistent",
     ),
 ]
-
-_ = (LoRA, LoRAConfig, MoELoRAConfig, lora_configs, _configs_with)
 
 
 def all_claims() -> list[Claim[Any]]:
