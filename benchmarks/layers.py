@@ -295,6 +295,30 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
+class OtherLoad:
+    """CPU time that other processes use between construction and `cores()`, in cores (Linux
+    /proc/stat busy time minus this process's CPU time, over the wall time); NaN where unavailable."""
+
+    def __init__(self) -> None:
+        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_seconds(), time.process_time()
+
+    def cores(self) -> float:
+        wall = time.perf_counter() - self.t0
+        busy = _busy_seconds() - self.busy0
+        own = time.process_time() - self.own0
+        return max(0.0, busy - own) / wall if wall > 0 else math.nan
+
+
+def _busy_seconds() -> float:
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return math.nan
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # up to steal; guest is in user
+
+
 def count_subnormal(mod: Adapter, x: Tensor) -> int:
     """Subnormal routing weights on the timed input: they would slow float maths for a spurious reason
     (x86 without flush-to-zero), so the timed parameters are drawn to keep router logits O(1)."""
@@ -367,15 +391,57 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     order = list(timers)
     rng = random.Random(args.seed)
     load_before = os.getloadavg()
+    others: list[float] = []  # per repeat: CPU used by other processes, in cores
     for rep in range(args.repeats):
         rng.shuffle(order)
+        probe = OtherLoad()
         for k in order:
             samples[k].append(timers[k].timeit(args.number).median)
+        others.append(probe.cores())
         print(f"\rrepeat {rep + 1}/{args.repeats}", end="", file=sys.stderr)
     print(file=sys.stderr)
     load_after = os.getloadavg()
 
+    quiet = [i for i, o in enumerate(others) if o <= args.quiet]
+    quiet_rows = None
+    if len(quiet) >= 5 and len(quiet) < len(others):
+        quiet_stats = {k: summary([v[i] for i in quiet]) for k, v in samples.items()}
+        quiet_rows = result_rows(quiet_stats, vs, s)
     stats = {k: summary(v) for k, v in samples.items()}
+    return {
+        "machine": {
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "python": platform.python_version(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+        },
+        "args": vars(args),
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "sizes": {
+            "n": s.n,
+            "m": s.m,
+            "rank": s.r,
+            "experts": s.E,
+            "tokens": args.tokens,
+            "dtype": args.dtype,
+        },
+        "base_frozen_W0": stats[("base", "frozen W0 x")],
+        "subnormal_routing_weights": subnormal,
+        "other_load_cores_per_repeat": others,
+        "rows": result_rows(stats, vs, s),
+        "quiet_repeats": quiet,
+        "rows_quiet": quiet_rows,
+        "samples_ms": {f"{k[0]}/{k[1]}": [1e3 * t for t in v] for k, v in samples.items()},
+    }
+
+
+def result_rows(
+    stats: dict[tuple[str, str], dict[str, float]], vs: list[Variant], s: Sizes
+) -> list[dict[str, Any]]:
+    """One row per architecture: medians, ratios against LoRA and against the loop, targets."""
     lora_ms = stats[("lora", "module")]["median_ms"]
     lora_macs = macs_per_token("lora", s)
     rows = []
@@ -402,40 +468,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else loop_ms / mod_ms >= 2.0,
             }
         )
-    return {
-        "machine": {
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": args.threads,
-            "python": platform.python_version(),
-            "loadavg_before": load_before,
-            "loadavg_after": load_after,
-        },
-        "args": vars(args),
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "sizes": {
-            "n": s.n,
-            "m": s.m,
-            "rank": s.r,
-            "experts": s.E,
-            "tokens": args.tokens,
-            "dtype": args.dtype,
-        },
-        "base_frozen_W0": stats[("base", "frozen W0 x")],
-        "subnormal_routing_weights": subnormal,
-        "rows": rows,
-        "samples_ms": {f"{k[0]}/{k[1]}": [1e3 * t for t in v] for k, v in samples.items()},
-    }
+    return rows
 
 
-def table(res: dict[str, Any]) -> str:
+def rows_table(rows: list[dict[str, Any]]) -> list[str]:
     head = (
         "| arch | MACs/token fwd | MAC ratio | ms fwd+bwd (median [q1, q3]) | ratio vs LoRA "
         "| loop ms | speed-up vs loop | checks on, +ms |"
     )
     lines = [head, "|" + "---|" * 8]
-    for r in res["rows"]:
+    for r in rows:
         mo, lo = r["module"], r["loop"]
         lines.append(
             f"| {r['arch']} | {r['macs_per_token_fwd']:,} | {r['mac_ratio_vs_lora']:.3f} "
@@ -445,7 +487,7 @@ def table(res: dict[str, Any]) -> str:
         )
     extra = [
         f"| {r['arch']} | {name} | {st['median_ms']:.2f} | {st['median_ms'] / r['module']['median_ms']:.2f} |"
-        for r in res["rows"]
+        for r in rows
         for name, st in r["extra"].items()
     ]
     if extra:
@@ -455,14 +497,25 @@ def table(res: dict[str, Any]) -> str:
             "|---|---|---|---|",
             *extra,
         ]
-    b, mach = res["base_frozen_W0"], res["machine"]
+    return lines
+
+
+def table(res: dict[str, Any]) -> str:
+    lines = rows_table(res["rows"])
+    b, mach, others = res["base_frozen_W0"], res["machine"], res["other_load_cores_per_repeat"]
     lines += [
         "",
         f"frozen W0 x alone (n x m dense, input grad only): {b['median_ms']:.2f} ms",
         f"load average before/after: {mach['loadavg_before'][0]:.2f} / {mach['loadavg_after'][0]:.2f} "
         f"on {mach['cpu_count']} CPUs ({mach['cpu']}), torch {mach['torch']}, "
         f"{mach['threads']} threads, {res['args']['timer']} clock",
+        f"other processes per repeat (cores): median {statistics.median(others):.2f}, "
+        f"max {max(others):.2f}; quiet (<= {res['args']['quiet']}): "
+        f"{len(res['quiet_repeats'])} of {len(others)} repeats",
     ]
+    if res["rows_quiet"] is not None:
+        lines += ["", f"Over the {len(res['quiet_repeats'])} quiet repeats only:", ""]
+        lines += rows_table(res["rows_quiet"])
     bad = {k: v for k, v in res["subnormal_routing_weights"].items() if v}
     if bad:
         lines.append(f"WARNING: subnormal routing weights {bad}: times may be inflated")
@@ -500,6 +553,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--number", type=int, default=1, help="steps per timed sample")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--quiet",
+        type=float,
+        default=0.1,
+        help="a repeat is quiet if other processes used at most this many cores during it; when "
+        "some repeats are not, a second table over the quiet ones is printed",
+    )
     p.add_argument(
         "--timer",
         choices=["wall", "process"],
