@@ -19,12 +19,10 @@ minimum is the cost of the work, and the load average is printed with the result
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -42,6 +40,7 @@ from moelora_core import (
     TalkLoRAConfig,
 )
 from proofs_numeric.bounds import LayerBoundReport, layer_report
+from proofs_numeric.jsonio import write_json_atomic
 
 
 def _layer(kind: str, n: int, r: int, E: int, seed: int) -> Adapter:
@@ -138,10 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             "args": vars(args),
             "results": results,
         }
-        directory = os.path.dirname(os.path.abspath(args.json_out))
-        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-            json.dump(payload, f, indent=2, default=str)
-        os.replace(f.name, args.json_out)
+        write_json_atomic(args.json_out, payload)
     return 0
 
 

@@ -26,14 +26,12 @@ gradients, float64, random non-zero parameters).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +56,7 @@ from moelora_core import (
     TalkLoRAConfig,
     input_checks,
 )
+from proofs_numeric.jsonio import write_json_atomic
 
 SCALE = 0.5  # s = alpha / r; not 1, so that the scaling is exercised by the equality checks
 
@@ -522,19 +521,6 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: str, obj: dict[str, Any]) -> None:
-    """Atomic write: a temporary file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -571,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
     res = run(args)
     print(table(res))
     if args.json:
-        write_json(args.json, res)
+        write_json_atomic(args.json, res, indent=1)
 
 
 if __name__ == "__main__":

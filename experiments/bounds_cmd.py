@@ -22,13 +22,13 @@ import typer
 from torch import nn
 
 from moelora_core.errors import ConfigError, MoELoRAError
+from proofs_numeric.jsonio import write_json_atomic
 
 from .checkpoint import ADAPTER_CONFIG, load_adapters, read_config
 from .data import load_records
 from .inject import adapted_layers
 from .measure import capture_inputs, measure_model
 from .tasks import MeanPoolClassifier, load_encoder, text_batches, vader_task
-from .train import write_json_atomic
 
 
 @dataclass

@@ -34,6 +34,7 @@ import typer
 from torch import nn
 
 from moelora_core.errors import ConfigError, MoELoRAError
+from proofs_numeric.jsonio import write_json_atomic
 
 from .checkpoint import save_adapters
 from .inject import AdapterSpec, adapted_layers, inject_adapters, trainable_report
@@ -48,7 +49,7 @@ from .tasks import (
     text_batches,
     vader_task,
 )
-from .train import TrainConfig, TrainingInterrupted, train, write_json_atomic
+from .train import TrainConfig, TrainingInterrupted, train
 
 TARGETS = ("query", "value")
 DEMO_SPECS: dict[str, AdapterSpec] = {

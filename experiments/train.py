@@ -175,15 +175,6 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
-
-
 @contextmanager
 def _stop_signals() -> Iterator[dict[str, bool]]:
     """Record SIGTERM/SIGINT in a flag instead of dying mid-step (main thread only)."""

@@ -12,9 +12,6 @@ is wrong).
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -22,19 +19,11 @@ from typing import Annotated, Any
 import typer
 
 from moelora_core.errors import MoELoRAError
+from proofs_numeric.jsonio import write_json_atomic
 from proofs_numeric.profiles import PROFILES, load_profile
 from proofs_numeric.variants import VariantReport, format_report, load_variants, run_variant
 
-__all__ = ["run_verify", "verify_command", "write_json_atomic"]
-
-
-def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(f.name, path)
+__all__ = ["run_verify", "verify_command"]
 
 
 def run_verify(

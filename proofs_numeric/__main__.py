@@ -7,14 +7,12 @@ refuted).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 
 from .checking import check_claim
 from .claims import all_claims
+from .jsonio import write_json_atomic
 from .profiles import PROFILES, using_profile
 
 
@@ -57,10 +55,7 @@ def _run(args: argparse.Namespace, profile: str) -> int:
     )
     if args.json_out:
         payload = {"profile": profile, "reports": [r.to_dict() for r in reports]}
-        directory = os.path.dirname(os.path.abspath(args.json_out))
-        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(f.name, args.json_out)
+        write_json_atomic(args.json_out, payload)
     return 1 if bad else 0
 
 
