@@ -41,6 +41,16 @@ def _router_weight(a: Adapter) -> Tensor:
     return a.router.logits.dense()
 
 
+def _lora(A: Tensor, B: Tensor, scale: float) -> LoRA:
+    """The LoRA `s·B A` with the given factors A: r x n, B: m x r (copied)."""
+    out = LoRA(
+        LoRAConfig(A.shape[1], B.shape[0], A.shape[0], scale), dtype=A.dtype, device=A.device
+    )
+    out.A.weight.copy_(A)
+    out.B.weight.copy_(B)
+    return out
+
+
 def _blocks_equal(blocks: Tensor, name: str, atol: float) -> None:
     """blocks: (E, ...); raise ReductionError unless all equal block 0 within atol."""
     diff = float((blocks - blocks[:1]).abs().max()) if blocks.shape[0] > 1 else 0.0
@@ -143,14 +153,7 @@ def comol_to_lora(c_: CoMoL, atol: float = 0.0) -> LoRA:
     """CoMoL with N = 1 or all cores equal (within atol) as LoRA: A, B' = B M_1."""
     c = c_.config
     _blocks_equal(c_.cores, "CoMoL cores M_i", atol)
-    out = LoRA(
-        LoRAConfig(c.in_features, c.out_features, c.rank, c.scale),
-        dtype=c_.A.weight.dtype,
-        device=c_.A.weight.device,
-    )
-    out.A.weight.copy_(c_.A.weight)
-    out.B.weight.copy_(c_.B.weight @ c_.cores[0])
-    return out
+    return _lora(c_.A.weight, c_.B.weight @ c_.cores[0], c.scale)
 
 
 @torch.no_grad()
@@ -165,14 +168,7 @@ def moelora_to_lora(mo: MoELoRA, atol: float = 0.0) -> LoRA:
         "MoELoRA expert B_i",
         atol,
     )
-    out = LoRA(
-        LoRAConfig(c.in_features, c.out_features, c.expert_rank, c.scale),
-        dtype=mo.A.weight.dtype,
-        device=mo.A.weight.device,
-    )
-    out.A.weight.copy_(mo.expert_A(0))
-    out.B.weight.copy_(mo.expert_B(0))
-    return out
+    return _lora(mo.expert_A(0), mo.expert_B(0), c.scale)
 
 
 @torch.no_grad()
@@ -184,14 +180,7 @@ def hydralora_to_lora(hy: HydraLoRA, atol: float = 0.0) -> LoRA:
         "HydraLoRA heads B_i",
         atol,
     )
-    out = LoRA(
-        LoRAConfig(c.in_features, c.out_features, c.expert_rank, c.scale),
-        dtype=hy.A.weight.dtype,
-        device=hy.A.weight.device,
-    )
-    out.A.weight.copy_(hy.A.weight)
-    out.B.weight.copy_(hy.expert_B(0))
-    return out
+    return _lora(hy.A.weight, hy.expert_B(0), c.scale)
 
 
 def input_router_witness(
