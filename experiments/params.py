@@ -21,6 +21,7 @@ from torch import nn
 
 from moelora_core.errors import ConfigError, MoELoRAError
 
+from . import options as opt
 from .inject import AdapterSpec, adapted_layers, inject_adapters, trainable_report
 
 __all__ = ["BYTES_PER_PARAM", "build_meta_model", "count_params", "params_command"]
@@ -117,7 +118,7 @@ def params_command(
         ..., "--config", help="transformers config JSON (file or directory)."
     ),
     arch: str = typer.Option("lora", "--arch", help="lora, moelora, hydralora, talklora or comol."),
-    rank: int = typer.Option(16, "--rank", help="Total rank r."),
+    rank: int = opt.RANK,
     experts: int = typer.Option(
         8, "--experts", help="Experts E (MoE baselines, TalkLoRA) or cores N (CoMoL)."
     ),
@@ -126,20 +127,12 @@ def params_command(
         "--targets",
         help="Comma-separated module-name suffixes.",
     ),
-    core_router: bool = typer.Option(
-        True, "--core-router/--no-core-router", help="CoMoL: route on A x (else on x)."
-    ),
-    shared_b: bool = typer.Option(
-        False, "--shared-b", help="TalkLoRA: share B across layers of one module type."
-    ),
-    shared_ab: bool = typer.Option(
-        False, "--shared-ab", help="CoMoL: share A, B across layers of one module type."
-    ),
-    expert_rank: int | None = typer.Option(
-        None, "--expert-rank", help="MoE baselines' per-expert rank (default r // E)."
-    ),
-    router: str = typer.Option("input", "--router", help="MoELoRA router: input or latent."),
-    top_k: int | None = typer.Option(None, "--top-k", help="Keep the k largest routing weights."),
+    core_router: bool = opt.CORE_ROUTER,
+    shared_b: bool = opt.SHARED_B,
+    shared_ab: bool = opt.SHARED_AB,
+    expert_rank: int | None = opt.EXPERT_RANK,
+    router: str = opt.ROUTER,
+    top_k: int | None = opt.TOP_K,
     json_out: bool = typer.Option(
         False, "--json", help="Print exactly one JSON object instead of a table."
     ),

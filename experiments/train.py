@@ -41,6 +41,8 @@ from torch import Tensor, nn
 
 from moelora_core.errors import ConfigError, MoELoRAError, input_checks
 
+from . import options as opt
+
 MakeBatch = Callable[[list[int]], dict[str, Tensor]]  # example indices -> batch of CPU tensors
 LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]  # (model, batch on device) -> scalar loss
 OnStep = Callable[[int, float], None]  # (completed step, loss) -> None
@@ -476,24 +478,16 @@ def train_command(
     targets: str = typer.Option(
         "q_proj,v_proj", "--targets", help="Comma-separated module-name suffixes."
     ),
-    rank: int = typer.Option(16, "--rank", help="Total rank r."),
+    rank: int = opt.RANK,
     experts: int = typer.Option(
         4, "--experts", help="Experts E (MoE, TalkLoRA) or cores N (CoMoL)."
     ),
-    expert_rank: int | None = typer.Option(
-        None, "--expert-rank", help="MoE per-expert rank (default r // E)."
-    ),
-    router: str = typer.Option("input", "--router", help="MoELoRA router: input or latent."),
-    top_k: int | None = typer.Option(None, "--top-k", help="Keep the k largest routing weights."),
-    core_router: bool = typer.Option(
-        True, "--core-router/--no-core-router", help="CoMoL: route on A x."
-    ),
-    shared_b: bool = typer.Option(
-        False, "--shared-b", help="TalkLoRA: share B across layers of a type."
-    ),
-    shared_ab: bool = typer.Option(
-        False, "--shared-ab", help="CoMoL: share A, B across layers of a type."
-    ),
+    expert_rank: int | None = opt.EXPERT_RANK,
+    router: str = opt.ROUTER,
+    top_k: int | None = opt.TOP_K,
+    core_router: bool = opt.CORE_ROUTER,
+    shared_b: bool = opt.SHARED_B,
+    shared_ab: bool = opt.SHARED_AB,
     scale: float = typer.Option(1.0, "--scale", help="s = alpha / r."),
     steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
     batch_size: int = typer.Option(4, "--batch-size", help="Per process and micro-batch."),
