@@ -33,5 +33,17 @@ app.command("demo")(__import__("experiments.demo", fromlist=["_"]).demo_command)
 app.command("bounds")(__import__("experiments.bounds_cmd", fromlist=["_"]).bounds_command)
 
 
+@app.command(
+    "study",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def study(ctx: typer.Context) -> None:
+    """Seeds x architectures x tasks x budgets: train, measure, paired statistics (--help for options)."""
+    from experiments.study.cli import main
+
+    raise typer.Exit(main(list(ctx.args)))
+
+
 if __name__ == "__main__":
     app()
