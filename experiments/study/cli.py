@@ -68,3 +68,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{c['a']} − {c['b']} = {c['diff']:+.4g} [{c['t_low']:+.3g}, {c['t_high']:+.3g}]")  # fmt: skip
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'} ({m['seconds_this_call']:.0f} s)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

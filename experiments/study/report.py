@@ -69,7 +69,9 @@ def analyse(metrics: Mapping[str, Any], alpha: float = 0.05) -> dict[str, Any]:
     comps = with_holm(comps)
     out = []
     for row, c in zip(rows, comps, strict=True):
-        word, why = verdict(c, row["direction"], alpha=alpha, margin=MARGIN)  # type: ignore[arg-type]
+        word, why = verdict(
+            c, row["direction"], alpha=alpha, margin=MARGIN, family=len(comps)
+        )  # type: ignore[arg-type]
         out.append({**row, **c.to_dict(), "verdict": word, "why": why})
     return {"alpha": alpha, "margin": MARGIN, "family_size": len(out), "comparisons": out}
 

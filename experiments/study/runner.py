@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from moelora_core.errors import ConfigError
 from proofs_numeric.jsonio import write_json_atomic
 
 from ..demo import auto_threads, build_classifier
@@ -32,7 +33,7 @@ from ..tasks import TextTask, accuracy, encode_texts, load_encoder, text_batches
 from ..train import TrainConfig, train
 from .data import load_task
 from .dynamics import snapshot
-from .grid import StudyConfig, budget_specs
+from .grid import StudyConfig, budget_specs, target_regex
 
 AMP_EPS = "0.1"
 
@@ -141,17 +142,20 @@ def run_cell(cfg: StudyConfig, sh: Shared, task: str, budget: str, arch: str, se
 
 def load_shared(cfg: StudyConfig) -> Shared:
     encoder, tokenizer = load_encoder(cfg.model)
-    encoder.requires_grad_(False)
+    encoder.float().requires_grad_(False)  # a float16 copy (the GPU run's) trains in float32
     tasks = {t: load_task(t, cfg.per_task, cfg.data) for t in cfg.tasks}
     return Shared(encoder, tokenizer, int(encoder.config.hidden_size), tasks)
 
 
-def plan(cfg: StudyConfig, hidden: int) -> list[tuple[str, str, str, int, AdapterSpec, int]]:
+def plan(
+    cfg: StudyConfig, hidden: int, num_layers: int
+) -> list[tuple[str, str, str, int, AdapterSpec, int]]:
     """Cells in run order: task, budget, seed, arch (so partial runs hold complete seed pairs)."""
     cells = []
+    regex = target_regex(num_layers, cfg.adapt_last)
     for task in cfg.tasks:
         for budget in cfg.budgets:
-            specs = budget_specs(budget, hidden, cfg.rank, cfg.archs)
+            specs = budget_specs(budget, hidden, cfg.rank, cfg.archs, regex)
             for seed in cfg.seeds:
                 for arch in cfg.archs:
                     spec, params = specs[arch]
@@ -168,7 +172,7 @@ def run_study(cfg: StudyConfig, out: Path, *, progress: bool = True, report: boo
     torch.set_num_threads(threads)
     try:
         sh = load_shared(cfg)
-        cells = plan(cfg, sh.hidden)
+        cells = plan(cfg, sh.hidden, int(sh.encoder.config.num_hidden_layers))
         records, computed = [], 0
         for i, (task, budget, arch, seed, spec, params) in enumerate(cells, 1):
             path = cell_path(out, task, budget, arch, seed)
@@ -226,5 +230,17 @@ def rebuild_report(cfg: StudyConfig, out: Path) -> dict[str, Any]:
                     if p.exists():
                         records.append(json.loads(p.read_text(encoding="utf-8")))
     old = out / "metrics.json"
-    tasks = json.loads(old.read_text(encoding="utf-8")).get("tasks", {}) if old.exists() else {}
-    return finish(cfg, out, records, 0, time.perf_counter() - t0, 0, tasks)
+    prior: dict[str, Any] = json.loads(old.read_text(encoding="utf-8")) if old.exists() else {}
+    if not records:  # e.g. a GPU run's metrics.json alone, analysed where scipy is installed
+        keep = (set(cfg.tasks), set(cfg.budgets), set(cfg.archs), set(cfg.seeds))
+        records = [c for c in prior.get("cells", [])
+                   if (c["task"], c["budget"], c["arch"], c["seed"]) in _product(keep)]  # fmt: skip
+    if not records:
+        raise ConfigError(f"out={out}: no finished cell of this study (cells/ or metrics.json)")
+    return finish(cfg, out, records, 0, time.perf_counter() - t0, 0, prior.get("tasks", {}))
+
+
+def _product(sets: tuple[set[Any], ...]) -> set[tuple[Any, ...]]:
+    import itertools
+
+    return set(itertools.product(*sets))

@@ -151,12 +151,14 @@ def with_holm(comparisons: Sequence[Paired]) -> list[Paired]:
 
 
 def verdict(
-    c: Paired, direction: Direction, *, alpha: float = 0.05, margin: float = 0.0
+    c: Paired, direction: Direction, *, alpha: float = 0.05, margin: float = 0.0, family: int = 1
 ) -> tuple[str, str]:
     """('supports' | 'contradicts' | 'cannot resolve', one sentence why) for a claim on c.
 
     greater/less: the claim is a − b > 0 (< 0); decided by the Holm-adjusted p and the sign.
     noninferior: the claim is a − b > −margin; decided by the t interval against −margin.
+    The seeds needed for an unresolved claim are computed at α / family (Bonferroni, conservative
+    for Holm), from the observed d_z.
     """
     if c.p_holm != c.p_holm:  # NaN: not adjusted
         raise ConfigError(f"comparison {c.a} vs {c.b} on {c.metric}: run with_holm first")
@@ -166,17 +168,18 @@ def verdict(
             return "supports", f"{spread}: the whole interval lies above −{margin:g}."
         if c.t_high < -margin:
             return "contradicts", f"{spread}: the whole interval lies below −{margin:g}."
-        return "cannot resolve", f"{spread}: the interval straddles −{margin:g}; " + _more(c, alpha)
+        return "cannot resolve", f"{spread}: the interval straddles −{margin:g}; " + _more(c, alpha / max(1, family))
     sign = 1.0 if direction == "greater" else -1.0
     if c.p_holm < alpha:
         word = "supports" if sign * c.diff > 0 else "contradicts"
         return word, f"{spread}, Holm p = {c.p_holm:.3g} < {alpha:g}, d_z = {c.d_z:+.2f}."
     why = "difference smaller than the seed spread" if abs(c.diff) < c.sd else "not significant"
-    return "cannot resolve", f"{spread}, Holm p = {c.p_holm:.2g}: {why}; " + _more(c, alpha)
+    return "cannot resolve", f"{spread}, Holm p = {c.p_holm:.2g}: {why}; " + _more(c, alpha / max(1, family))
 
 
 def _more(c: Paired, alpha: float) -> str:
     n = seeds_needed(c.d_z, alpha=alpha)
     if n is None:
         return "no detectable difference at any feasible number of seeds."
-    return f"about {n} seeds would be needed for 80% power at the observed d_z = {c.d_z:+.2f}."
+    return (f"about {max(n, c.n + 1)} seeds would be needed for 80% power at α = {alpha:.2g} "
+            f"if the observed d_z = {c.d_z:+.2f} were the true effect.")
