@@ -14,9 +14,9 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from experiments.study.grid import budget_specs, preset  # noqa: E402
-from experiments.study.runner import cell_path, run_study  # noqa: E402
-from moelora_core.errors import ConfigError  # noqa: E402
+from experiments.study.grid import budget_specs, preset
+from experiments.study.runner import cell_path, run_study
+from moelora_core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,12 +52,29 @@ def test_multi_task_is_balanced_and_prefixed() -> None:
 
 def test_killed_study_resumes_without_recomputing(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["--preset", "tiny", "--model", str(tiny), "--out", str(out), "--threads", "1",
-            "--archs", "lora,talklora", "--seeds", "0,1,2"]  # fmt: skip
+    args = [
+        "--preset",
+        "tiny",
+        "--model",
+        str(tiny),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--archs",
+        "lora,talklora",
+        "--seeds",
+        "0,1,2",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     code = "import sys; from experiments.study.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not list(out.glob("cells/**/*.json")) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -77,7 +94,9 @@ def test_killed_study_resumes_without_recomputing(tiny: Path, tmp_path: Path) ->
     assert cell["trace"][0]["step"] == 0 and cell["trace"][-1]["step"] == cfg.steps
     assert cell["summary"]["amp_identity_talk"] is not None and cell["talk_points"]
     comps = m["analysis"]["comparisons"]
-    assert comps and all(c["verdict"] in ("supports", "contradicts", "cannot resolve") for c in comps)
+    assert comps and all(
+        c["verdict"] in ("supports", "contradicts", "cannot resolve") for c in comps
+    )
     report = (out / "report.md").read_text()
     assert "talk-mitigates-amplification" in report and "Holm" in report
     for png in ("forest.png", "amp_vs_talk_norm.png", "routing_dynamics.png"):

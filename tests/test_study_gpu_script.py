@@ -17,6 +17,7 @@ pytest.importorskip("scipy")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # ~40 s on a quiet 2-core machine (4.5 min under a load average of 9)
 def test_gpu_script_on_cpu(tiny: Path, tmp_path: Path) -> None:
     from experiments.study.data import export_tasks
 
@@ -26,14 +27,37 @@ def test_gpu_script_on_cpu(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable}
     r = subprocess.run(
-        ["bash", str(ROOT / "experiments/gpu/run.sh"), "--device", "cpu", "--preset", "tiny",
-         "--assets", str(assets), "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            "bash",
+            str(ROOT / "experiments/gpu/run.sh"),
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--assets",
+            str(assets),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted(["report.md", "metrics.json", "forest.png", "amp_vs_talk_norm.png",
-                            "routing_dynamics.png", "layers.json", "llm_step.json", "run.log"])  # fmt: skip
+    assert files == sorted(
+        [
+            "report.md",
+            "metrics.json",
+            "forest.png",
+            "amp_vs_talk_norm.png",
+            "routing_dynamics.png",
+            "layers.json",
+            "llm_step.json",
+            "run.log",
+        ]
+    )
     log = (out / "run.log").read_text()
     assert "failed" not in log and "no report.md" not in log, log[-3000:]
     llm = json.loads((out / "llm_step.json").read_text())
@@ -42,6 +66,18 @@ def test_gpu_script_on_cpu(tiny: Path, tmp_path: Path) -> None:
     # the metrics alone (no cells/ folder) are enough to rebuild the analysis elsewhere
     from experiments.study.cli import main
 
-    assert main(["--preset", "tiny", "--model", str(assets / "minilm"), "--out", str(out),
-                 "--report-only"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--preset",
+                "tiny",
+                "--model",
+                str(assets / "minilm"),
+                "--out",
+                str(out),
+                "--report-only",
+            ]
+        )
+        == 0
+    )
     assert "Holm" in (out / "report.md").read_text()

@@ -35,14 +35,18 @@ def build_stack(a: argparse.Namespace) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaModel
 
     cfg = LlamaConfig(
-        hidden_size=a.hidden, intermediate_size=a.intermediate, num_attention_heads=a.heads,
-        num_key_value_heads=a.kv_heads, num_hidden_layers=a.layers, vocab_size=256,
-        max_position_embeddings=max(a.seq, 128), rope_theta=500000.0,
-    )  # fmt: skip
+        hidden_size=a.hidden,
+        intermediate_size=a.intermediate,
+        num_attention_heads=a.heads,
+        num_key_value_heads=a.kv_heads,
+        num_hidden_layers=a.layers,
+        vocab_size=256,
+        max_position_embeddings=max(a.seq, 128),
+    )
     torch.manual_seed(0)
     with torch.device(a.device):
-        model = LlamaModel(cfg).to(DTYPES[a.dtype])
-    model.requires_grad_(False)
+        model: torch.nn.Module = LlamaModel(cfg)
+    model.to(dtype=DTYPES[a.dtype]).requires_grad_(False)
     return model
 
 
@@ -59,8 +63,12 @@ def bench(a: argparse.Namespace, name: str) -> dict[str, Any]:
 
     model = build_stack(a)
     if name != "frozen":
-        spec = AdapterSpec(**VARIANTS[name], targets=("q_proj", "k_proj", "v_proj", "o_proj"),
-                           rank=a.rank, experts=a.experts)  # fmt: skip
+        spec = AdapterSpec(
+            **VARIANTS[name],
+            targets=("q_proj", "k_proj", "v_proj", "o_proj"),
+            rank=a.rank,
+            experts=a.experts,
+        )
         inject_adapters(model, spec)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4) if params else None
@@ -86,12 +94,20 @@ def bench(a: argparse.Namespace, name: str) -> dict[str, Any]:
     del model, opt, x
     if a.device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return {"variant": name, "seconds_per_step": sec, "tokens_per_second": a.batch * a.seq / sec,
-            "peak_gib": peak, "trainable": trainable, "samples": len(times)}  # fmt: skip
+    return {
+        "variant": name,
+        "seconds_per_step": sec,
+        "tokens_per_second": a.batch * a.seq / sec,
+        "peak_gib": peak,
+        "trainable": trainable,
+        "samples": len(times),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16", choices=list(DTYPES))
     p.add_argument("--layers", type=int, default=2)
@@ -113,15 +129,19 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(bench(a, name))
         r = rows[-1]
         peak = "—" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} GiB"
-        print(f"{name:>15}  {r['seconds_per_step'] * 1e3:9.2f} ms/step  "
-              f"{r['tokens_per_second']:11.0f} tok/s  {peak:>10}  {r['trainable']:>11,} trainable",
-              flush=True)  # fmt: skip
+        print(
+            f"{name:>15}  {r['seconds_per_step'] * 1e3:9.2f} ms/step  "
+            f"{r['tokens_per_second']:11.0f} tok/s  {peak:>10}  {r['trainable']:>11,} trainable",
+            flush=True,
+        )
     if a.json:
         meta = {k: v for k, v in vars(a).items() if k != "json"}
         meta["torch"] = torch.__version__
         if a.device.startswith("cuda"):
             meta["gpu"] = torch.cuda.get_device_name()
-        Path(a.json).write_text(json.dumps({"config": meta, "rows": rows}, indent=1), encoding="utf-8")
+        Path(a.json).write_text(
+            json.dumps({"config": meta, "rows": rows}, indent=1), encoding="utf-8"
+        )
 
 
 if __name__ == "__main__":

@@ -19,14 +19,17 @@ def prepare(out: Path, preset_name: str = "gpu", model: str | None = None) -> Pa
 
     cfg = preset(preset_name)
     encoder, tokenizer = load_encoder(model or cfg.model)
-    encoder.to(torch.float16).save_pretrained(out / "minilm")
+    encoder.to(dtype=torch.float16)
+    encoder.save_pretrained(out / "minilm")
     tokenizer.save_pretrained(out / "minilm")
     export_tasks(out / "tasks.json", ("vader", "multi"), cfg.per_task)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="runs/gpu-assets")
     p.add_argument("--preset", default="gpu")
     p.add_argument("--model", default=None, help="encoder directory (default: the preset's model)")

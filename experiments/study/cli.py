@@ -32,9 +32,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", default=None, help="comma-separated: equal-rank, equal-params")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (0: auto)")
-    p.add_argument("--report-only", action="store_true", help="only rebuild metrics/report from cells")
-    p.add_argument("--export-tasks", default=None, metavar="JSON",
-                   help="write the preset's tasks to JSON and exit")  # fmt: skip
+    p.add_argument(
+        "--report-only", action="store_true", help="only rebuild metrics/report from cells"
+    )
+    p.add_argument(
+        "--export-tasks",
+        default=None,
+        metavar="JSON",
+        help="write the preset's tasks to JSON and exit",
+    )
     return p
 
 
@@ -42,10 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     try:
         cfg = preset(
-            a.preset, model=a.model, data=a.data, archs=_tuple(str, a.archs),
-            seeds=_tuple(int, a.seeds), tasks=_tuple(str, a.tasks),
-            budgets=_tuple(str, a.budgets), steps=a.steps, threads=a.threads,
-        )  # fmt: skip
+            a.preset,
+            model=a.model,
+            data=a.data,
+            archs=_tuple(str, a.archs),
+            seeds=_tuple(int, a.seeds),
+            tasks=_tuple(str, a.tasks),
+            budgets=_tuple(str, a.budgets),
+            steps=a.steps,
+            threads=a.threads,
+        )
         if a.export_tasks:
             from .data import export_tasks
 
@@ -64,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for c in (m.get("analysis") or {}).get("comparisons", []):
-        print(f"{c['verdict']:>15}  {c['claim']} [{c['task']}/{c['budget']}] {c['metric']}: "
-              f"{c['a']} − {c['b']} = {c['diff']:+.4g} [{c['t_low']:+.3g}, {c['t_high']:+.3g}]")  # fmt: skip
+        print(
+            f"{c['verdict']:>15}  {c['claim']} [{c['task']}/{c['budget']}] {c['metric']}: "
+            f"{c['a']} − {c['b']} = {c['diff']:+.4g} [{c['t_low']:+.3g}, {c['t_high']:+.3g}]"
+        )
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'} ({m['seconds_this_call']:.0f} s)")
     return 0
 

@@ -39,7 +39,9 @@ def nrc_lexicon_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "nrc_en.json"
 
 
-def _balanced(items: list[tuple[str, int]], per_task: int, rng: random.Random) -> list[tuple[str, int]]:
+def _balanced(
+    items: list[tuple[str, int]], per_task: int, rng: random.Random
+) -> list[tuple[str, int]]:
     pos = [x for x in items if x[1] == 1]
     neg = [x for x in items if x[1] == 0]
     k = min(per_task // 2, len(pos), len(neg))

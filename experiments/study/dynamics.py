@@ -11,7 +11,7 @@ per routed layer; the snapshot keeps their means over layers and the per-layer v
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from ..measure import capture_inputs
 @torch.no_grad()
 def snapshot(
     model: nn.Module,
-    probe: list[Mapping[str, Tensor]],
+    probe: Sequence[Mapping[str, Tensor]],
     layers: Mapping[str, AdaptedLinear],
     step: int,
     max_tokens: int,

@@ -113,10 +113,15 @@ class StudyConfig:
     def __post_init__(self) -> None:
         bad = [a for a in self.archs if a not in arch_variants()]
         if bad or not self.archs:
-            raise ConfigError(f"archs={list(self.archs)}: expected a subset of {list(arch_variants())}")
+            raise ConfigError(
+                f"archs={list(self.archs)}: expected a subset of {list(arch_variants())}"
+            )
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds={list(self.seeds)}: expected at least 2 distinct seeds")
-        for name, values, known in (("tasks", self.tasks, TASKS), ("budgets", self.budgets, BUDGETS)):
+        for name, values, known in (
+            ("tasks", self.tasks, TASKS),
+            ("budgets", self.budgets, BUDGETS),
+        ):
             if not values or any(v not in known for v in values):
                 raise ConfigError(f"{name}={list(values)}: expected a subset of {list(known)}")
         for name in ("rank", "steps", "batch_size", "max_length", "snapshot_every", "probe_texts"):
@@ -129,18 +134,39 @@ class StudyConfig:
 
 PRESETS: dict[str, StudyConfig] = {
     # seconds, for tests: a tiny random BERT (pass --model), two seeds, few steps
-    "tiny": StudyConfig(seeds=(0, 1), tasks=("vader",), budgets=("equal-rank",), steps=4,
-                        batch_size=8, per_task=40, measure_texts=8, max_tokens=24,
-                        snapshot_every=2, probe_texts=8, noise=(0.1,), adapt_last=1),  # fmt: skip
+    "tiny": StudyConfig(
+        seeds=(0, 1),
+        tasks=("vader",),
+        budgets=("equal-rank",),
+        steps=4,
+        batch_size=8,
+        per_task=40,
+        measure_texts=8,
+        max_tokens=24,
+        snapshot_every=2,
+        probe_texts=8,
+        noise=(0.1,),
+        adapt_last=1,
+    ),
     # <= 15 min on 2 cores: the multi-task mixture, both budgets, five seeds
     "cpu": StudyConfig(steps=50, adapt_last=2),
     # the GPU run: both tasks, longer training, more tokens measured
-    "gpu": StudyConfig(seeds=(0, 1, 2, 3, 4, 5, 6, 7), tasks=TASKS, steps=300, batch_size=64,
-                       per_task=2000, measure_texts=256, max_tokens=512, snapshot_every=25,
-                       probe_texts=64, max_length=16),  # fmt: skip
+    "gpu": StudyConfig(
+        seeds=(0, 1, 2, 3, 4, 5, 6, 7),
+        tasks=TASKS,
+        steps=300,
+        batch_size=64,
+        per_task=2000,
+        measure_texts=256,
+        max_tokens=512,
+        snapshot_every=25,
+        probe_texts=64,
+        max_length=16,
+    ),
     # the demo: one task, equal rank, five seeds
-    "demo": StudyConfig(tasks=("vader",), budgets=("equal-rank",), steps=100, batch_size=64,
-                        max_length=16),  # fmt: skip
+    "demo": StudyConfig(
+        tasks=("vader",), budgets=("equal-rank",), steps=100, batch_size=64, max_length=16
+    ),
 }
 
 

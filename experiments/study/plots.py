@@ -26,18 +26,29 @@ def forest(analysis: Mapping[str, Any], path: Path) -> Path | None:
     plt = _plt()
     metrics = list(dict.fromkeys(c["metric"] for c in comps))
     rows = {m: [c for c in comps if c["metric"] == m] for m in metrics}
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 1.2 + 0.45 * len(comps) + 0.6 * len(metrics)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(metrics), 1, figsize=(8, 1.2 + 0.45 * len(comps) + 0.6 * len(metrics)), squeeze=False
+    )
     for ax, m in zip(axes[:, 0], metrics, strict=True):
         cs = rows[m]
         y = list(range(len(cs)))[::-1]
         for yi, c in zip(y, cs, strict=True):
-            color = {"supports": "tab:green", "contradicts": "tab:red"}.get(c["verdict"], "tab:gray")
+            color = {"supports": "tab:green", "contradicts": "tab:red"}.get(
+                c["verdict"], "tab:gray"
+            )
             ax.plot([c["boot_low"], c["boot_high"]], [yi - 0.15] * 2, color=color, lw=1, alpha=0.6)
-            ax.errorbar(c["diff"], yi, xerr=[[c["diff"] - c["t_low"]], [c["t_high"] - c["diff"]]],
-                        fmt="o", color=color, capsize=3)  # fmt: skip
+            ax.errorbar(
+                c["diff"],
+                yi,
+                xerr=[[c["diff"] - c["t_low"]], [c["t_high"] - c["diff"]]],
+                fmt="o",
+                color=color,
+                capsize=3,
+            )
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(y, [f"{c['a']} − {c['b']} ({c['task']}/{c['budget']})" for c in cs], fontsize=7)
+        ax.set_yticks(
+            y, [f"{c['a']} − {c['b']} ({c['task']}/{c['budget']})" for c in cs], fontsize=7
+        )
         ax.set_title(f"{m}: paired difference, 95% t CI (bootstrap below)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -52,7 +63,9 @@ def amp_vs_talk(cells: list[Mapping[str, Any]], path: Path) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, label="trained T")
-    ax.scatter([p[0] for p in pts], [p[2] for p in pts], s=12, marker="x", label="same weights, T = I")
+    ax.scatter(
+        [p[0] for p in pts], [p[2] for p in pts], s=12, marker="x", label="same weights, T = I"
+    )
     ax.set_xlabel("‖T‖₂ (per TalkLoRA layer)")
     ax.set_ylabel("router amplification, ε = 0.1 (mean)")
     ax.legend(fontsize=8)

@@ -33,7 +33,9 @@ CLAIMS: tuple[tuple[str, str, str, str, str], ...] = (
 )
 
 
-def _series(cells: list[Mapping[str, Any]], task: str, budget: str, arch: str, metric: str) -> dict[int, float]:
+def _series(
+    cells: list[Mapping[str, Any]], task: str, budget: str, arch: str, metric: str
+) -> dict[int, float]:
     out = {}
     for c in cells:
         if c["task"] != task or c["budget"] != budget:
@@ -52,11 +54,12 @@ def _series(cells: list[Mapping[str, Any]], task: str, budget: str, arch: str, m
 def analyse(metrics: Mapping[str, Any], alpha: float = 0.05) -> dict[str, Any]:
     """Paired comparisons for every claim, task and budget, Holm-adjusted, with verdicts."""
     try:
-        from .stats import paired, verdict, with_holm
+        from .stats import Direction, paired, verdict, with_holm
     except ImportError as e:  # scipy absent (e.g. a bare GPU image): analyse later on the CPU
         return {"error": f"statistics unavailable ({e}); rerun `moelora study --report-only`"}
     cells = metrics["cells"]
-    rows, comps = [], []
+    rows: list[dict[str, Any]] = []
+    comps = []
     for task in metrics["config"]["tasks"]:
         for budget in metrics["config"]["budgets"]:
             for claim, metric, a, b, direction in CLAIMS:
@@ -65,22 +68,27 @@ def analyse(metrics: Mapping[str, Any], alpha: float = 0.05) -> dict[str, Any]:
                 if len(seeds) < 2:
                     continue
                 comps.append(paired(metric, a, [sa[s] for s in seeds], b, [sb[s] for s in seeds]))
-                rows.append({"claim": claim, "task": task, "budget": budget, "direction": direction})
+                rows.append(
+                    {"claim": claim, "task": task, "budget": budget, "direction": direction}
+                )
     comps = with_holm(comps)
     out = []
     for row, c in zip(rows, comps, strict=True):
-        word, why = verdict(
-            c, row["direction"], alpha=alpha, margin=MARGIN, family=len(comps)
-        )  # type: ignore[arg-type]
+        d: Direction = row["direction"]
+        word, why = verdict(c, d, alpha=alpha, margin=MARGIN, family=len(comps))
         out.append({**row, **c.to_dict(), "verdict": word, "why": why})
     return {"alpha": alpha, "margin": MARGIN, "family_size": len(out), "comparisons": out}
 
 
 def arch_table(cells: list[Mapping[str, Any]], task: str, budget: str) -> list[str]:
     """Markdown rows: mean ± sd over seeds per architecture."""
-    archs = list(dict.fromkeys(c["arch"] for c in cells if c["task"] == task and c["budget"] == budget))
-    lines = ["| arch | params/layer | seeds | accuracy | amp ε=0.1 | amp T=I | certified max | searched max | entropy | max share |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    archs = list(
+        dict.fromkeys(c["arch"] for c in cells if c["task"] == task and c["budget"] == budget)
+    )
+    lines = [
+        "| arch | params/layer | seeds | accuracy | amp ε=0.1 | amp T=I | certified max | searched max | entropy | max share |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for a in archs:
         cs = [c for c in cells if c["task"] == task and c["budget"] == budget and c["arch"] == a]
 
@@ -106,7 +114,9 @@ def violations(cells: list[Mapping[str, Any]]) -> list[str]:
         s = c["summary"]
         up, lo = s.get("certified_max"), s.get("searched_max")
         if up is not None and lo is not None and lo > up * (1 + 1e-9):
-            bad.append(f"{c['task']}/{c['budget']}/{c['arch']}/seed{c['seed']}: searched {lo:.6g} > certified {up:.6g}")
+            bad.append(
+                f"{c['task']}/{c['budget']}/{c['arch']}/seed{c['seed']}: searched {lo:.6g} > certified {up:.6g}"
+            )
     return bad
 
 
@@ -115,36 +125,60 @@ def write_report(metrics: Mapping[str, Any], out: Path) -> None:
 
     cells = metrics["cells"]
     cfg = metrics["config"]
-    L = ["# MoE-LoRA study", "",
-         f"Model `{cfg['model']}`; archs {', '.join(cfg['archs'])}; seeds {cfg['seeds']}; tasks "
-         f"{', '.join(cfg['tasks'])}; budgets {', '.join(cfg['budgets'])}; {cfg['steps']} steps of "
-         f"batch {cfg['batch_size']}; {len(cells)} cells ({metrics['cells_computed_this_call']} computed "
-         f"in this call, {metrics['seconds_this_call']:.0f} s; {metrics['environment']['threads']} "
-         f"threads, device {metrics['environment']['device']}, load average "
-         f"{metrics['environment']['load_average'][0]:.1f}).", ""]  # fmt: skip
+    L = [
+        "# MoE-LoRA study",
+        "",
+        f"Model `{cfg['model']}`; archs {', '.join(cfg['archs'])}; seeds {cfg['seeds']}; tasks "
+        f"{', '.join(cfg['tasks'])}; budgets {', '.join(cfg['budgets'])}; {cfg['steps']} steps of "
+        f"batch {cfg['batch_size']}; {len(cells)} cells ({metrics['cells_computed_this_call']} computed "
+        f"in this call, {metrics['seconds_this_call']:.0f} s; {metrics['environment']['threads']} "
+        f"threads, device {metrics['environment']['device']}, load average "
+        f"{metrics['environment']['load_average'][0]:.1f}).",
+        "",
+    ]
     for name, t in metrics["tasks"].items():
-        L.append(f"- task `{name}`: {t['name']}, {t['train']} train / {t['test']} test, "
-                 f"{t['positive_share']:.0%} positive")  # fmt: skip
+        L.append(
+            f"- task `{name}`: {t['name']}, {t['train']} train / {t['test']} test, "
+            f"{t['positive_share']:.0%} positive"
+        )
     an = metrics.get("analysis") or {}
     L += ["", "## Claims", ""]
     if "error" in an:
         L.append(an["error"])
     else:
-        L.append(f"Paired over seeds (a − b per seed), 95% t and bootstrap intervals, Holm over "
-                 f"{an['family_size']} comparisons at α = {an['alpha']}; non-inferiority margin "
-                 f"{an['margin']}.")  # fmt: skip
-        L += ["", "| claim | task/budget | metric | a − b | verdict | why |", "|---|---|---|---|---|---|"]
+        L.append(
+            f"Paired over seeds (a − b per seed), 95% t and bootstrap intervals, Holm over "
+            f"{an['family_size']} comparisons at α = {an['alpha']}; non-inferiority margin "
+            f"{an['margin']}."
+        )
+        L += [
+            "",
+            "| claim | task/budget | metric | a − b | verdict | why |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in an["comparisons"]:
-            L.append(f"| {c['claim']} | {c['task']}/{c['budget']} | {c['metric']} | {c['a']} − {c['b']} "
-                     f"| **{c['verdict']}** | {c['why']} (bootstrap [{c['boot_low']:+.3g}, "
-                     f"{c['boot_high']:+.3g}]) |")  # fmt: skip
+            L.append(
+                f"| {c['claim']} | {c['task']}/{c['budget']} | {c['metric']} | {c['a']} − {c['b']} "
+                f"| **{c['verdict']}** | {c['why']} (bootstrap [{c['boot_low']:+.3g}, "
+                f"{c['boot_high']:+.3g}]) |"
+            )
     for task in cfg["tasks"]:
         for budget in cfg["budgets"]:
-            L += ["", f"## {task} / {budget} (mean ± sd over seeds)", "", *arch_table(cells, task, budget)]
+            L += [
+                "",
+                f"## {task} / {budget} (mean ± sd over seeds)",
+                "",
+                *arch_table(cells, task, budget),
+            ]
     bad = violations(cells)
-    L += ["", "## Soundness", "",
-          "No searched lower bound exceeds its certified upper bound." if not bad else
-          "VIOLATIONS:\n" + "\n".join(f"- {b}" for b in bad)]  # fmt: skip
+    L += [
+        "",
+        "## Soundness",
+        "",
+        "No searched lower bound exceeds its certified upper bound."
+        if not bad
+        else "VIOLATIONS:\n" + "\n".join(f"- {b}" for b in bad),
+    ]
     plots = write_plots(metrics, an, out)
     L += ["", "## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
     (out / "report.md").write_text("\n".join(L), encoding="utf-8")

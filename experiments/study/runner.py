@@ -74,7 +74,9 @@ def summarise(layers: dict[str, Any]) -> dict[str, float | None]:
 
     return {
         "amp": mean(vals(lambda m: m["amplification"][AMP_EPS]["mean"])),
-        "amp_identity_talk": mean(vals(lambda m: m["amplification_identity_talk"][AMP_EPS]["mean"])),
+        "amp_identity_talk": mean(
+            vals(lambda m: m["amplification_identity_talk"][AMP_EPS]["mean"])
+        ),
         "certified_max": max(vals(lambda m: m["bounds"]["upper_centred"]), default=None),
         "searched_max": max(vals(lambda m: m["bounds"]["lower"]), default=None),
         "entropy": mean(vals(lambda m: m["routing"]["entropy_normalised"])),
@@ -88,16 +90,28 @@ def talk_points(layers: dict[str, Any]) -> list[list[float]]:
     pts = []
     for m in layers.values():
         try:
-            pts.append([float(m["bounds"]["talk"]["talk_norm"]),
-                        float(m["amplification"][AMP_EPS]["mean"]),
-                        float(m["amplification_identity_talk"][AMP_EPS]["mean"])])  # fmt: skip
+            pts.append(
+                [
+                    float(m["bounds"]["talk"]["talk_norm"]),
+                    float(m["amplification"][AMP_EPS]["mean"]),
+                    float(m["amplification_identity_talk"][AMP_EPS]["mean"]),
+                ]
+            )
         except (KeyError, TypeError):
             continue
     return pts
 
 
-def run_cell(cfg: StudyConfig, sh: Shared, task: str, budget: str, arch: str, seed: int,
-             spec: AdapterSpec, work: Path) -> dict[str, Any]:  # fmt: skip
+def run_cell(
+    cfg: StudyConfig,
+    sh: Shared,
+    task: str,
+    budget: str,
+    arch: str,
+    seed: int,
+    spec: AdapterSpec,
+    work: Path,
+) -> dict[str, Any]:
     """Train one (task, budget, arch, seed) from scratch, measure it, return its record."""
     t0 = time.perf_counter()
     shutil.rmtree(work, ignore_errors=True)
@@ -109,16 +123,25 @@ def run_cell(cfg: StudyConfig, sh: Shared, task: str, budget: str, arch: str, se
     trace: list[dict[str, Any]] = [snapshot(model, probe, layers, 0, cfg.max_tokens)]
 
     def make_batch(idx: list[int]) -> dict[str, torch.Tensor]:
-        return {**encode_texts(sh.tokenizer, [texts[i] for i in idx], cfg.max_length),
-                "labels": labels[idx]}  # fmt: skip
+        return {
+            **encode_texts(sh.tokenizer, [texts[i] for i in idx], cfg.max_length),
+            "labels": labels[idx],
+        }
 
     def on_step(step: int, loss: float) -> None:
         if step % cfg.snapshot_every == 0 or step == cfg.steps:
             trace.append(snapshot(model, probe, layers, step, cfg.max_tokens))
 
-    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                       warmup_steps=min(10, cfg.steps - 1), seed=seed, checkpoint_every=cfg.steps,
-                       mixed_precision="no", progress=False)  # fmt: skip
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=min(10, cfg.steps - 1),
+        seed=seed,
+        checkpoint_every=cfg.steps,
+        mixed_precision="no",
+        progress=False,
+    )
     tr = train(model, len(texts), make_batch, _loss, tcfg, work, on_step=on_step, desc=arch)
     model.eval()
     acc = accuracy(model, sh.tokenizer, tk.test, cfg.max_length)
@@ -129,15 +152,26 @@ def run_cell(cfg: StudyConfig, sh: Shared, task: str, budget: str, arch: str, se
         max_tokens=cfg.max_tokens,
         layers=layers,
     )
-    measured = {n: measure_layer(layers[n].adapter, x, seed=seed, scales=cfg.noise) for n, x in X.items()}
+    measured = {
+        n: measure_layer(layers[n].adapter, x, seed=seed, scales=cfg.noise) for n, x in X.items()
+    }
     shutil.rmtree(work, ignore_errors=True)
     return {
-        "task": task, "budget": budget, "arch": arch, "seed": seed, "spec": spec.to_dict(),
-        "trainable": trainable_report(model).to_dict(), "accuracy": acc,
-        "summary": summarise(measured), "talk_points": talk_points(measured), "trace": trace, "losses": tr.losses, "layers": measured,
+        "task": task,
+        "budget": budget,
+        "arch": arch,
+        "seed": seed,
+        "spec": spec.to_dict(),
+        "trainable": trainable_report(model).to_dict(),
+        "accuracy": acc,
+        "summary": summarise(measured),
+        "talk_points": talk_points(measured),
+        "trace": trace,
+        "losses": tr.losses,
+        "layers": measured,
         "seconds": {"train_eval": round(t_train, 2), "total": round(time.perf_counter() - t0, 2)},
         "device": str(next(model.parameters()).device),
-    }  # fmt: skip
+    }
 
 
 def load_shared(cfg: StudyConfig) -> Shared:
@@ -163,7 +197,9 @@ def plan(
     return cells
 
 
-def run_study(cfg: StudyConfig, out: Path, *, progress: bool = True, report: bool = True) -> dict[str, Any]:
+def run_study(
+    cfg: StudyConfig, out: Path, *, progress: bool = True, report: bool = True
+) -> dict[str, Any]:
     """Run the missing cells of the grid, then write metrics.json (and report.md and plots)."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -184,9 +220,12 @@ def run_study(cfg: StudyConfig, out: Path, *, progress: bool = True, report: boo
                 write_json_atomic(path, rec)
                 computed += 1
                 if progress:
-                    print(f"[{i}/{len(cells)}] {task}/{budget}/{arch}/seed{seed}: accuracy "
-                          f"{rec['accuracy']:.4f}, {rec['seconds']['total']:.1f} s",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                    print(
+                        f"[{i}/{len(cells)}] {task}/{budget}/{arch}/seed{seed}: accuracy "
+                        f"{rec['accuracy']:.4f}, {rec['seconds']['total']:.1f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             records.append(rec)
     finally:
         torch.set_num_threads(before)
@@ -194,16 +233,28 @@ def run_study(cfg: StudyConfig, out: Path, *, progress: bool = True, report: boo
     return finish(cfg, out, records, computed, time.perf_counter() - t0, threads, tasks, report)
 
 
-def finish(cfg: StudyConfig, out: Path, records: list[dict[str, Any]], computed: int, seconds: float,
-           threads: int, tasks: dict[str, Any], report: bool = True) -> dict[str, Any]:  # fmt: skip
+def finish(
+    cfg: StudyConfig,
+    out: Path,
+    records: list[dict[str, Any]],
+    computed: int,
+    seconds: float,
+    threads: int,
+    tasks: dict[str, Any],
+    report: bool = True,
+) -> dict[str, Any]:
     """metrics.json (cells without their per-layer details), the analysis, report.md and plots."""
     metrics: dict[str, Any] = {
         "config": cfg.to_dict(),
         "tasks": tasks,
-        "environment": {"torch": torch.__version__, "threads": threads,
-                        "device": records[0]["device"] if records else "cpu",
-                        "machine": platform.machine(), "python": platform.python_version(),
-                        "load_average": list(os.getloadavg())},  # fmt: skip
+        "environment": {
+            "torch": torch.__version__,
+            "threads": threads,
+            "device": records[0]["device"] if records else "cpu",
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "load_average": list(os.getloadavg()),
+        },
         "cells_computed_this_call": computed,
         "seconds_this_call": round(seconds, 2),
         "cells": [{k: v for k, v in r.items() if k != "layers"} for r in records],
@@ -233,8 +284,11 @@ def rebuild_report(cfg: StudyConfig, out: Path) -> dict[str, Any]:
     prior: dict[str, Any] = json.loads(old.read_text(encoding="utf-8")) if old.exists() else {}
     if not records:  # e.g. a GPU run's metrics.json alone, analysed where scipy is installed
         keep = (set(cfg.tasks), set(cfg.budgets), set(cfg.archs), set(cfg.seeds))
-        records = [c for c in prior.get("cells", [])
-                   if (c["task"], c["budget"], c["arch"], c["seed"]) in _product(keep)]  # fmt: skip
+        records = [
+            c
+            for c in prior.get("cells", [])
+            if (c["task"], c["budget"], c["arch"], c["seed"]) in _product(keep)
+        ]
     if not records:
         raise ConfigError(f"out={out}: no finished cell of this study (cells/ or metrics.json)")
     return finish(cfg, out, records, 0, time.perf_counter() - t0, 0, prior.get("tasks", {}))

@@ -94,12 +94,30 @@ def paired(
         ci = res.confidence_interval(confidence_level=confidence)
         lo, hi, p, dz = float(ci.low), float(ci.high), float(res.pvalue), mean / sd
         boot = stats.bootstrap(
-            (d,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-            method="percentile", random_state=np.random.default_rng(seed),
-        )  # fmt: skip
+            (d,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=n_resamples,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        )
         blo, bhi = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
-    return Paired(metric, a_name, b_name, n, float(xa.mean()), float(xb.mean()), mean, sd,
-                  lo, hi, blo, bhi, p, dz)  # fmt: skip
+    return Paired(
+        metric,
+        a_name,
+        b_name,
+        n,
+        float(xa.mean()),
+        float(xb.mean()),
+        mean,
+        sd,
+        lo,
+        hi,
+        blo,
+        bhi,
+        p,
+        dz,
+    )
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -168,18 +186,24 @@ def verdict(
             return "supports", f"{spread}: the whole interval lies above −{margin:g}."
         if c.t_high < -margin:
             return "contradicts", f"{spread}: the whole interval lies below −{margin:g}."
-        return "cannot resolve", f"{spread}: the interval straddles −{margin:g}; " + _more(c, alpha / max(1, family))
+        return "cannot resolve", f"{spread}: the interval straddles −{margin:g}; " + _more(
+            c, alpha / max(1, family)
+        )
     sign = 1.0 if direction == "greater" else -1.0
     if c.p_holm < alpha:
         word = "supports" if sign * c.diff > 0 else "contradicts"
         return word, f"{spread}, Holm p = {c.p_holm:.3g} < {alpha:g}, d_z = {c.d_z:+.2f}."
     why = "difference smaller than the seed spread" if abs(c.diff) < c.sd else "not significant"
-    return "cannot resolve", f"{spread}, Holm p = {c.p_holm:.2g}: {why}; " + _more(c, alpha / max(1, family))
+    return "cannot resolve", f"{spread}, Holm p = {c.p_holm:.2g}: {why}; " + _more(
+        c, alpha / max(1, family)
+    )
 
 
 def _more(c: Paired, alpha: float) -> str:
     n = seeds_needed(c.d_z, alpha=alpha)
     if n is None:
         return "no detectable difference at any feasible number of seeds."
-    return (f"about {max(n, c.n + 1)} seeds would be needed for 80% power at α = {alpha:.2g} "
-            f"if the observed d_z = {c.d_z:+.2f} were the true effect.")
+    return (
+        f"about {max(n, c.n + 1)} seeds would be needed for 80% power at α = {alpha:.2g} "
+        f"if the observed d_z = {c.d_z:+.2f} were the true effect."
+    )
