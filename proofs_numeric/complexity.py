@@ -20,7 +20,7 @@ compares with torch's FLOP counter.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sympy as sp
@@ -185,3 +185,50 @@ def counted_macs_per_token(adapter: Adapter) -> int:
             adapter(x)
         counts.append(fc.flops)
     return (counts[1] - counts[0]) // 2
+
+
+def interpolated_count(
+    count: Callable[[dict[sp.Symbol, int]], int],
+    variables: Sequence[sp.Symbol],
+    degree: int = 2,
+    check_at: int = 5,
+) -> sp.Expr:
+    """The polynomial (degree <= `degree` in each variable) through `count` on the grid
+    {1, ..., degree+1}^k, by tensor-product Lagrange interpolation, checked at v = (check_at, ...,
+    check_at + k − 1), off the grid. `count` measures a module (e.g. the numel of its router), so the
+    formula is read from the module, not typed by hand. Raises ConfigError if the check fails (the count
+    is not such a polynomial)."""
+    import numpy as np
+
+    from moelora_core.errors import ConfigError
+
+    grid = range(1, degree + 2)
+    grid_exps = range(degree + 1)
+    k = len(variables)
+    values = np.empty(
+        (degree + 1,) * k, dtype=object
+    )  # values[i, j, ...] = count at (i+1, j+1, ...)
+    for point in itertools.product(grid, repeat=k):
+        values[tuple(p - 1 for p in point)] = sp.Integer(
+            count(dict(zip(variables, point, strict=True)))
+        )
+    # coefficients of v^e (e ∈ {0..degree}^k): the inverse Vandermonde applied along every axis
+    vinv = np.array(
+        sp.Matrix([[q**e for e in grid_exps] for q in grid]).inv().tolist(), dtype=object
+    )
+    coeffs = values
+    for axis in range(k):
+        coeffs = np.moveaxis(np.tensordot(vinv, coeffs, axes=([1], [axis])), 0, axis)
+    expr = sp.Add(
+        *(
+            coeffs[e] * sp.Mul(*(v**ei for v, ei in zip(variables, e, strict=True)))
+            for e in itertools.product(grid_exps, repeat=k)
+        )
+    )
+    probe = {v: check_at + i for i, v in enumerate(variables)}
+    if expr.subs(probe) != count(probe):
+        raise ConfigError(
+            f"count at {probe} = {count(probe)}, interpolant {expr.subs(probe)}: expected a polynomial "
+            f"of degree <= {degree} in each of {list(variables)}"
+        )
+    return expr

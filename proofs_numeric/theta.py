@@ -145,10 +145,11 @@ def _domination(
         best = max(sp.Rational(sum(b) - sum(a)) for b in covering)
         if best > 0 or not strict:
             return best  # a lower bound on the LP's optimum: enough for "feasible" and for "> 0"
-    return _lp(a, bs, reg)
+    return _lp(a, tuple(bs), reg)
 
 
-def _lp(a: Exponent, bs: Sequence[Exponent], reg: Region) -> sp.Rational | None:
+@functools.lru_cache(maxsize=4096)
+def _lp(a: Exponent, bs: tuple[Exponent, ...], reg: Region) -> sp.Rational | None:
     k, J, L = len(a), len(bs), len(reg.rows)
     # columns: λ_1..λ_J, ν_1..ν_L (all >= 0); rows of M: (Σ λ_j b_j + Σ ν_l h_l)_i
     M = sp.Matrix([[*(b[i] for b in bs), *(h[i] for h in reg.rows)] for i in range(k)])
@@ -194,7 +195,11 @@ def dominant_part(expr: sp.Expr, reg: Region, what: str = "expression") -> list[
 
 
 def _as_fraction(expr: sp.Expr, reg: Region, what: str) -> tuple[list[Exponent], list[Exponent]]:
-    num, den = sp.together(sp.sympify(expr)).as_numer_denom()
+    expr = sp.sympify(expr)
+    if any(p.exp.is_negative for p in expr.atoms(sp.Pow)):
+        num, den = sp.together(expr).as_numer_denom()
+    else:  # a polynomial: skip `together`, the costly part
+        num, den = expr, sp.Integer(1)
     if num == 0:
         return [], dominant_part(den, reg, f"{what} (denominator)")
     return dominant_part(num, reg, f"{what} (numerator)"), dominant_part(
