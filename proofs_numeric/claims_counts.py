@@ -29,6 +29,7 @@ from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoL, CoMoLConfig
 from moelora_core.lora import LoRA, LoRAConfig
 from moelora_core.moelora import MoELoRA, MoELoRAConfig
+from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 
 from .checking import Claim, Outcome
 from .complexity import interpolated_count, limit_ratio, same_theta
@@ -195,6 +196,20 @@ def _comparable(
     return check
 
 
+def _talk_lightweight(assume: tuple[str, ...]) -> Callable[[], tuple[bool, str]]:
+    """TalkLoRA's own param_formula is Θ(LoRA's) once E <= r <= n: the talking module (E²), the K_i
+    (r²/E) and the router (E r) are lower order. Without the assumptions E·r can dominate."""
+
+    def check() -> tuple[bool, str]:
+        cfg = TalkLoRAConfig(in_features=2, out_features=2, rank=2, num_experts=2)
+        talk = TalkLoRA(cfg, device="meta").param_formula()
+        vs = [S.n, S.m, S.r, S.E]
+        ok = same_theta(talk, lora_formula(), vs, assume=assume)
+        return ok, f"TalkLoRA {talk} vs LoRA {lora_formula()} under {list(assume)}"
+
+    return check
+
+
 _ONE = st.just(0)
 
 
@@ -266,5 +281,19 @@ COUNT_CLAIMS: list[Claim[Any]] = [
         _comparable(molora(8, 8), "MoLoRA 8x8"),
         expect="refuted",
         twin_of="comol_count_comparable_to_lora",
+    ),
+    _once(
+        "talk_params_theta_lora",
+        "TalkLoRA's param_formula is Θ(LoRA's r(n+m)) under E <= r <= n: the talking module is "
+        "lightweight (decided with assumptions)",
+        _talk_lightweight(("E <= r", "r <= n")),
+        spec="TalkLoRA abstract: lightweight Talking Module",
+    ),
+    _once(
+        "talk_params_theta_lora__no_assumption",
+        "twin: the same without E <= r <= n (then E·r, E², r²/E can outgrow r(n+m))",
+        _talk_lightweight(()),
+        expect="refuted",
+        twin_of="talk_params_theta_lora",
     ),
 ]
