@@ -36,7 +36,7 @@ from moelora_core.lora import LoRA
 from moelora_core.moelora import MoELoRA
 from moelora_core.talklora import TalkLoRA
 
-from .theta import Assumption, ThetaUndecided, big_o_region, region
+from .theta import Assumption, ThetaUndecided, big_o_region, growth_witness, region
 
 __all__ = [
     "Assumption",
@@ -48,6 +48,7 @@ __all__ = [
     "same_theta",
     "theta_degree",
     "theta_path_refuter",
+    "theta_witness",
 ]
 
 _t = sp.Symbol("t", positive=True)
@@ -81,6 +82,20 @@ def same_theta(
     reg = region(variables, assume)
     f, g = sp.sympify(f), sp.sympify(g)
     return big_o_region(f, g, reg) and big_o_region(g, f, reg)
+
+
+def theta_witness(
+    f: sp.Expr, g: sp.Expr, variables: Iterable[sp.Symbol], *, assume: Sequence[Assumption] = ()
+) -> tuple[dict[sp.Symbol, int], str] | None:
+    """Why f ≠ Θ(g): a path v = t^d (integer exponents >= 1, respecting `assume`) along which f/g -> ∞
+    ("f/g") or g/f -> ∞ ("g/f"); None if f = Θ(g)."""
+    reg = region(variables, assume)
+    f, g = sp.sympify(f), sp.sympify(g)
+    for num, den, label in ((f, g, "f/g"), (g, f, "g/f")):
+        d = growth_witness(num, den, reg)
+        if d is not None:
+            return dict(zip(reg.variables, d, strict=True)), label
+    return None
 
 
 def theta_path_refuter(
