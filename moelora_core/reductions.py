@@ -225,6 +225,8 @@ def moelora_to_comol(mo: MoELoRA) -> CoMoL:
     CoMoL's core router W_c = W_r, an input router becomes the router on x, W_g. Then
     Δ = s B (Σ g_i M_i) A x = s Σ g_i B_i A_i x: CoMoL contains MoE-LoRA with per-expert rank r/N.
     """
+    if not isinstance(mo, MoELoRA):
+        raise ReductionError(f"mo={type(mo).__name__}: expected a MoELoRA")
     c = mo.config
     N, d, r = c.num_experts, c.expert_rank, c.rank
     cfg = CoMoLConfig(

@@ -25,6 +25,7 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -34,6 +35,7 @@ from moelora_core.errors import ConfigError, ShapeError, require_positive_int
 from moelora_core.talklora import TalkLoRA
 
 from .bounds.stats import routing_stats
+from .jsonio import write_json_atomic
 
 Snapshot = tuple[int, Mapping[str, Tensor]]
 
@@ -184,3 +186,11 @@ def statement(run: RunMeasurements, *, settle: float = 0.5, resolution: float = 
         "a statement about this run on these probes only)"
     )
     return "\n".join([*rows, "", *lines, scope])
+
+
+def save_run(path: str | Path, run: RunMeasurements, **statement_kwargs: float) -> str:
+    """Write the measurements and the statement they support to `path` as JSON (atomically); returns
+    the statement."""
+    text = statement(run, **statement_kwargs)
+    write_json_atomic(path, {"measurements": run.to_dict(), "statement": text.splitlines()})
+    return text

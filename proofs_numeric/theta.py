@@ -86,7 +86,13 @@ def _assumption_rows(assume: Iterable[Assumption], vs: Sequence[sp.Symbol]) -> l
     """Each `lhs <= rhs` (monomials; sums on the left allowed) as rows h = p − q of the cone D."""
     rows: list[Exponent] = []
     for a in assume:
-        rel = sp.sympify(a, locals=dict(S.ALL)) if isinstance(a, str) else a
+        names = {**S.ALL, **{v.name: v for v in vs}}  # the caller's symbols win over the toolkit's
+        rel = sp.sympify(a, locals=names) if isinstance(a, str) else a
+        if not isinstance(rel, sp.Basic) or not rel.free_symbols & set(vs):
+            raise ThetaUndecided(
+                f"assume={a!r}: mentions none of the variables {list(vs)}; expected a relation "
+                "between them"
+            )
         if isinstance(rel, sp.Equality):
             pairs = [(rel.lhs, rel.rhs), (rel.rhs, rel.lhs)]
         elif isinstance(rel, sp.core.relational.LessThan | sp.core.relational.StrictLessThan):

@@ -72,12 +72,19 @@ def test_negative_coefficients() -> None:
         (n, n, {"assume": ["n <= 5"]}, "bounded"),
         (n, n, {"assume": ["n <= r + m"]}, "one positive monomial"),
         (n, n, {"assume": ["n"]}, "expected a relation"),
+        (n, n, {"assume": ["L <= N"]}, "mentions none of the variables"),
     ],
 )
 def test_outside_the_class_raises(f: Any, g: Any, kw: dict[str, Any], match: str) -> None:
     variables = [n, r, m]
     with pytest.raises(ThetaUndecided, match=match):
         same_theta(f, g, variables, **kw)
+
+
+def test_assumption_strings_use_the_callers_symbols() -> None:
+    a, b = sp.symbols("a b")  # plain symbols, not the toolkit's
+    assert big_o(a, b, [a, b], assume=["a <= b"])
+    assert not big_o(a, b, [a, b])
 
 
 def test_errors_are_config_errors() -> None:

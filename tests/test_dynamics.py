@@ -3,7 +3,9 @@ oscillating twin is not, a frozen run cannot be resolved, dominance and ‖T‖�
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from moelora_core.errors import ConfigError, ShapeError
 from moelora_core.lora import LoRA, LoRAConfig
 from moelora_core.moelora import MoELoRA, MoELoRAConfig
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
-from proofs_numeric.dynamics import Snapshot, measure_run, statement
+from proofs_numeric.dynamics import Snapshot, measure_run, save_run, statement
 
 DT = torch.float64
 
@@ -107,3 +109,12 @@ def test_bad_inputs() -> None:
     run = measure_run(a, snaps, _probes(6))
     with pytest.raises(ConfigError, match="settle"):
         statement(run, settle=1.5)
+
+
+def test_save_run_writes_measurements_and_statement(tmp_path: Path) -> None:
+    a = _moelora()
+    run = measure_run(a, _router_run(a, [0.5**t for t in range(5)]), _probes(6))
+    text = save_run(str(tmp_path / "run.json"), run)
+    saved = json.loads((tmp_path / "run.json").read_text())
+    assert saved["statement"] == text.splitlines()
+    assert [s["step"] for s in saved["measurements"]["steps"]] == [0, 1, 2, 3, 4]
