@@ -64,9 +64,8 @@ def _assumed_case(assume: tuple[str, ...]) -> Callable[[tuple[int, int, int, int
     def case(acd: tuple[int, int, int, int]) -> Outcome:
         a, _, c, d = acd
         f, g = S.r**c * S.n**d, S.n**a
-        return _decided(
-            big_o(f, g, [S.n, S.r], assume=assume), c + d <= a, f"{f} = O({g}) | {assume}"
-        )
+        verdict = big_o(f, g, [S.n, S.r], assume=assume)
+        return _decided(verdict, c + d <= a, f"r^{c} n^{d} = O(n^{a}) | assume {list(assume)}")
 
     return case
 
