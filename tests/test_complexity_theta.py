@@ -113,3 +113,16 @@ def test_witness_path_makes_the_ratio_diverge(f: Any, g: Any, assume: tuple[str,
     ratio = f / g if label == "f/g" else g / f
     assert sp.limit(ratio.subs({v: t**e for v, e in path.items()}), t, sp.oo) == sp.oo
     assert theta_witness(f, f + 1, variables, assume=assume) is None
+
+
+def test_interpolated_count_reads_the_module_and_rejects_non_polynomials() -> None:
+    from moelora_core.errors import ConfigError as CE
+    from proofs_numeric.claims_counts import router_count
+    from proofs_numeric.complexity import interpolated_count
+
+    assert router_count("comol_core") == N * r
+    assert router_count("comol_x") == N * n
+    assert router_count("moelora_r") == N * n
+    assert interpolated_count(lambda v: v[n] * v[r] ** 2 + 3, [n, r]) == n * r**2 + 3
+    with pytest.raises(CE, match="expected a polynomial"):
+        interpolated_count(lambda v: 2 ** v[n], [n], degree=2)
