@@ -1,55 +1,71 @@
-"""Routing along training: snapshots of entropy, load and dominance every few optimizer steps.
+"""Routing along training, through the shared harness `proofs_numeric.dynamics`.
 
-At each snapshot step the adapted layers' inputs X (N, n) at a fixed probe batch are captured
-(`experiments.measure.capture_inputs`) and `proofs_numeric.bounds.routing_stats(g(X))` gives
+`Recorder` keeps a CPU copy of every routed adapter's state at the snapshot steps (step 0 included)
+and, after training, hands each layer's snapshots to `proofs_numeric.dynamics.measure_run` with fixed
+probes: the layer's inputs X (K, n) at held-out text, captured before training. Per step it reports the
+means over routed layers of
 
-    entropy_normalised = H(mean_t g_t) / log E,   max_load_share = max_i mean_t g_{t,i}  (dominance)
+    entropy   = mean_k H(g_t(x_k)) / log E,    max_share = max_i mean_k g_t,i(x_k)   (dominance)
+    change    = mean_k ‖g_t(x_k) − g_{t−1}(x_k)‖₂,   talk_norm = ‖T‖₂ (TalkLoRA)
 
-per routed layer; the snapshot keeps their means over layers and the per-layer values. One function
-(`snapshot`) computes a snapshot from a model, so a shared dynamics harness can replace it.
+and, per layer, the sentences `proofs_numeric.dynamics.statement` supports (stabilisation, dominance,
+the talking module's amplification).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from moelora_core.errors import input_checks
+from proofs_numeric.dynamics import measure_run, statement
 
 from ..inject import AdaptedLinear
-from ..measure import capture_inputs
 
 
-@torch.no_grad()
-def snapshot(
-    model: nn.Module,
-    probe: Sequence[Mapping[str, Tensor]],
-    layers: Mapping[str, AdaptedLinear],
-    step: int,
-    max_tokens: int,
-) -> dict[str, Any]:
-    """{step, entropy, max_share, layers: {name: [entropy, max_share]}} (None values without a router)."""
-    from proofs_numeric.bounds import routing_stats
+class Recorder:
+    """Snapshots of the routed adapters of a model during one uninterrupted training run."""
 
-    X = capture_inputs(model, probe, max_tokens=max_tokens, layers=layers)
-    per: dict[str, list[float]] = {}
-    with input_checks(False):
-        for name, x in X.items():
-            a = layers[name].adapter
+    def __init__(self, layers: Mapping[str, AdaptedLinear], probes: Mapping[str, Tensor]) -> None:
+        self.layers = {n: lyr for n, lyr in layers.items() if lyr.adapter.router is not None}
+        self.probes = {n: probes[n] for n in self.layers if n in probes}
+        self.snaps: dict[str, list[tuple[int, dict[str, Tensor]]]] = {n: [] for n in self.probes}
+
+    @torch.no_grad()
+    def record(self, step: int) -> None:
+        for n in self.snaps:
+            state = self.layers[n].adapter.state_dict()
+            self.snaps[n].append(
+                (step, {k: v.detach().to("cpu", copy=True) for k, v in state.items()})
+            )
+
+    def result(self) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+        """(trace: one dict per snapshot step, means over layers; {layer: statement sentences})."""
+        per_step: dict[int, list[Any]] = {}
+        sentences: dict[str, list[str]] = {}
+        for n, snaps in self.snaps.items():
+            a = self.layers[n].adapter
             w = next(a.parameters())
-            g = a.routing(x.to(w.device, w.dtype))
-            if g is not None:
-                s = routing_stats(g.to("cpu", torch.float64))
-                per[name] = [s.entropy_normalised, s.max_load_share]
-    if not per:
-        return {"step": step, "entropy": None, "max_share": None, "layers": {}}
-    n = len(per)
-    return {
-        "step": step,
-        "entropy": sum(v[0] for v in per.values()) / n,
-        "max_share": sum(v[1] for v in per.values()) / n,
-        "layers": per,
-    }
+            run = measure_run(a, snaps, self.probes[n].to(w.device, w.dtype))
+            for s in run.steps:
+                per_step.setdefault(s.step, []).append(s)
+            text = statement(run).split("\n\n", 1)[-1]
+            sentences[n] = [line for line in text.splitlines() if line]
+        trace = []
+        for step in sorted(per_step):
+            ss = per_step[step]
+
+            def mean(xs: list[float | None]) -> float | None:
+                v = [x for x in xs if x is not None]
+                return sum(v) / len(v) if v else None
+
+            trace.append({
+                "step": step,
+                "entropy": mean([s.entropy for s in ss]),
+                "max_share": mean([s.max_load for s in ss]),
+                "change": mean([s.change for s in ss]),
+                "talk_norm": mean([s.talk_norm for s in ss]),
+            })  # fmt: skip
+        return trace, sentences

@@ -32,7 +32,7 @@ from ..measure import capture_inputs, measure_layer
 from ..tasks import TextTask, accuracy, encode_texts, load_encoder, text_batches
 from ..train import TrainConfig, train
 from .data import load_task
-from .dynamics import snapshot
+from .dynamics import Recorder
 from .grid import StudyConfig, budget_specs, target_regex
 
 AMP_EPS = "0.1"
@@ -120,7 +120,8 @@ def run_cell(
     layers = adapted_layers(model)
     texts, labels = [t for t, _ in tk.train], torch.tensor([y for _, y in tk.train])
     probe = text_batches(sh.tokenizer, [t for t, _ in tk.test[: cfg.probe_texts]], cfg.max_length)
-    trace: list[dict[str, Any]] = [snapshot(model, probe, layers, 0, cfg.max_tokens)]
+    rec = Recorder(layers, capture_inputs(model, probe, max_tokens=cfg.max_tokens, layers=layers))
+    rec.record(0)
 
     def make_batch(idx: list[int]) -> dict[str, torch.Tensor]:
         return {
@@ -130,7 +131,7 @@ def run_cell(
 
     def on_step(step: int, loss: float) -> None:
         if step % cfg.snapshot_every == 0 or step == cfg.steps:
-            trace.append(snapshot(model, probe, layers, step, cfg.max_tokens))
+            rec.record(step)
 
     tcfg = TrainConfig(
         steps=cfg.steps,
@@ -144,6 +145,7 @@ def run_cell(
     )
     tr = train(model, len(texts), make_batch, _loss, tcfg, work, on_step=on_step, desc=arch)
     model.eval()
+    trace, sentences = rec.result()
     acc = accuracy(model, sh.tokenizer, tk.test, cfg.max_length)
     t_train = time.perf_counter() - t0
     X = capture_inputs(
@@ -167,6 +169,7 @@ def run_cell(
         "summary": summarise(measured),
         "talk_points": talk_points(measured),
         "trace": trace,
+        "dynamics": sentences,
         "losses": tr.losses,
         "layers": measured,
         "seconds": {"train_eval": round(t_train, 2), "total": round(time.perf_counter() - t0, 2)},
