@@ -31,18 +31,16 @@ exec > >(tee "$OUT/run.log") 2>&1
 echo "== $(date -u) device=$DEVICE preset=$PRESET"
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
 if [ "$PRESET" = tiny ]; then
-  BENCH="--n 32 --m 32 --rank 4 --experts 2 --tokens 64 --batch 2 --repeats 2 --warmup 1 --threads 1"
+  OLD_BENCH="--n 32 --m 32 --rank 4 --experts 2 --tokens 64 --batch 2 --repeats 2 --warmup 1 --threads 1"
   LLM="--hidden 64 --intermediate 128 --heads 4 --kv-heads 2 --seq 32 --batch 1 --rank 4 --experts 2 --steps 1 --warmup 1"
   LLM_DTYPE=float32  # bf16 matmuls are emulated (slow) on most CPUs
   THREADS=1
 else
   THREADS=8
-  BENCH="--n 4096 --m 4096 --rank 16 --experts 8 --tokens 8192 --batch 4 --repeats 20 --warmup 3"
+  OLD_BENCH="--n 4096 --m 4096 --rank 16 --experts 8 --tokens 8192 --batch 4 --repeats 20 --warmup 3"
   LLM=""
   LLM_DTYPE=bfloat16
 fi
-# benchmarks/layers.py selects the GPU with --gpu where it has that option (else it runs on the CPU)
-GPU_FLAG=""; [ "$DEVICE" = cuda ] && $PY benchmarks/layers.py --help | grep -q -- "--gpu" && GPU_FLAG="--gpu"
 
 echo "== study ($PRESET preset, at most ${STUDY_SECONDS}s)"
 timeout "$STUDY_SECONDS" $PY -m experiments.study.cli --preset "$PRESET" --model "$ASSETS/minilm" --data "$ASSETS/tasks.json" --out "$WORK/study" --threads $THREADS || echo "study stopped (rc=$?): reporting the finished cells"
@@ -50,10 +48,15 @@ $PY -m experiments.study.cli --preset "$PRESET" --model "$ASSETS/minilm" --data 
 for f in report.md metrics.json forest.png amp_vs_talk_norm.png routing_dynamics.png; do cp "$WORK/study/$f" "$OUT/" 2>/dev/null || echo "no $f"; done
 
 echo "== layer benchmark (bf16, fp32)"
-for DT in bfloat16 float32; do
-  timeout 120 $PY benchmarks/layers.py $GPU_FLAG --dtype $DT $BENCH --json "$WORK/layers_$DT.json" || echo "layers $DT failed (rc=$?)"
-done
-$PY -c "import json,sys,pathlib as p; w=p.Path(sys.argv[1]); json.dump({d: json.loads((w/f'layers_{d}.json').read_text()) for d in ('bfloat16','float32') if (w/f'layers_{d}.json').exists()}, open(sys.argv[2],'w'), indent=1)" "$WORK" "$OUT/layers.json"
+if $PY benchmarks/layers.py --help | grep -q -- "--gpu"; then  # round-robin benchmark: --gpu runs bf16 then fp32
+  if [ "$DEVICE" = cuda ]; then BENCH="--gpu --main-only"; else BENCH="--quick --main-only --device cpu"; fi
+  timeout 200 $PY benchmarks/layers.py $BENCH --json "$OUT/layers.json" || echo "layers failed (rc=$?)"
+else  # the older benchmark: one dtype per call, CPU only
+  for DT in bfloat16 float32; do
+    timeout 120 $PY benchmarks/layers.py --dtype $DT $OLD_BENCH --json "$WORK/layers_$DT.json" || echo "layers $DT failed (rc=$?)"
+  done
+  $PY -c "import json,sys,pathlib as p; w=p.Path(sys.argv[1]); json.dump({d: json.loads((w/f'layers_{d}.json').read_text()) for d in ('bfloat16','float32') if (w/f'layers_{d}.json').exists()}, open(sys.argv[2],'w'), indent=1)" "$WORK" "$OUT/layers.json"
+fi
 
 echo "== training step at Llama-3-8B shapes ($LLM_DTYPE)"
 timeout 150 $PY experiments/gpu/llm_step.py --device "$([ "$DEVICE" = cuda ] && echo cuda || echo cpu)" --dtype $LLM_DTYPE $LLM --json "$OUT/llm_step.json" || echo "llm_step failed (rc=$?)"
