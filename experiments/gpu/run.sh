@@ -34,16 +34,22 @@ if [ "$PRESET" = tiny ]; then
   OLD_BENCH="--n 32 --m 32 --rank 4 --experts 2 --tokens 64 --batch 2 --repeats 2 --warmup 1 --threads 1"
   LLM="--hidden 64 --intermediate 128 --heads 4 --kv-heads 2 --seq 32 --batch 1 --rank 4 --experts 2 --steps 1 --warmup 1"
   LLM_DTYPE=float32  # bf16 matmuls are emulated (slow) on most CPUs
-  THREADS=1
+  THREADS=1 SHARDS=2
 else
-  THREADS=8
+  THREADS=4 SHARDS=4
   OLD_BENCH="--n 4096 --m 4096 --rank 16 --experts 8 --tokens 8192 --batch 4 --repeats 20 --warmup 3"
   LLM=""
   LLM_DTYPE=bfloat16
 fi
 
 echo "== study ($PRESET preset, at most ${STUDY_SECONDS}s)"
-timeout "$STUDY_SECONDS" $PY -m experiments.study.cli --preset "$PRESET" --model "$ASSETS/minilm" --data "$ASSETS/tasks.json" --out "$WORK/study" --threads $THREADS || echo "study stopped (rc=$?): reporting the finished cells"
+PIDS=()
+for I in $(seq 0 $((SHARDS - 1))); do  # shards share the GPU; their CPU measurements run in parallel
+  timeout "$STUDY_SECONDS" $PY -m experiments.study.cli --preset "$PRESET" --model "$ASSETS/minilm" --data "$ASSETS/tasks.json" --out "$WORK/study" --threads $THREADS --shard "$I/$SHARDS" > "$WORK/shard$I.log" 2>&1 &
+  PIDS+=($!)
+done
+for P in "${PIDS[@]}"; do wait "$P" || echo "a study shard stopped (rc=$?): reporting the finished cells"; done
+cat "$WORK"/shard*.log
 $PY -m experiments.study.cli --preset "$PRESET" --model "$ASSETS/minilm" --data "$ASSETS/tasks.json" --out "$WORK/study" --report-only || echo "study report failed (rc=$?)"
 for f in report.md metrics.json forest.png amp_vs_talk_norm.png routing_dynamics.png; do cp "$WORK/study/$f" "$OUT/" 2>/dev/null || echo "no $f"; done
 

@@ -6,13 +6,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from moelora_core.errors import MoELoRAError
+from moelora_core.errors import ConfigError, MoELoRAError
 
 from .grid import PRESETS, preset
 
 
 def _tuple(cast: type, s: str | None) -> tuple[object, ...] | None:
     return None if s is None else tuple(cast(x) for x in s.split(",") if x)
+
+
+def _shard(s: str) -> tuple[int, int]:
+    i, sep, k = s.partition("/")
+    if not (sep and i.isdigit() and k.isdigit() and int(i) < int(k)):
+        raise ConfigError(f"--shard={s!r}: expected i/k with 0 <= i < k, e.g. 0/4")
+    return int(i), int(k)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="comma-separated: vader, multi")
     p.add_argument("--budgets", default=None, help="comma-separated: equal-rank, equal-params")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--shard", default="0/1", help="i/k: run the cells with index i mod k only")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (0: auto)")
     p.add_argument(
         "--report-only", action="store_true", help="only rebuild metrics/report from cells"
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
             m = rebuild_report(cfg, out)
         else:
-            m = run_study(cfg, out)
+            m = run_study(cfg, out, shard=_shard(a.shard))
     except MoELoRAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -152,20 +152,15 @@ PRESETS: dict[str, StudyConfig] = {
     "cpu": StudyConfig(steps=50, adapt_last=2),
     # the GPU run: both tasks, longer training, more tokens measured
     "gpu": StudyConfig(
-        seeds=(0, 1, 2, 3, 4, 5, 6, 7),
         tasks=TASKS,
-        steps=300,
+        steps=200,
         batch_size=64,
         per_task=2000,
-        measure_texts=256,
-        max_tokens=512,
-        snapshot_every=25,
+        measure_texts=128,
+        max_tokens=256,
+        snapshot_every=20,
         probe_texts=64,
         max_length=16,
-    ),
-    # the demo: one task, equal rank, five seeds
-    "demo": StudyConfig(
-        tasks=("vader",), budgets=("equal-rank",), steps=100, batch_size=64, max_length=16
     ),
 }
 

@@ -201,9 +201,20 @@ def plan(
 
 
 def run_study(
-    cfg: StudyConfig, out: Path, *, progress: bool = True, report: bool = True
+    cfg: StudyConfig,
+    out: Path,
+    *,
+    progress: bool = True,
+    report: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
-    """Run the missing cells of the grid, then write metrics.json (and report.md and plots)."""
+    """Run the missing cells of the grid, then write metrics.json (and report.md and plots).
+
+    `shard=(i, k)`: run only the cells whose index is i mod k (k processes can share one GPU and the
+    CPU measurements; each writes its own cells, then `rebuild_report` gathers them)."""
+    i_shard, k_shard = shard
+    if not 0 <= i_shard < k_shard:
+        raise ConfigError(f"shard={i_shard}/{k_shard}: expected 0 <= i < k")
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     before = torch.get_num_threads()
@@ -214,11 +225,13 @@ def run_study(
         cells = plan(cfg, sh.hidden, int(sh.encoder.config.num_hidden_layers))
         records, computed = [], 0
         for i, (task, budget, arch, seed, spec, params) in enumerate(cells, 1):
+            if (i - 1) % k_shard != i_shard:
+                continue
             path = cell_path(out, task, budget, arch, seed)
             if path.exists():
                 rec = json.loads(path.read_text(encoding="utf-8"))
             else:
-                rec = run_cell(cfg, sh, task, budget, arch, seed, spec, out / "work")
+                rec = run_cell(cfg, sh, task, budget, arch, seed, spec, out / f"work{i_shard}")
                 rec["params_per_layer"] = params
                 write_json_atomic(path, rec)
                 computed += 1
