@@ -81,10 +81,10 @@ def test_killed_study_resumes_without_recomputing(tiny: Path, tmp_path: Path) ->
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("cells/**/*.json")}
-    assert 1 <= len(done) < 6, "the kill must land after the first and before the last cell"
+    assert 1 <= len(done) < 9, "the kill must land after the first and before the last cell"
     cfg = preset("tiny", model=str(tiny), archs=("lora", "talklora"), seeds=(0, 1, 2), threads=1)
     m = run_study(cfg, out, progress=False)
-    assert m["cells_computed_this_call"] == 6 - len(done)
+    assert m["cells_computed_this_call"] == 9 - len(done)  # 3 head-only + 6
     for p, (mtime, blob) in done.items():
         assert (p.stat().st_mtime_ns, p.read_bytes()) == (mtime, blob)
     again = run_study(cfg, out, progress=False)

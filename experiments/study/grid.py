@@ -109,6 +109,7 @@ class StudyConfig:
     data: str | None = None  # a tasks JSON written by `export_tasks` (offline GPU runs)
     threads: int = 0
     adapt_last: int = 0  # adapt query/value of the last k encoder layers only (0: all)
+    head_only: bool = True  # also train the head alone per (task, seed): the adapters' reference
 
     def __post_init__(self) -> None:
         bad = [a for a in self.archs if a not in arch_variants()]

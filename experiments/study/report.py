@@ -30,6 +30,8 @@ CLAIMS: tuple[tuple[str, str, str, str, str], ...] = (
     ("comol-efficient", "accuracy", "comol", "moelora-input", "noninferior"),
     ("mixture-beats-lora", "accuracy", "moelora-input", "lora", "greater"),
     ("mixture-beats-lora", "accuracy", "hydralora", "lora", "greater"),
+    ("adapters-beat-head-only", "accuracy", "lora", "head-only", "greater"),
+    ("adapters-beat-head-only", "accuracy", "moelora-input", "head-only", "greater"),
 )
 
 
@@ -38,7 +40,7 @@ def _series(
 ) -> dict[int, float]:
     out = {}
     for c in cells:
-        if c["task"] != task or c["budget"] != budget:
+        if c["task"] != task or (c["budget"] != budget and arch != "head-only"):
             continue
         if arch == "talklora@T=I" and c["arch"] == "talklora":
             v = c["summary"].get("amp_identity_talk") if metric == "amp" else None
@@ -137,6 +139,12 @@ def write_report(metrics: Mapping[str, Any], out: Path) -> None:
         "",
     ]
     for name, t in metrics["tasks"].items():
+        head = [c["accuracy"] for c in cells if c["arch"] == "head-only" and c["task"] == name]
+        if len(head) > 1:
+            L.append(
+                f"- task `{name}`: head alone on the frozen encoder, accuracy "
+                f"{mean(head):.4f} ± {stdev(head):.2g} over {len(head)} seeds"
+            )
         L.append(
             f"- task `{name}`: {t['name']}, {t['train']} train / {t['test']} test, "
             f"{t['positive_share']:.0%} positive"

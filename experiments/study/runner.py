@@ -109,7 +109,7 @@ def run_cell(
     budget: str,
     arch: str,
     seed: int,
-    spec: AdapterSpec,
+    spec: AdapterSpec | None,
     work: Path,
 ) -> dict[str, Any]:
     """Train one (task, budget, arch, seed) from scratch, measure it, return its record."""
@@ -163,7 +163,7 @@ def run_cell(
         "budget": budget,
         "arch": arch,
         "seed": seed,
-        "spec": spec.to_dict(),
+        "spec": spec.to_dict() if spec is not None else None,
         "trainable": trainable_report(model).to_dict(),
         "accuracy": acc,
         "summary": summarise(measured),
@@ -186,11 +186,15 @@ def load_shared(cfg: StudyConfig) -> Shared:
 
 def plan(
     cfg: StudyConfig, hidden: int, num_layers: int
-) -> list[tuple[str, str, str, int, AdapterSpec, int]]:
-    """Cells in run order: task, budget, seed, arch (so partial runs hold complete seed pairs)."""
-    cells = []
+) -> list[tuple[str, str, str, int, AdapterSpec | None, int]]:
+    """Cells in run order: task, budget, seed, arch (so partial runs hold complete seed pairs); with
+    `cfg.head_only`, first the head trained alone on the frozen encoder (budget "head"), per seed: the
+    reference the adapters must beat."""
+    cells: list[tuple[str, str, str, int, AdapterSpec | None, int]] = []
     regex = target_regex(num_layers, cfg.adapt_last)
     for task in cfg.tasks:
+        if cfg.head_only:
+            cells += [(task, "head", "head-only", seed, None, 0) for seed in cfg.seeds]
         for budget in cfg.budgets:
             specs = budget_specs(budget, hidden, cfg.rank, cfg.archs, regex)
             for seed in cfg.seeds:
