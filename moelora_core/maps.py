@@ -87,7 +87,9 @@ class Dense(LinearMap):
         super().__init__()
         require_positive_int(f"{name}.out_features", out_features)
         require_positive_int(f"{name}.in_features", in_features)
-        require_layer_size(f"{name}: {out_features} x {in_features}", out_features * in_features, MAX_ELEMENTS)
+        require_layer_size(
+            f"{name}: {out_features} x {in_features}", out_features * in_features, MAX_ELEMENTS
+        )
         require_choice("init", init, INIT_NAMES)
         dtype, device = require_dtype("dtype", dtype), require_device("device", device)
         self.name = name

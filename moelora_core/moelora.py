@@ -51,7 +51,9 @@ class MoELoRAConfig:
         require_top_k(self.top_k, self.num_experts, "num_experts")
         require_finite_float("scale", self.scale)
         E, r, n = self.num_experts, self.rank, self.in_features
-        require_layer_size(repr(self), r * (n + self.out_features) + E * (n if self.router == "input" else r))
+        require_layer_size(
+            repr(self), r * (n + self.out_features) + E * (n if self.router == "input" else r)
+        )
 
     @property
     def rank(self) -> int:

@@ -32,7 +32,7 @@ from .hydralora import HydraLoRA, HydraLoRAConfig
 from .lora import LoRA, LoRAConfig
 from .moelora import MoELoRA, MoELoRAConfig
 from .talklora import TalkLoRA, TalkLoRAConfig
-from .validate import require_instance, require_int, require_real, require_seed
+from .validate import require_instance, require_int, require_seed, require_tolerance
 
 
 def _router_weight(a: Adapter) -> Tensor:
@@ -54,7 +54,7 @@ def _lora(A: Tensor, B: Tensor, scale: float) -> LoRA:
 
 def _blocks_equal(blocks: Tensor, name: str, atol: float) -> None:
     """blocks: (E, ...); raise ReductionError unless all equal block 0 within atol."""
-    atol = require_real("atol", atol, minimum=0.0)  # NaN would make `diff > atol` never true
+    atol = require_tolerance("atol", atol)  # NaN would make `diff > atol` never true
     diff = float((blocks - blocks[:1]).abs().max()) if blocks.shape[0] > 1 else 0.0
     if diff > atol:
         raise ReductionError(

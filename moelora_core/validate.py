@@ -26,7 +26,12 @@ from .errors import ArgumentTypeError, ConfigError, DTypeDeviceError, NonFiniteE
 
 T = TypeVar("T")
 
-FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+FLOAT_DTYPES: tuple[torch.dtype, ...] = (
+    torch.float32,
+    torch.float64,
+    torch.bfloat16,
+    torch.float16,
+)
 MAX_LAYER_PARAMS = 2**31  # 8 GiB of float32 for one adapter layer: far beyond any real model's
 MAX_ELEMENTS = 2**31  # elements of one tensor a size argument may ask for
 SEED_LIMIT = 2**64  # torch.Generator.manual_seed accepts 0 <= seed < 2**64
@@ -135,14 +140,20 @@ def require_device(name: str, device: object) -> torch.device | None:
     if dev.type == "mps":
         available = torch.backends.mps.is_available
     if available is None or not available():
-        raise DTypeDeviceError(f"{name}={device!r}: expected a device this machine has ({dev.type} is not available)")
+        raise DTypeDeviceError(
+            f"{name}={device!r}: expected a device this machine has ({dev.type} is not available)"
+        )
     count = getattr(backend, "device_count", None)
     if dev.index is not None and count is not None and dev.index >= count():
-        raise DTypeDeviceError(f"{name}={device!r}: expected an index < {count()} ({dev.type} devices here)")
+        raise DTypeDeviceError(
+            f"{name}={device!r}: expected an index < {count()} ({dev.type} devices here)"
+        )
     return dev
 
 
-def resolved(dtype: torch.dtype | None, device: torch.device | None) -> tuple[torch.dtype, torch.device]:
+def resolved(
+    dtype: torch.dtype | None, device: torch.device | None
+) -> tuple[torch.dtype, torch.device]:
     """The dtype and device a tensor created with these arguments gets (defaults filled in)."""
     dt = dtype if dtype is not None else torch.get_default_dtype()
     dev = device if device is not None else torch.get_default_device()
@@ -152,7 +163,8 @@ def resolved(dtype: torch.dtype | None, device: torch.device | None) -> tuple[to
 def _canonical(dev: torch.device) -> torch.device:
     if dev.type in ("cpu", "meta"):
         return torch.device(dev.type)
-    if dev.index is None:
+    index: int | None = dev.index  # None for "cuda" without an index (torch's stubs say int)
+    if index is None:
         backend: Any = getattr(torch, dev.type, None)
         current = getattr(backend, "current_device", None)
         if current is not None:
@@ -181,11 +193,17 @@ def require_tensor(
     if ndim is not None and x.dim() != ndim:
         raise ShapeError(f"{name}.shape={tuple(x.shape)}: expected a {ndim}-D tensor")
     if x.dim() < min_ndim:
-        raise ShapeError(f"{name}.shape={tuple(x.shape)}: expected at least {min_ndim} dimension(s)")
+        raise ShapeError(
+            f"{name}.shape={tuple(x.shape)}: expected at least {min_ndim} dimension(s)"
+        )
     if x.dtype not in FLOAT_DTYPES:
-        raise DTypeDeviceError(f"{name}.dtype={x.dtype}: expected a real floating dtype, {_DTYPE_NAMES}")
+        raise DTypeDeviceError(
+            f"{name}.dtype={x.dtype}: expected a real floating dtype, {_DTYPE_NAMES}"
+        )
     if data and x.device.type == "meta":
-        raise DTypeDeviceError(f"{name}.device=meta: expected a tensor with data (its values are read)")
+        raise DTypeDeviceError(
+            f"{name}.device=meta: expected a tensor with data (its values are read)"
+        )
     return x
 
 
@@ -193,7 +211,9 @@ def require_finite(name: str, x: Tensor) -> Tensor:
     """No NaN or inf in x (a tensor with data)."""
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
-        raise NonFiniteError(f"{name}: {bad} non-finite value(s) (NaN or inf); expected finite values")
+        raise NonFiniteError(
+            f"{name}: {bad} non-finite value(s) (NaN or inf); expected finite values"
+        )
     return x
 
 
@@ -216,7 +236,11 @@ def checked_construction(
 
 
 def require_shared(
-    name: str, module: object, shape: tuple[int, int], dtype: torch.dtype | None, device: torch.device | None
+    name: str,
+    module: object,
+    shape: tuple[int, int],
+    dtype: torch.dtype | None,
+    device: torch.device | None,
 ) -> None:
     """A shared Dense module (TalkLoRA's b, CoMoL's A and B): its class, shape, dtype and device."""
     from .maps import Dense  # maps imports this module
@@ -240,3 +264,14 @@ def require_simplex(name: str, p: object, atol: float | None = None) -> Tensor:
             f"(entries >= 0 summing to 1 within {tol:.1e})"
         )
     return t
+
+
+def require_tolerance(name: str, value: object) -> float:
+    """A tolerance: a real >= 0, or +inf (no check at all, as the refuted twins ask); never NaN,
+    which would make every `diff > atol` false and every check pass."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ArgumentTypeError(f"{name}={value!r}: expected a real number >= 0 (or math.inf)")
+    v = float(value) if not isinstance(value, int) or value.bit_length() < 1024 else math.inf
+    if math.isnan(v) or v < 0:
+        raise ConfigError(f"{name}={value!r}: expected a real number >= 0 (or math.inf)")
+    return v

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from moelora_core.adapter import Adapter
-from moelora_core.validate import require_real
 from moelora_core.errors import (
     ArgumentTypeError,
     ConfigError,
@@ -28,6 +27,7 @@ from moelora_core.errors import (
     ShapeError,
     require_positive_int,
 )
+from moelora_core.validate import require_real
 
 DomainKind = Literal["unconstrained", "ball", "points"]
 
@@ -90,7 +90,7 @@ def require_radius(radius: object, dtype: torch.dtype | None = None) -> float | 
     if radius is None:
         return None
     R = require_real("radius", radius, minimum=0.0)
-    if dtype is not None and R > math.sqrt(torch.finfo(dtype).max):
+    if dtype is not None and math.sqrt(torch.finfo(dtype).max) < R:
         raise ConfigError(
             f"radius={radius!r}: expected <= {math.sqrt(torch.finfo(dtype).max):.3g} = "
             f"sqrt(largest {dtype}) for an adapter in {dtype}"

@@ -61,7 +61,6 @@ from moelora_core.talklora import TalkLoRA
 from moelora_core.validate import require_finite, require_instance, require_real, require_tensor
 
 from .domain import require_adapter
-
 from .spectral import (
     F64,
     SOFTMAX_LIP,

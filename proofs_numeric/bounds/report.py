@@ -372,7 +372,11 @@ def _layer_report(
         talk=tb,
         iterations={"power": iterations, "ascent": ascent_steps, "pairs": pair_steps},
     )
-    centres = X if X is not None else (torch.zeros(1, a.in_features, dtype=dtype) if R is not None else None)
+    centres = (
+        X
+        if X is not None
+        else (torch.zeros(1, a.in_features, dtype=dtype) if R is not None else None)
+    )
     if centres is not None:
         centres = centres.to(device)
 

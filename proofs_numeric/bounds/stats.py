@@ -55,6 +55,8 @@ def routing_stats(g: Tensor) -> RoutingStats:
         raise ShapeError(f"g: expected a torch.Tensor of shape (tokens, E), got {type(g).__name__}")
     if g.dim() < 2 or g.shape[-1] < 1 or g.numel() == 0:
         raise ShapeError(f"g.shape={tuple(g.shape)}: expected (tokens, E) with tokens, E >= 1")
+    if not (g.dtype.is_floating_point):
+        raise ShapeError(f"g.dtype={g.dtype}: expected a floating-point tensor")
     require_tensor("g", g)
     x = g.detach().reshape(-1, g.shape[-1]).to(torch.float64)
     if not bool(torch.isfinite(x).all()):

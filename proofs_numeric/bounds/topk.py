@@ -27,10 +27,15 @@ from torch import Tensor
 from moelora_core.adapter import Adapter
 from moelora_core.errors import ShapeError, input_checks
 from moelora_core.maps import topk_mask
-from moelora_core.validate import require_finite, require_int, require_real, require_seed, require_tensor
+from moelora_core.validate import (
+    require_finite,
+    require_int,
+    require_real,
+    require_seed,
+    require_tensor,
+)
 
 from .domain import require_routed
-
 from .spectral import F64, centring
 
 BISECTIONS = 200
