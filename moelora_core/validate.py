@@ -114,7 +114,11 @@ def require_dtype(name: str, dtype: object) -> torch.dtype | None:
     if dtype is None:
         return None
     if not isinstance(dtype, torch.dtype):
-        hint = f" (torch.{dtype}, not the string)" if isinstance(dtype, str) else ""
+        hint = (
+            f" (torch.{dtype.removeprefix('torch.')}, not a string)"
+            if isinstance(dtype, str)
+            else ""
+        )
         raise DTypeDeviceError(f"{name}={dtype!r}: expected {_DTYPE_NAMES}{hint}")
     if dtype not in FLOAT_DTYPES:
         raise DTypeDeviceError(f"{name}={dtype}: expected a floating dtype, {_DTYPE_NAMES}")
