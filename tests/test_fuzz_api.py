@@ -860,6 +860,60 @@ def test_fuzz_layer_report(
     )
 
 
+# ----- function class and complexity --------------------------------------------------------------
+
+ANALYSIS_POINTS = ["ok", "f32", "list", "wrong", "empty", "vector", "nan"]
+
+
+@settings(max_examples=120)
+@given(
+    st.sampled_from(["dependence_rank", "analytic_jacobian", "macs_formula", "counted_macs"]),
+    st.integers(0, len(BOUND_ADAPTERS) - 1),
+    st.sampled_from(ANALYSIS_POINTS),
+    st.sampled_from([1e-9, 0.0, -1.0, math.nan, "1e-9", None]),
+)
+def test_fuzz_analysis(fn: str, i: int, points: str, rtol: Any) -> None:
+    from proofs_numeric.complexity import counted_macs_per_token, macs_formula
+    from proofs_numeric.function_class import analytic_jacobian, dependence_rank
+
+    a = BOUND_ADAPTERS[i]
+    n = a.in_features if isinstance(a, Adapter) else 4
+    dt = a.reference.dtype if isinstance(a, Adapter) else F64
+    X = {
+        "ok": torch.randn(3, n, dtype=F64).to(dt), "f32": torch.randn(3, n),
+        "list": [[0.0] * n], "wrong": torch.randn(3, n + 1, dtype=dt),
+        "empty": torch.zeros(0, n, dtype=dt), "vector": torch.randn(n, dtype=F64).to(dt),
+        "nan": torch.full((3, n), math.nan, dtype=dt),
+    }[points]  # fmt: skip
+
+    def call() -> Any:
+        if fn == "dependence_rank":
+            return dependence_rank(a, X, rtol=rtol)  # type: ignore[arg-type]
+        if fn == "analytic_jacobian":
+            return analytic_jacobian(a, X)  # type: ignore[arg-type]
+        if fn == "macs_formula":
+            return macs_formula(a)  # type: ignore[arg-type]
+        return counted_macs_per_token(a)  # type: ignore[arg-type]
+
+    def check(out: Any) -> None:
+        assert isinstance(a, Adapter)
+        if fn == "dependence_rank":
+            assert isinstance(X, Tensor) and X.dim() == 2 and X.shape[0] >= 1, f"points {points}"
+            assert isinstance(rtol, float) and rtol > 0, f"rtol={rtol!r} accepted"
+            s = out.singular_values
+            assert all(math.isfinite(v) and v >= 0 for v in s), "singular values"
+            assert 0 <= out.rank <= min(a.in_features, len(s)), f"rank {out.rank}"
+        elif fn == "analytic_jacobian":
+            assert isinstance(X, Tensor) and X.dim() == 2
+            assert finite(out).shape == (X.shape[0], a.out_features, a.in_features), "J shape"
+        elif fn == "counted_macs":
+            assert isinstance(out, int) and out >= 0, f"macs {out!r}"
+        else:
+            assert out.free_symbols, "a formula without symbols"
+
+    attempt(f"analysis/{fn}", call, check)
+
+
 # ----- builders and maps -------------------------------------------------------------------------
 
 MAP_ARGS: list[object] = [3, 1, 0, -1, True, 2.0, "3", None, 10**12]
