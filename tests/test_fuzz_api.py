@@ -579,6 +579,7 @@ REDUCTIONS: dict[str, Callable[..., Adapter]] = {
     "comol_to_lora": R.comol_to_lora,
     "moelora_to_lora": R.moelora_to_lora,
     "hydralora_to_lora": R.hydralora_to_lora,
+    **({"moelora_to_comol": R.moelora_to_comol} if hasattr(R, "moelora_to_comol") else {}),
 }
 WITH_ATOL = {"comol_to_lora", "moelora_to_lora", "hydralora_to_lora"}
 ATOLS: list[object] = [
