@@ -62,7 +62,9 @@ def test_gpu_script_on_cpu(tiny: Path, tmp_path: Path) -> None:
     assert "failed" not in log and "no report.md" not in log, log[-3000:]
     llm = json.loads((out / "llm_step.json").read_text())
     assert {r["variant"] for r in llm["rows"]} >= {"frozen", "lora", "talklora", "comol"}
-    assert json.loads((out / "layers.json").read_text())  # both dtypes (old) or one --gpu/--quick run
+    assert json.loads(
+        (out / "layers.json").read_text()
+    )  # both dtypes (old) or one --gpu/--quick run
     # the metrics alone (no cells/ folder) are enough to rebuild the analysis elsewhere
     from experiments.study.cli import main
 
