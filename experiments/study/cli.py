@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
             m = rebuild_report(cfg, out)
         else:
-            m = run_study(cfg, out, shard=_shard(a.shard))
+            shard = _shard(a.shard)  # shards leave the report to a final --report-only
+            m = run_study(cfg, out, shard=shard, report=shard[1] == 1)
     except MoELoRAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
