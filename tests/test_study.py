@@ -101,3 +101,11 @@ def test_killed_study_resumes_without_recomputing(tiny: Path, tmp_path: Path) ->
     assert "talk-mitigates-amplification" in report and "Holm" in report
     for png in ("forest.png", "amp_vs_talk_norm.png", "routing_dynamics.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_cli_errors_name_the_parameter(tmp_path: Path) -> None:
+    from experiments.study.cli import main
+
+    assert main(["--preset", "tiny", "--model", str(tmp_path / "none")]) == 2
+    assert main(["--preset", "tiny", "--shard", "3/2"]) == 2
+    assert main(["--preset", "tiny", "--model", str(tmp_path), "--data", "/nope.json"]) == 2

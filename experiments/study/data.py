@@ -74,6 +74,8 @@ def multi_task(per_task: int = 600, test_fraction: float = 0.2) -> TextTask:
 def load_task(name: str, per_task: int, data: str | None = None) -> TextTask:
     """A task by name, from the installed packages or from an `export_tasks` file."""
     if data is not None:
+        if not Path(data).is_file():
+            raise ConfigError(f"data={data!r}: expected a tasks JSON file (--export-tasks)")
         blob: dict[str, Any] = json.loads(Path(data).read_text(encoding="utf-8"))
         if name not in blob:
             raise ConfigError(f"task={name!r}: not in {data} (has {sorted(blob)})")

@@ -29,7 +29,7 @@ from proofs_numeric.jsonio import write_json_atomic
 from ..demo import auto_threads, build_classifier
 from ..inject import AdapterSpec, adapted_layers, trainable_report
 from ..measure import capture_inputs, measure_layer
-from ..tasks import TextTask, accuracy, encode_texts, load_encoder, text_batches
+from ..tasks import MINILM, TextTask, accuracy, encode_texts, load_encoder, text_batches
 from ..train import TrainConfig, train
 from .data import load_task
 from .dynamics import Recorder
@@ -178,6 +178,10 @@ def run_cell(
 
 
 def load_shared(cfg: StudyConfig) -> Shared:
+    if cfg.model != MINILM and not Path(cfg.model).is_dir():
+        raise ConfigError(
+            f"model={cfg.model!r}: expected {MINILM!r} or a local model directory (offline)"
+        )
     encoder, tokenizer = load_encoder(cfg.model)
     encoder.float().requires_grad_(False)  # a float16 copy (the GPU run's) trains in float32
     tasks = {t: load_task(t, cfg.per_task, cfg.data) for t in cfg.tasks}
