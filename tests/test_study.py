@@ -109,3 +109,4 @@ def test_cli_errors_name_the_parameter(tmp_path: Path) -> None:
     assert main(["--preset", "tiny", "--model", str(tmp_path / "none")]) == 2
     assert main(["--preset", "tiny", "--shard", "3/2"]) == 2
     assert main(["--preset", "tiny", "--model", str(tmp_path), "--data", "/nope.json"]) == 2
+    assert main(["--preset", "tiny", "--model", str(tmp_path)]) == 2  # a directory, no model

@@ -182,9 +182,12 @@ def load_shared(cfg: StudyConfig) -> Shared:
         raise ConfigError(
             f"model={cfg.model!r}: expected {MINILM!r} or a local model directory (offline)"
         )
-    encoder, tokenizer = load_encoder(cfg.model)
-    encoder.float().requires_grad_(False)  # a float16 copy (the GPU run's) trains in float32
     tasks = {t: load_task(t, cfg.per_task, cfg.data) for t in cfg.tasks}
+    try:
+        encoder, tokenizer = load_encoder(cfg.model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model={cfg.model!r}: not a loadable model directory ({e})") from None
+    encoder.float().requires_grad_(False)  # a float16 copy (the GPU run's) trains in float32
     return Shared(encoder, tokenizer, int(encoder.config.hidden_size), tasks)
 
 
