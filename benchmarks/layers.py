@@ -230,7 +230,7 @@ def run_shape(s: Shape, layers: list[Layer], args: argparse.Namespace) -> list[R
     peft = peft_layer(base, s.r)
     kw = {"threads": args.threads, "min_run_time": args.min_run_time}
     peft_params = [p for p in peft.parameters() if p.requires_grad]
-    peft_m = measure(peft, x, dy, peft_params, **kw)  # type: ignore[arg-type]
+    peft_m = measure(peft, x, dy, peft_params, memory=False, **kw)  # type: ignore[arg-type]
     lora = LoRA(LoRAConfig(in_features=s.n, out_features=s.m, rank=s.r, scale=SCALE))
     lora_macs = macs(lora, "auto")
     rows: list[Row] = []
@@ -258,7 +258,7 @@ def run_shape(s: Shape, layers: list[Layer], args: argparse.Namespace) -> list[R
                 mac,
                 mac / lora_macs,
                 d,
-                measure(whole, x, dy, params, **kw),  # type: ignore[arg-type]
+                measure(whole, x, dy, params, memory=False, **kw),  # type: ignore[arg-type]
                 peft_m,
                 lora_s,
             )
@@ -319,8 +319,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "re": 2,
         "E": 4,
         "tokens": 64,
-        "experts": [2, 4, 8],
-        "token_sweep": [32, 64, 128],
+        "experts": [2, 4],
+        "token_sweep": [32, 64],
         "min_run_time": 0.01,
     },
 }

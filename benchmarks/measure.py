@@ -28,7 +28,7 @@ class Measured:
     seconds: float  # median of blocked_autorange
     iqr: float  # interquartile range of the blocks, seconds
     runs: int  # timed steps
-    saved_bytes: int
+    saved_bytes: int  # 0 when not measured
     peak_bytes: int
 
 
@@ -97,6 +97,7 @@ def measure(
     *,
     threads: int,
     min_run_time: float,
+    memory: bool = True,
 ) -> Measured:
     step = make_step(f, x, dy, params)
     step()  # warm-up
@@ -105,8 +106,8 @@ def measure(
         seconds=float(m.median),
         iqr=float(m.iqr),
         runs=int(m.number_per_run * len(m.raw_times)),
-        saved_bytes=saved_bytes(f, x),
-        peak_bytes=peak_bytes(step, x.device),
+        saved_bytes=saved_bytes(f, x) if memory else 0,
+        peak_bytes=peak_bytes(step, x.device) if memory else 0,
     )
 
 

@@ -121,7 +121,7 @@ class CoMoL(Adapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         assert self.router is not None
-        if sparse.use_sparse(self.router, x):
+        if sparse.use_sparse(self.router, x, sparse.COMOL_MAX_FRACTION):
             return sparse.comol_forward(self, x)
         c = self.config
         W = self.router.logits.dense()

@@ -16,8 +16,8 @@ experts. Two torch primitives do it without a loop over experts or tokens:
 
 The top-k indices are `torch.topk`'s, the same rule (and the same tie order) as the dense gate's, so the
 two paths select the same experts. Which path runs is decided per call by `use_sparse`: the fraction
-k/E at or below `SPARSE_MAX_FRACTION` and at least `SPARSE_MIN_TOKENS` tokens, both measured
-(docs/performance.md, benchmarks/sparse_crossover.py); inside torch.func transforms or forward-mode AD
+k/E at or below `SPARSE_MAX_FRACTION` (CoMoL: `COMOL_MAX_FRACTION`) and at least `SPARSE_MIN_TOKENS`
+tokens, all measured (docs/performance.md, benchmarks/sparse_crossover.py); inside torch.func transforms or forward-mode AD
 the dense path always runs. `sparse_mode("dense" | "sparse" | "auto")` overrides the choice in a block.
 """
 
@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 Mode = Literal["auto", "dense", "sparse"]
 
 # Measured crossovers (benchmarks/sparse_crossover.py, docs/performance.md "Sparse top-k").
-SPARSE_MAX_FRACTION = 0.25  # sparse when k / E <= this
+SPARSE_MAX_FRACTION = 0.125  # sparse when k / E <= this (E >= 16 at k = 2)
+COMOL_MAX_FRACTION = 0.0625  # CoMoL, whose r x r cores are a small part of it (E >= 32 at k = 2)
 SPARSE_MIN_TOKENS = 256  # below this the sort/gather set-up costs more than the dense matmuls save
 # MoELoRA input router: gather x per chosen expert when E·r_e > k·(GATHER_COPY + GATHER_MAC·r_e),
 # i.e. when the dense down-projection's E·r_e·n multiply–adds cost more than moving k copies of x.
@@ -72,7 +73,7 @@ def _transformed() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None or fwAD._current_level >= 0
 
 
-def use_sparse(router: SoftmaxRouter, x: Tensor) -> bool:
+def use_sparse(router: SoftmaxRouter, x: Tensor, max_fraction: float = SPARSE_MAX_FRACTION) -> bool:
     """Whether the top-k forward of `router`'s layer on `x` (..., n) takes the sparse path."""
     k = router.top_k
     if k is None or k == router.num_experts or _MODE == "dense" or _transformed():
@@ -80,7 +81,7 @@ def use_sparse(router: SoftmaxRouter, x: Tensor) -> bool:
     if _MODE == "sparse":
         return True
     tokens = x.numel() // max(1, x.shape[-1])
-    return k <= SPARSE_MAX_FRACTION * router.num_experts and tokens >= SPARSE_MIN_TOKENS
+    return k <= max_fraction * router.num_experts and tokens >= SPARSE_MIN_TOKENS
 
 
 def topk_route(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -149,7 +150,7 @@ def moelora_forward(mod: MoELoRA, x: Tensor) -> Tensor:
         idx, w = topk_route(logits, k)
         h = hall.gather(-1, expert_columns(idx, d)).unflatten(-1, (k, d))  # (T, k, d)
     coef = (h * (c.scale * w).unsqueeze(-1)).flatten(-2)  # (T, k·d)
-    out = mix_columns(expert_columns(idx, d), coef, mod.B.weight.t())
+    out = mix_columns(expert_columns(idx, d), coef, mod.B.weight.t().contiguous())
     return out.reshape(*x.shape[:-1], c.out_features)
 
 
@@ -164,7 +165,7 @@ def hydralora_forward(mod: HydraLoRA, x: Tensor) -> Tensor:
     )  # (T, r_e), (T, E)
     idx, w = topk_route(logits, k)
     coef = ((c.scale * w).unsqueeze(-1) * h.unsqueeze(-2)).flatten(-2)  # (T, k·r_e)
-    out = mix_columns(expert_columns(idx, c.expert_rank), coef, mod.B.weight.t())
+    out = mix_columns(expert_columns(idx, c.expert_rank), coef, mod.B.weight.t().contiguous())
     return out.reshape(*x.shape[:-1], c.out_features)
 
 
@@ -179,7 +180,7 @@ def talklora_forward(mod: TalkLoRA, x: Tensor) -> Tensor:
     heads = h.unflatten(-1, (E, d)).gather(1, idx.unsqueeze(-1).expand(-1, -1, d))  # (T, k, d)
     kh = torch.einsum("tkij,tkj->tki", mod.K.weight[idx], heads)  # K_{idx_j} h_{idx_j}
     coef = (kh * (c.scale * w).unsqueeze(-1)).flatten(-2)  # (T, k·d)
-    out = mix_columns(expert_columns(idx, d), coef, mod.B.weight.t())
+    out = mix_columns(expert_columns(idx, d), coef, mod.B.weight.t().contiguous())
     return out.reshape(*x.shape[:-1], c.out_features)
 
 
