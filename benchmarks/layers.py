@@ -221,16 +221,22 @@ class Row:
         return self.layer.seconds / self.peft.seconds
 
 
-def run_shape(s: Shape, layers: list[Layer], args: argparse.Namespace) -> list[Row]:
+def run_shape(
+    s: Shape, layers: list[Layer], args: argparse.Namespace, *, sweep: bool = False
+) -> list[Row]:
+    """Every layer at shape s. In a sweep only Δ time is measured (the whole-layer, PEFT and memory
+    columns come from the main table), over `--sweep-run-time` seconds per layer."""
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(s.tokens, s.n, generator=gen).to(dtype=dtype, device=device).requires_grad_()
     dy = torch.randn(s.tokens, s.m, generator=gen).to(dtype=dtype, device=device)
     base = nn.Linear(s.n, s.m, bias=False).to(dtype=dtype, device=device).requires_grad_(False)
     peft = peft_layer(base, s.r)
-    kw = {"threads": args.threads, "min_run_time": args.min_run_time}
+    run_time = args.sweep_run_time if sweep else args.min_run_time
+    kw: dict[str, Any] = {"threads": args.threads, "min_run_time": run_time}
     peft_params = [p for p in peft.parameters() if p.requires_grad]
-    peft_m = measure(peft, x, dy, peft_params, memory=False, **kw)  # type: ignore[arg-type]
+    none = Measured(math.nan, math.nan, 0, 0, 0)
+    peft_m = none if sweep else measure(peft, x, dy, peft_params, memory=False, **kw)
     lora = LoRA(LoRAConfig(in_features=s.n, out_features=s.m, rank=s.r, scale=SCALE))
     lora_macs = macs(lora, "auto")
     rows: list[Row] = []
@@ -247,7 +253,7 @@ def run_shape(s: Shape, layers: list[Layer], args: argparse.Namespace) -> list[R
         def whole(t: Tensor, delta: Callable[[Tensor], Tensor] = delta) -> Tensor:
             return F.linear(t, base.weight) + delta(t)
 
-        d = measure(delta, x, dy, params, **kw)  # type: ignore[arg-type]
+        d = measure(delta, x, dy, params, memory=not sweep, **kw)
         if layer.key == "LoRA":
             lora_s = d.seconds
         mac = macs(mod, layer.mode)
@@ -258,7 +264,7 @@ def run_shape(s: Shape, layers: list[Layer], args: argparse.Namespace) -> list[R
                 mac,
                 mac / lora_macs,
                 d,
-                measure(whole, x, dy, params, memory=False, **kw),  # type: ignore[arg-type]
+                none if sweep else measure(whole, x, dy, params, memory=False, **kw),
                 peft_m,
                 lora_s,
             )
@@ -330,6 +336,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     p = PRESETS["quick" if args.quick else "full"]
     if args.min_run_time is None:
         args.min_run_time = p["min_run_time"]
+    if args.sweep_run_time is None:
+        args.sweep_run_time = p["min_run_time"] / 2
+    p = {**p, **{k: v for k, v in (("experts", args.experts), ("token_sweep", args.tokens)) if v}}
     torch.set_num_threads(args.threads)
     main_shape = Shape(p["n"], p["m"], p["E"], p["re"], p["tokens"])
     print(f"main {asdict(main_shape)}", file=sys.stderr)
@@ -338,12 +347,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     e_rows = [
         r
         for E in p["experts"]
-        for r in run_shape(Shape(p["n"], p["m"], E, p["re"], p["tokens"]), sweep_layers, args)
+        for r in run_shape(
+            Shape(p["n"], p["m"], E, p["re"], p["tokens"]), sweep_layers, args, sweep=True
+        )
     ]
     t_rows = [
         r
         for t in p["token_sweep"]
-        for r in run_shape(Shape(p["n"], p["m"], p["E"], p["re"], t), sweep_layers, args)
+        for r in run_shape(
+            Shape(p["n"], p["m"], p["E"], p["re"], t), sweep_layers, args, sweep=True
+        )
     ]
     return {
         "machine": machine(torch.device(args.device), args.threads),
@@ -389,6 +402,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--min-run-time", type=float, default=None, help="seconds per blocked_autorange"
     )
+    ap.add_argument("--sweep-run-time", type=float, default=None, help="seconds per sweep timing")
+    ap.add_argument("--experts", type=int, nargs="+", help="E values of the sweep (default 2 … 64)")
+    ap.add_argument("--tokens", type=int, nargs="+", help="token counts of the sweep (512 … 32768)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="OUT", help="also write every number to OUT")
     return ap.parse_args(argv)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,9 @@ class Measured:
     peak_bytes: int
 
 
-def make_step(f: Callable[[Tensor], Tensor], x: Tensor, dy: Tensor, params: list[Tensor]) -> Step:
+def make_step(
+    f: Callable[[Tensor], Tensor], x: Tensor, dy: Tensor, params: Sequence[Tensor]
+) -> Step:
     inputs = [x, *params]
 
     def step() -> None:
@@ -93,7 +95,7 @@ def measure(
     f: Callable[[Tensor], Tensor],
     x: Tensor,
     dy: Tensor,
-    params: list[Tensor],
+    params: Sequence[Tensor],
     *,
     threads: int,
     min_run_time: float,
