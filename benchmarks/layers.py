@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from measure import Measured, loglog_slope, machine, measure
+from measure import Memory, RoundRobin, loglog_slope, machine, memory
 from torch import Tensor, nn
 
 from moelora_core import (
@@ -207,69 +207,73 @@ class Row:
     shape: dict[str, int]
     macs_per_token: int
     mac_ratio: float  # vs LoRA of rank r
-    delta: Measured
-    layer: Measured  # W0 x + Δ(x)
-    peft: Measured  # PEFT LoRA layer on the same W0
-    lora_delta_s: float
+    delta_s: float  # Δ alone, median over rounds
+    over_floor: float  # median per-round (Δ time / LoRA Δ time), ÷ mac_ratio
+    layer_s: float  # W0 x + Δ(x); NaN in sweeps
+    vs_peft: float  # median per-round (layer time / PEFT LoRA layer time); NaN in sweeps
+    peft_s: float
+    memory: Memory | None  # None in sweeps
 
-    @property
-    def over_floor(self) -> float:
-        return (self.delta.seconds / self.lora_delta_s) / self.mac_ratio
 
-    @property
-    def vs_peft(self) -> float:
-        return self.layer.seconds / self.peft.seconds
+def _layer_fns(
+    mod: Adapter, mode: Mode, base: nn.Linear
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    def delta(t: Tensor) -> Tensor:
+        with sparse_mode(mode), input_checks(False):
+            out: Tensor = mod(t)
+        return out
+
+    def whole(t: Tensor) -> Tensor:
+        return F.linear(t, base.weight) + delta(t)
+
+    return delta, whole
 
 
 def run_shape(
     s: Shape, layers: list[Layer], args: argparse.Namespace, *, sweep: bool = False
 ) -> list[Row]:
-    """Every layer at shape s. In a sweep only Δ time is measured (the whole-layer, PEFT and memory
-    columns come from the main table), over `--sweep-run-time` seconds per layer."""
+    """Every layer at shape s, timed round-robin. In a sweep only Δ is timed (the whole-layer, PEFT
+    and memory columns come from the main table)."""
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(s.tokens, s.n, generator=gen).to(dtype=dtype, device=device).requires_grad_()
     dy = torch.randn(s.tokens, s.m, generator=gen).to(dtype=dtype, device=device)
     base = nn.Linear(s.n, s.m, bias=False).to(dtype=dtype, device=device).requires_grad_(False)
-    peft = peft_layer(base, s.r)
-    run_time = args.sweep_run_time if sweep else args.min_run_time
-    kw: dict[str, Any] = {"threads": args.threads, "min_run_time": run_time}
-    peft_params = [p for p in peft.parameters() if p.requires_grad]
-    none = Measured(math.nan, math.nan, 0, 0, 0)
-    peft_m = none if sweep else measure(peft, x, dy, peft_params, memory=False, **kw)
-    lora = LoRA(LoRAConfig(in_features=s.n, out_features=s.m, rank=s.r, scale=SCALE))
-    lora_macs = macs(lora, "auto")
-    rows: list[Row] = []
-    lora_s = math.nan
+    rr = RoundRobin(args.threads, device)
+    if not sweep:
+        peft = peft_layer(base, s.r)
+        rr.add("PEFT", peft, x, dy, [p for p in peft.parameters() if p.requires_grad])
+    lora_macs = macs(LoRA(LoRAConfig(in_features=s.n, out_features=s.m, rank=s.r)), "auto")
+    built: list[tuple[Layer, Adapter, Memory | None]] = []
     for layer in layers:
         mod = layer.build(s).to(dtype=dtype, device=device).randomize_(args.seed)
         params = [p for p in mod.parameters() if p.requires_grad]
-
-        def delta(t: Tensor, mod: Adapter = mod, mode: Mode = layer.mode) -> Tensor:
-            with sparse_mode(mode), input_checks(False):
-                out: Tensor = mod(t)
-            return out
-
-        def whole(t: Tensor, delta: Callable[[Tensor], Tensor] = delta) -> Tensor:
-            return F.linear(t, base.weight) + delta(t)
-
-        d = measure(delta, x, dy, params, memory=not sweep, **kw)
-        if layer.key == "LoRA":
-            lora_s = d.seconds
+        delta, whole = _layer_fns(mod, layer.mode, base)
+        step = rr.add(layer.key, delta, x, dy, params)
+        if not sweep:
+            rr.add(layer.key + "/layer", whole, x, dy, params)
+        built.append((layer, mod, None if sweep else memory(delta, x, step)))
+    rounds = args.rounds if not sweep else max(1, args.rounds // 2)
+    rr.run(rounds, (args.sweep_run_time if sweep else args.min_run_time) / rounds)
+    rows: list[Row] = []
+    for layer, mod, mem in built:
         mac = macs(mod, layer.mode)
+        nan = math.nan
         rows.append(
             Row(
-                layer.key,
-                asdict(s),
-                mac,
-                mac / lora_macs,
-                d,
-                none if sweep else measure(whole, x, dy, params, memory=False, **kw),
-                peft_m,
-                lora_s,
+                key=layer.key,
+                shape=asdict(s),
+                macs_per_token=mac,
+                mac_ratio=mac / lora_macs,
+                delta_s=rr.seconds(layer.key),
+                over_floor=rr.ratio(layer.key, "LoRA") / (mac / lora_macs),
+                layer_s=nan if sweep else rr.seconds(layer.key + "/layer"),
+                vs_peft=nan if sweep else rr.ratio(layer.key + "/layer", "PEFT"),
+                peft_s=nan if sweep else rr.seconds("PEFT"),
+                memory=mem,
             )
         )
-        print(f"  {layer.key} {asdict(s)}: {1e3 * d.seconds:.2f} ms", file=sys.stderr)
+    print(f"  {asdict(s)} done", file=sys.stderr)
     return rows
 
 
@@ -279,13 +283,14 @@ def main_table(rows: list[Row]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        mem = r.memory or Memory(0, 0)
         out.append(
-            f"| {r.key} | {r.macs_per_token:,} | {r.mac_ratio:.3f} | {1e3 * r.delta.seconds:.2f} "
-            f"| {r.over_floor:.2f} | {1e3 * r.layer.seconds:.2f} | {r.vs_peft:.2f} "
-            f"| {r.delta.saved_bytes / 2**20:.1f} | {r.delta.peak_bytes / 2**20:.1f} |"
+            f"| {r.key} | {r.macs_per_token:,} | {r.mac_ratio:.3f} | {1e3 * r.delta_s:.2f} "
+            f"| {r.over_floor:.2f} | {1e3 * r.layer_s:.2f} | {r.vs_peft:.2f} "
+            f"| {mem.saved_bytes / 2**20:.1f} | {mem.peak_bytes / 2**20:.1f} |"
         )
     if rows:
-        out.append(f"\nPEFT LoRA layer (W0 x + LoRA): {1e3 * rows[0].peft.seconds:.2f} ms")
+        out.append(f"\nPEFT LoRA layer (W0 x + LoRA): {1e3 * rows[0].peft_s:.2f} ms")
     return out
 
 
@@ -302,8 +307,8 @@ def sweep_table(rows: list[Row], axis: str) -> list[str]:
     ]
     for k in keys:
         cells = [cell[(k, v)] for v in values]
-        slope = loglog_slope([float(v) for v in values], [c.delta.seconds for c in cells])
-        body = " | ".join(f"{1e3 * c.delta.seconds:.2f} ({c.over_floor:.2f})" for c in cells)
+        slope = loglog_slope([float(v) for v in values], [c.delta_s for c in cells])
+        body = " | ".join(f"{1e3 * c.delta_s:.2f} ({c.over_floor:.2f})" for c in cells)
         out.append(f"| {k} | {body} | {slope:.2f} |")
     return out
 
@@ -317,7 +322,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tokens": 4096,
         "experts": [2, 4, 8, 16, 32, 64],
         "token_sweep": [512, 2048, 8192, 32768],
-        "min_run_time": 0.5,
+        "min_run_time": 2.0,
+        "rounds": 4,
     },
     "quick": {
         "n": 32,
@@ -328,6 +334,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "experts": [2, 4],
         "token_sweep": [32, 64],
         "min_run_time": 0.01,
+        "rounds": 2,
     },
 }
 
@@ -336,6 +343,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     p = PRESETS["quick" if args.quick else "full"]
     if args.min_run_time is None:
         args.min_run_time = p["min_run_time"]
+    if args.rounds is None:
+        args.rounds = p["rounds"]
     if args.sweep_run_time is None:
         args.sweep_run_time = p["min_run_time"] / 2
     p = {**p, **{k: v for k, v in (("experts", args.experts), ("token_sweep", args.tokens)) if v}}
@@ -383,10 +392,7 @@ def report(res: dict[str, Any]) -> str:
 
 
 def to_json(res: dict[str, Any]) -> dict[str, Any]:
-    def row(r: Row) -> dict[str, Any]:
-        return {**asdict(r), "over_floor": r.over_floor, "vs_peft": r.vs_peft}
-
-    return {**res, **{k: [row(r) for r in res[k]] for k in ("main", "experts", "tokens")}}
+    return {**res, **{k: [asdict(r) for r in res[k]] for k in ("main", "experts", "tokens")}}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -402,6 +408,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--min-run-time", type=float, default=None, help="seconds per blocked_autorange"
     )
+    ap.add_argument("--rounds", type=int, default=None, help="round-robin rounds (sweeps: half)")
     ap.add_argument("--sweep-run-time", type=float, default=None, help="seconds per sweep timing")
     ap.add_argument("--experts", type=int, nargs="+", help="E values of the sweep (default 2 … 64)")
     ap.add_argument("--tokens", type=int, nargs="+", help="token counts of the sweep (512 … 32768)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +25,9 @@ Step = Callable[[], None]
 
 
 @dataclass(frozen=True)
-class Measured:
-    seconds: float  # median of blocked_autorange
-    iqr: float  # interquartile range of the blocks, seconds
-    runs: int  # timed steps
-    saved_bytes: int  # 0 when not measured
-    peak_bytes: int
+class Memory:
+    saved_bytes: int  # autograd's saved tensors, each storage once
+    peak_bytes: int  # high-water mark of one step
 
 
 def make_step(
@@ -91,26 +89,45 @@ def peak_bytes(step: Step, device: torch.device) -> int:
     return int(peak)
 
 
-def measure(
-    f: Callable[[Tensor], Tensor],
-    x: Tensor,
-    dy: Tensor,
-    params: Sequence[Tensor],
-    *,
-    threads: int,
-    min_run_time: float,
-    memory: bool = True,
-) -> Measured:
-    step = make_step(f, x, dy, params)
-    step()  # warm-up
-    m = timer(step, threads, x.device).blocked_autorange(min_run_time=min_run_time)
-    return Measured(
-        seconds=float(m.median),
-        iqr=float(m.iqr),
-        runs=int(m.number_per_run * len(m.raw_times)),
-        saved_bytes=saved_bytes(f, x) if memory else 0,
-        peak_bytes=peak_bytes(step, x.device) if memory else 0,
-    )
+class RoundRobin:
+    """Steps timed in turn: each round runs `blocked_autorange` on every step, so load from other
+    processes falls on all of them alike; per-round ratios between steps are then robust to it."""
+
+    def __init__(self, threads: int, device: torch.device) -> None:
+        self.threads, self.device = threads, device
+        self.timers: dict[str, Timer] = {}
+        self.rounds: dict[str, list[float]] = {}
+
+    def add(
+        self,
+        key: str,
+        f: Callable[[Tensor], Tensor],
+        x: Tensor,
+        dy: Tensor,
+        params: Sequence[Tensor],
+    ) -> Step:
+        step = make_step(f, x, dy, params)
+        step()  # warm-up
+        self.timers[key] = timer(step, self.threads, self.device)
+        return step
+
+    def run(self, rounds: int, min_run_time: float) -> None:
+        self.rounds = {k: [] for k in self.timers}
+        for _ in range(rounds):
+            for k, t in self.timers.items():
+                self.rounds[k].append(float(t.blocked_autorange(min_run_time=min_run_time).median))
+
+    def seconds(self, key: str) -> float:
+        return statistics.median(self.rounds[key])
+
+    def ratio(self, key: str, ref: str) -> float:
+        """Median over rounds of time(key) / time(ref)."""
+        pairs = zip(self.rounds[key], self.rounds[ref], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
+
+def memory(f: Callable[[Tensor], Tensor], x: Tensor, step: Step) -> Memory:
+    return Memory(saved_bytes(f, x), peak_bytes(step, x.device))
 
 
 def loglog_slope(xs: list[float], ys: list[float]) -> float:

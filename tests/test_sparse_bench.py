@@ -29,7 +29,7 @@ def test_layers_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     lora = run["main"][0]
     assert lora["over_floor"] == pytest.approx(1.0) and lora["mac_ratio"] == 1.0
     for r in run["main"]:
-        assert r["delta"]["seconds"] > 0 and r["delta"]["saved_bytes"] > 0 and r["vs_peft"] > 0
+        assert r["delta_s"] > 0 and r["memory"]["saved_bytes"] > 0 and r["vs_peft"] > 0
     assert {r["shape"]["E"] for r in run["experts"]} == {2, 4}
 
 
