@@ -14,8 +14,8 @@ experts. Two torch primitives do it without a loop over experts or tokens:
   the (token, slot) pairs are sorted by expert into an (E, C, n) block of rows (C the largest expert
   load), one `bmm` against the (E, d, n) stacked factors, and the k·d results gathered back.
 
-The top-k indices are `torch.topk`'s, the same rule (and the same tie order) as the dense gate's, so the
-two paths select the same experts. Which path runs is decided per call by `use_sparse`: the fraction
+The k experts are chosen by the dense gate's rule (`maps.topk_mask`: a stable descending sort, ties
+to the lowest index), so the two paths select the same experts, exactly k, whatever the ties. Which path runs is decided per call by `use_sparse`: the fraction
 k/E at or below `SPARSE_MAX_FRACTION` (CoMoL: `COMOL_MAX_FRACTION`) and at least `SPARSE_MIN_TOKENS`
 tokens, all measured (docs/performance.md, benchmarks/sparse_crossover.py); inside torch.func transforms or forward-mode AD
 the dense path always runs. `sparse_mode("dense" | "sparse" | "auto")` overrides the choice in a block.
@@ -85,9 +85,13 @@ def use_sparse(router: SoftmaxRouter, x: Tensor, max_fraction: float = SPARSE_MA
 
 
 def topk_route(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Logits (T, E) -> (idx (T, k) from torch.topk, w (T, k) = softmax of the k kept logits)."""
-    v, idx = torch.topk(logits, k, dim=-1)
-    return idx, torch.softmax(v, dim=-1)
+    """Logits (T, E) -> (idx (T, k), w (T, k) = softmax of the k kept logits).
+
+    The k experts are those of `maps.topk_mask` (the dense gate's rule): a stable descending sort, so
+    ties go to the lowest expert index and exactly k are kept.
+    """
+    idx = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :k]
+    return idx, torch.softmax(logits.gather(-1, idx), dim=-1)
 
 
 def expert_columns(idx: Tensor, width: int) -> Tensor:

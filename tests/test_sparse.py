@@ -30,6 +30,7 @@ from moelora_core import (
     TalkLoRAConfig,
     sparse,
 )
+from moelora_core.maps import topk_mask
 
 TOL = 1e-10  # float64; both paths sum the same k products in a different order
 ARCHS = ("moelora-input", "moelora-latent", "hydralora", "talklora", "comol-cr", "comol-nocr")
@@ -162,11 +163,27 @@ def test_dense_below_crossover_and_inside_transforms() -> None:
         pass
 
 
-def test_exactly_k_experts_on_ties() -> None:
-    """Tied logits: torch.topk's indices keep exactly k experts, weights summing to 1."""
-    idx, w = sparse.topk_route(torch.zeros(3, 5, dtype=torch.float64), 2)
-    assert idx.shape == (3, 2) and torch.allclose(w.sum(-1), torch.ones(3, dtype=torch.float64))
-    assert all(len(set(row.tolist())) == 2 for row in idx)
+def test_exactly_k_experts_on_ties_same_as_dense_gate() -> None:
+    """Tied logits: the sparse route keeps the dense gate's k experts (`topk_mask`), weights sum to 1."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (200, 6), generator=gen).to(torch.float64)  # many ties
+    for k in range(1, 6):
+        idx, w = sparse.topk_route(logits, k)
+        mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, idx, True)
+        assert torch.equal(mask, topk_mask(logits, k))
+        torch.testing.assert_close(w.sum(-1), torch.ones(200, dtype=torch.float64))
+    mod = MoELoRA(
+        MoELoRAConfig(in_features=3, out_features=2, num_experts=4, expert_rank=1, top_k=2)
+    )
+    mod = mod.to(torch.float64).randomize_(1)
+    assert mod.router is not None
+    with torch.no_grad():
+        mod.router.logits.weight.zero_()  # every logit ties: experts 0 and 1 by the rule
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with sparse.sparse_mode("dense"):
+        ref = mod(x)
+    with sparse.sparse_mode("sparse"):
+        torch.testing.assert_close(mod(x), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_large_batch_float32_auto_path() -> None:
