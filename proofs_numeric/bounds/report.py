@@ -541,7 +541,7 @@ def _local_report(
         rep.notes.append(f"no local bound on Δ: {e}")
         return None
     check_factors(work, fac, seed=seed)
-    lb, per_centre = local_bounds(fac, centres, R, effective_matrix(logit_factors(work)))
+    lb, per_centre = local_bounds(fac, centres, R, logit_factors(work))
     timings["local_certified"] = time.perf_counter() - t
     t = time.perf_counter()
     k = min(local_samples, centres.shape[0])
