@@ -44,13 +44,14 @@ from .rigorous import (
     exact,
     exact_t,
     frob_upper,
+    half_up,
     matmul,
     norm_upper,
     normalise,
     scale_up,
     up,
 )
-from .spectral import F64, SOFTMAX_LIP, certify, spectral_norm
+from .spectral import F64, certify, spectral_norm
 
 RANK_RTOL = 1e-9  # relative singular-value threshold for rank(Π L)
 ALIGN_TOL = 1e-9  # pair alignment below 1 − ALIGN_TOL: the centred bound is not attained
@@ -183,7 +184,7 @@ def bounds_for(factors: Sequence[LinearMap]) -> RouterBounds:
     L_enc, e = chain_enclosure(mats, centred=False)
     C_enc, _ = chain_enclosure(mats, centred=True)
     E = C_enc.mid.shape[0]
-    product = certify(SOFTMAX_LIP * prod)
+    product = certify(half_up(prod))  # ½ ∏ ‖F_k‖₂
     logit_norm = min(certified_norm(L_enc, e), 2 * product)  # ‖L‖₂ <= ∏‖F_k‖₂
     centred_norm = min(certified_norm(C_enc, e), logit_norm)  # ‖ΠL‖₂ <= ‖L‖₂
     methods["L"], methods["ΠL"] = "enclosure", "enclosure"
@@ -195,8 +196,8 @@ def bounds_for(factors: Sequence[LinearMap]) -> RouterBounds:
     return RouterBounds(
         num_experts=E,
         product=product,
-        effective=SOFTMAX_LIP * logit_norm,
-        centred=SOFTMAX_LIP * centred_norm,
+        effective=half_up(logit_norm),
+        centred=half_up(centred_norm),
         factor_norms=norms,
         logit_norm=logit_norm,
         centred_norm=centred_norm,
@@ -257,9 +258,9 @@ def talk_bounds(t: TalkLoRA) -> TalkBounds:
     C = centre_rows(exact(Ws))  # (E_out, E d)
     H = matmul(Enclosure(C.mid.unsqueeze(0), C.rad.unsqueeze(0)), exact_t(K))  # (heads, E_out, d)
     per_head = norm_upper(H) if d > 0 else torch.zeros(E, dtype=F64)
-    head_product = [certify(SOFTMAX_LIP * up(w_norm * scale_up(float(v), et))) for v in att_up]
+    head_product = [certify(half_up(up(w_norm * scale_up(float(v), et)))) for v in att_up]
     head_centred = [
-        min(certify(SOFTMAX_LIP * scale_up(float(v), ew + et)), hp)
+        min(certify(half_up(scale_up(float(v), ew + et))), hp)
         for v, hp in zip(per_head, head_product, strict=True)
     ]
     return TalkBounds(

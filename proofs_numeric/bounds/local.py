@@ -67,10 +67,13 @@ from .rigorous import (
     frob_upper,
     gram_pair_upper,
     hadamard,
+    half_up,
     matmul,
     norm_upper,
+    normalise,
     poly_up,
     scale,
+    scale_up,
     scale_up_t,
     softmax_error,
     sub,
@@ -92,11 +95,14 @@ class ExpertFactors:
     shared_v: bool = False  # all V_i equal (HydraLoRA, CoMoL): ΔW(x) = (Σ_i g_i U_i) V
     U_rad: Tensor | None = None  # |U_exact − U| <= U_rad (U computed from the weights); None: exact
 
-    @property
-    def u_enclosure(self) -> Enclosure:
-        """U with the rounding of its computation (the exact real U_i for the float weights)."""
+    @cached_property
+    def scaled(self) -> tuple[Enclosure, Tensor, int]:
+        """(U', V', e) with U_i V_i = 2^e U'_i V'_i: U (with its rounding) and V scaled by exact
+        powers of 2 (the radius rounded upwards), so that Gram products stay in range."""
         rad = torch.zeros_like(self.U) if self.U_rad is None else self.U_rad
-        return Enclosure(self.U, rad)
+        Us, eu = normalise(self.U)
+        Vs, ev = normalise(self.V)
+        return Enclosure(Us, scale_up_t(rad, -eu) if eu else rad), Vs, eu + ev
 
     @property
     def num_experts(self) -> int:
@@ -108,17 +114,18 @@ class ExpertFactors:
 
     @cached_property
     def grams(self) -> tuple[Enclosure, Enclosure]:
-        """Enclosures of G_U = U_catᵀ U_cat and G_V = V_st V_stᵀ (Ek x Ek each), computed once."""
+        """Enclosures of G_U = U'_catᵀ U'_cat and G_V = V'_st V'_stᵀ (Ek x Ek each) for the scaled
+        factors (`scaled`: the norms built from them are 2^-e times the true ones), computed once."""
         E, m, k = self.U.shape
-        Ue = self.u_enclosure
+        Ue, V, _ = self.scaled
         Ucat = Enclosure(*(t.permute(1, 0, 2).reshape(m, E * k) for t in (Ue.mid, Ue.rad)))
         ones = torch.ones(E, E, dtype=F64)
         if self.shared_v:
-            V0 = exact(self.V[0])
+            V0 = exact(V[0])
             g = matmul(V0, V0.T)
             GV = Enclosure(torch.kron(ones, g.mid), torch.kron(ones, g.rad))
         else:
-            Vst = exact(self.V.reshape(E * k, -1))  # (Ek, n)
+            Vst = exact(V.reshape(E * k, -1))  # (Ek, n)
             GV = matmul(Vst, Vst.T)
         return matmul(Ucat.T, Ucat), GV
 
@@ -236,13 +243,23 @@ def stack_norms(f: ExpertFactors) -> StackNorms:
     bu, bv = _block(GU, E, k), _block(GV, E, k)
     diag_u = Enclosure(bu.mid[idx, idx], bu.rad[idx, idx])
     diag_v = Enclosure(bv.mid[idx, idx], bv.rad[idx, idx])
-    per = up_sqrt(gram_pair_upper(diag_u, diag_v))  # (E,) ‖U_i V_i‖₂
+    e = f.scaled[2]
+    per = scale_up_t(up_sqrt(gram_pair_upper(diag_u, diag_v)), e)  # (E,) ‖U_i V_i‖₂
     eye = torch.eye(E, dtype=F64)
     ones = torch.ones(k, k, dtype=F64)
-    stack = up_sqrt(gram_pair_upper(GU, hadamard(GV, torch.kron(eye, ones))))
-    EPi = torch.kron(E * eye - torch.ones(E, E, dtype=F64), ones)
-    lam_c = up(float(gram_pair_upper(GU, hadamard(GV, EPi))) / E)
-    stack_c = min(up(math.sqrt(lam_c)), float(stack))  # ‖𝒫(Π⊗I)‖₂ <= ‖𝒫‖₂
+    stack = scale_up_t(up_sqrt(gram_pair_upper(GU, hadamard(GV, torch.kron(eye, ones)))), e)
+    if f.shared_v:  # P_i − P̄ = (U_i − Ū) V: centre the U_i first (no cancellation)
+        Ue, _, _ = f.scaled
+        m = Ue.mid.shape[1]
+        Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
+        Ucat = Enclosure(
+            *(t.view(E, m, k).permute(1, 0, 2).reshape(m, E * k) for t in (Uc.mid, Uc.rad))
+        )
+        lam_c = float(gram_pair_upper(matmul(Ucat.T, Ucat), hadamard(GV, torch.kron(eye, ones))))
+    else:
+        EPi = torch.kron(E * eye - torch.ones(E, E, dtype=F64), ones)
+        lam_c = up(float(gram_pair_upper(GU, hadamard(GV, EPi))) / E)
+    stack_c = min(scale_up(up(math.sqrt(lam_c)), e), float(stack))  # ‖𝒫(Π⊗I)‖₂ <= ‖𝒫‖₂
     experts = [certify(float(v)) for v in per]
     return StackNorms(max(experts), experts, certify(float(stack)), certify(stack_c))
 
@@ -251,8 +268,12 @@ def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Te
     """Certified ‖Y_c(x)‖₂ = ‖[(P_1 − P̄) x … (P_E − P̄) x]‖₂ per row of X (N, n), float64, (N,):
     Y(x)ᵀ = [U_i (V_i x)]ᵀ enclosed, its E rows centred (Π), then norm_upper."""
     E, m, _ = f.U.shape
-    Ue = f.u_enclosure
-    V = exact(f.V[:1] if f.shared_v else f.V)  # (E or 1, k, n)
+    Ue, Vs, e = f.scaled
+    V = exact(Vs[:1] if f.shared_v else Vs)  # (E or 1, k, n)
+    if f.shared_v:  # (P_i − P̄) x = (U_i − Ū)(V x): centre the U_i first (no cancellation)
+        k = Ue.mid.shape[-1]
+        Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
+        Ue = Enclosure(Uc.mid.view(E, m, k), Uc.rad.view(E, m, k))
     out = []
     rows = max(1, min(chunk, 2**21 // max(1, E * m)))
     for X_ in X.to("cpu", F64).split(rows):
@@ -261,7 +282,8 @@ def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Te
             z = Enclosure(z.mid.expand(E, -1, -1), z.rad.expand(E, -1, -1))
         Y = matmul(Ue, z)  # (E, m, b): P_i x
         Yt = Enclosure(*(t.permute(2, 0, 1) for t in (Y.mid, Y.rad)))  # (b, E, m)
-        out.append(norm_upper(centre_rows(Yt)))
+        Yc = Yt if f.shared_v else centre_rows(Yt)  # rows (P_i − P̄) x
+        out.append(scale_up_t(norm_upper(Yc), e))
     return torch.cat(out) if out else torch.zeros(0, dtype=F64)
 
 
@@ -275,15 +297,15 @@ def mixed_norm_fn(f: ExpertFactors) -> Callable[[Tensor], Tensor] | None:
     E, m, k = f.U.shape
     GU, GV = f.grams
     if f.shared_v:  # (Σ g_i U_i) V: k x k per row
-        Ue = f.u_enclosure
+        Ue, Vs, e = f.scaled
         Uflat = Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k))
-        V0 = exact(f.V[0])
+        V0 = exact(Vs[0])
         CV = matmul(V0, V0.T)
 
         def shared(g: Tensor) -> Tensor:
             Ug = matmul(exact(g), Uflat)  # (b, m k): Σ_i g_i U_i
             Ug = Enclosure(Ug.mid.view(-1, m, k), Ug.rad.view(-1, m, k))
-            return up_sqrt(gram_pair_upper(matmul(Ug.T, Ug), CV))
+            return scale_up_t(up_sqrt(gram_pair_upper(matmul(Ug.T, Ug), CV)), e)
 
         return shared
     if E * k > MIXED_MAX:
@@ -292,7 +314,7 @@ def mixed_norm_fn(f: ExpertFactors) -> Callable[[Tensor], Tensor] | None:
     def general(g: Tensor) -> Tensor:
         w = exact(g).mid.repeat_interleave(k, dim=-1)  # (b, Ek): g ⊗ 1_k (exact copies)
         C = hadamard(hadamard(GV, w.unsqueeze(-1)), w.unsqueeze(-2))  # D_g GV D_g
-        return up_sqrt(gram_pair_upper(GU, C))
+        return scale_up_t(up_sqrt(gram_pair_upper(GU, C)), f.scaled[2])
 
     return general
 
@@ -334,7 +356,7 @@ def router_terms(L: Tensor | Sequence[LinearMap]) -> tuple[float, float, Enclosu
     L_enc, e = chain_enclosure(mats, centred=False)
     C_enc, _ = chain_enclosure(mats, centred=True)
     logit_norm = certified_norm(L_enc, e)
-    return SOFTMAX_LIP * logit_norm, min(certified_norm(C_enc, e), logit_norm), C_enc, e
+    return half_up(logit_norm), min(certified_norm(C_enc, e), logit_norm), C_enc, e
 
 
 def pair_distances(C: Enclosure, e: int) -> Tensor:
@@ -355,7 +377,7 @@ def local_bounds(
     as exact. Everything is an upper bound on the exact real value (rigorous.py), on the CPU."""
     sn = stack_norms(f)
     eff, cen_norm, C_enc, e = router_terms(L)
-    cen = SOFTMAX_LIP * cen_norm
+    cen = half_up(cen_norm)
     X = centres.detach().to("cpu", F64)
     cn = frob_upper(exact_t(X.unsqueeze(-2)))  # (N,) certified ‖c_k‖
     yc = centred_response_norms(f, X)  # (N,)

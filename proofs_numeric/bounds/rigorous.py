@@ -259,3 +259,9 @@ def softmax_error(Z: Enclosure) -> tuple[Tensor, Tensor, Tensor]:
     dev = torch.maximum(p_up - p_hat, p_hat - p_lo).clamp_min(0.0)
     l1 = _bound((dev + U_ROUND * (p_up + p_hat)).sum(-1), E + 4)
     return p_hat, _finite(p_up, "routing bound"), l1
+
+
+def half_up(x: float) -> float:
+    """An upper bound on x/2 (exact unless x is subnormal with an odd last bit)."""
+    y = 0.5 * x
+    return y if 2.0 * y == x else up(y)
