@@ -31,6 +31,7 @@ from moelora_core.talklora import TalkLoRA
 from proofs_numeric.bounds import (
     expert_factors,
     head_bounds,
+    layer_report,
     local_bounds,
     router_bounds,
     stack_norms,
@@ -39,6 +40,7 @@ from proofs_numeric.bounds import (
 from proofs_numeric.bounds.certified import effective_matrix, logit_factors
 from proofs_numeric.bounds.claims import ARCHS, build, randomized
 from proofs_numeric.bounds.local import centred_response_norms, mixed_norm_fn
+from proofs_numeric.bounds.report import check_consistent
 from proofs_numeric.bounds.rigorous import CertificateError
 from proofs_numeric.bounds.spectral import centring
 
@@ -339,3 +341,39 @@ def test_not_loose_on_well_conditioned_cases(arch: str) -> None:
         for what, cert, true in items:
             if not what.startswith("local"):
                 assert at_least(cert, true, what) <= 1 + 1e-9, f"{what}: {cert} vs {true}"
+
+
+def test_report_refuses_a_certificate_on_overflow() -> None:
+    """Router weights near the float64 limit: ½‖L‖₂ is not representable, so the report says so
+    (upper None, the reason in notes) instead of returning a number."""
+    a = Adv("moelora-latent", 3, 1, 0, 0, False, False).build()
+    with torch.no_grad():
+        for f in logit_factors(a):
+            f.dense().mul_(1e170)
+    rep = layer_report(a, samples=4)
+    assert rep.upper is None and rep.upper_effective is None and rep.upper_product is None
+    assert any("no certificate" in n for n in rep.notes)
+    with pytest.raises(CertificateError, match="overflow"):
+        router_bounds(a)
+
+
+def test_report_on_near_ties_is_consistent() -> None:
+    """A TalkLoRA whose router rows share a component 1e12 times their spread: every searched lower
+    bound is below its certified upper bound, and the certified centred bound is above the exact one."""
+    a = Adv("talklora", 3, 5, 12, 0, False, False).build()
+    X = torch.randn(8, a.in_features, generator=torch.Generator().manual_seed(0), dtype=D)
+    rep = layer_report(a, X, radius=0.5, samples=8)
+    assert rep.lower is not None and rep.upper is not None and rep.lower <= rep.upper
+    assert rep.local is not None and rep.local.lower is not None
+    assert rep.local.lower <= rep.local.adaptive
+    with MP.workdps(DPS):
+        at_least(rep.upper, mp_norm(mp_chain(dense_factors(logit_factors(a)), True)) / 2, "report")
+
+
+def test_consistency_check_refutes_a_lower_bound_above_the_upper() -> None:
+    a = Adv("moelora-input", 3, 2, 0, 0, False, False).build()
+    rep = layer_report(a, samples=4, local=False)
+    assert rep.upper is not None
+    rep.lower = rep.upper * (1 + 1e-12)
+    with pytest.raises(CertificateError, match="refuted"):
+        check_consistent(rep)

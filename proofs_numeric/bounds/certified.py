@@ -49,6 +49,8 @@ from .rigorous import (
     norm_upper,
     normalise,
     scale_up,
+    scale_up_t,
+    sub,
     up,
 )
 from .spectral import F64, certify, spectral_norm
@@ -206,6 +208,26 @@ def bounds_for(factors: Sequence[LinearMap]) -> RouterBounds:
         best_pair=pair,
         methods=methods,
     )
+
+
+def router_terms(L: Tensor | Sequence[LinearMap]) -> tuple[float, float, Enclosure, int]:
+    """Certified ½‖L‖₂, ‖Π L‖₂ and the enclosure (with exponent e) of 2^-e Π L, from the logit
+    map's factors (rows centred before any product) or from L itself, taken as exact."""
+    mats = [L] if isinstance(L, Tensor) else dense_chain(L)
+    L_enc, e = chain_enclosure(mats, centred=False)
+    C_enc, _ = chain_enclosure(mats, centred=True)
+    logit_norm = certified_norm(L_enc, e)
+    return half_up(logit_norm), min(certified_norm(C_enc, e), logit_norm), C_enc, e
+
+
+def pair_distances(C: Enclosure, e: int) -> Tensor:
+    """Certified D_k = max_j ‖l_k − l_j‖₂ (E,) from the enclosure of 2^-e Π L (rows l_k − l̄)."""
+    diff = sub(
+        Enclosure(C.mid.unsqueeze(1), C.rad.unsqueeze(1)),
+        Enclosure(C.mid.unsqueeze(0), C.rad.unsqueeze(0)),
+    )  # (E, E, n)
+    norms = frob_upper(Enclosure(diff.mid.unsqueeze(-2), diff.rad.unsqueeze(-2)))  # (E, E)
+    return scale_up_t(norms.max(dim=1).values, e)
 
 
 def router_bounds(adapter: Adapter) -> RouterBounds:

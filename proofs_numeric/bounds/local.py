@@ -55,10 +55,11 @@ from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoL
 from moelora_core.errors import ConfigError, MoELoRAError, input_checks
 from moelora_core.hydralora import HydraLoRA
-from moelora_core.maps import LinearMap
+from moelora_core.maps import Identity, LinearMap
 from moelora_core.moelora import MoELoRA
 from moelora_core.talklora import TalkLoRA
 
+from .certified import pair_distances, router_terms
 from .rigorous import (
     Enclosure,
     centre_rows,
@@ -76,7 +77,6 @@ from .rigorous import (
     scale_up,
     scale_up_t,
     softmax_error,
-    sub,
     up,
 )
 from .spectral import F64, SOFTMAX_LIP, certify, up_sqrt
@@ -194,8 +194,10 @@ def _factors(a: Adapter) -> ExpertFactors:
 def check_factors(adapter: Adapter, f: ExpertFactors, probes: int = 4, seed: int = 0) -> float:
     """Relative error of Σ_i g_i(x) U_i V_i x against the adapter's Δ(x) on random probes.
 
-    Raises MoELoRAError above FACTOR_CHECK_RTOL (float32) / 1e-10 (float64): the factors the bound
-    is computed from must be the maps the adapter applies.
+    Raises MoELoRAError above FACTOR_CHECK_RTOL (float32) / 1e-10 (float64), plus the effect of the
+    adapter's own rounding of the logits (γ·|F_K|⋯|F_1||x| per logit moves g by at most as much, and
+    Δ by E times that times max_i |P_i x|: large for near-tie routers with a big common component):
+    the factors the bound is computed from must be the maps the adapter applies.
     """
     ref = adapter.reference
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -209,8 +211,21 @@ def check_factors(adapter: Adapter, f: ExpertFactors, probes: int = 4, seed: int
     z = torch.einsum("ekn,bn->bek", f.V, X)  # (probes, E, k): V_i x
     Px = torch.einsum("emk,bek->bem", f.U, z)  # (probes, E, m): P_i x
     ours = torch.einsum("be,bem->bm", gw, Px)
-    err = float((ours - delta).abs().max()) / (1.0 + float(delta.abs().max()))
+    scale = 1.0 + float(delta.abs().max())
+    err = float((ours - delta).abs().max()) / scale
     tol = 1e-10 if ref.dtype == F64 else FACTOR_CHECK_RTOL * 10
+    lm = adapter.router_logit_map()
+    if g is not None and lm is not None:
+        zabs = X.abs().T  # (n, probes): |F_K| ⋯ |F_1| |x|, the scale of the logits' rounding
+        dims = 0
+        for fac in lm.factors():
+            if isinstance(fac, Identity):
+                continue
+            W = fac.dense().detach().to("cpu", F64)
+            zabs, dims = W.abs() @ zabs, dims + W.shape[1]
+        eps = torch.finfo(ref.dtype).eps
+        noise = 4 * gw.shape[1] * dims * eps * float(zabs.max()) * float(Px.abs().max())
+        tol += noise / scale
     if err > tol:
         raise MoELoRAError(
             f"expert factors of {type(adapter).__name__}: relative error {err:.2e} against the "
@@ -345,28 +360,6 @@ class LocalBounds:
 
     def to_dict(self) -> dict[str, object]:
         return {"upper": self.upper, **self.__dict__}
-
-
-def router_terms(L: Tensor | Sequence[LinearMap]) -> tuple[float, float, Enclosure, int]:
-    """Certified ½‖L‖₂, ‖Π L‖₂ and the enclosure (with exponent e) of 2^-e Π L, from the logit
-    map's factors (rows centred before any product) or from L itself, taken as exact."""
-    from .certified import certified_norm, chain_enclosure, dense_chain  # (no import cycle)
-
-    mats = [L] if isinstance(L, Tensor) else dense_chain(L)
-    L_enc, e = chain_enclosure(mats, centred=False)
-    C_enc, _ = chain_enclosure(mats, centred=True)
-    logit_norm = certified_norm(L_enc, e)
-    return half_up(logit_norm), min(certified_norm(C_enc, e), logit_norm), C_enc, e
-
-
-def pair_distances(C: Enclosure, e: int) -> Tensor:
-    """Certified D_k = max_j ‖l_k − l_j‖₂ (E,) from the enclosure of 2^-e Π L (rows l_k − l̄)."""
-    diff = sub(
-        Enclosure(C.mid.unsqueeze(1), C.rad.unsqueeze(1)),
-        Enclosure(C.mid.unsqueeze(0), C.rad.unsqueeze(0)),
-    )  # (E, E, n)
-    norms = frob_upper(Enclosure(diff.mid.unsqueeze(-2), diff.rad.unsqueeze(-2)))  # (E, E)
-    return scale_up_t(norms.max(dim=1).values, e)
 
 
 def local_bounds(
