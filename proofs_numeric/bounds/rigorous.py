@@ -66,8 +66,10 @@ def _finite(t: Tensor, what: str) -> Tensor:
 
 
 def _bound(r: Tensor, k: int) -> Tensor:
-    """Upper bound on the exact value of a radius computed as float sums of <= k rounded terms."""
-    return _finite(r * (1.0 + 2.0 * gamma(k + 8)) + 2.0 * (k + 8) * ETA, "rounding radius")
+    """Upper bound on the exact value of a radius computed as float sums of <= k rounded terms.
+    Not checked here: a non-finite radius propagates (inf, or NaN from inf·0) into every value
+    computed from it, and every public result is checked (`_finite`)."""
+    return r * (1.0 + 2.0 * gamma(k + 8)) + 2.0 * (k + 8) * ETA
 
 
 @dataclass(frozen=True)
@@ -96,25 +98,27 @@ def _is_exact(e: Enclosure) -> bool:
 def matmul(A: Enclosure, B: Enclosure) -> Enclosure:
     """Enclosure of the exact product of any members of A and B (broadcast over batch dims)."""
     k = A.mid.shape[-1]
-    mid = _finite(A.mid @ B.mid, "product")
+    mid = A.mid @ B.mid  # an overflow here makes γ|A||B| (in the radius) non-finite too
     aA, aB = A.mid.abs(), B.mid.abs()
     r = aA @ (B.rad + gamma(k) * aB) if not _is_exact(B) else gamma(k) * (aA @ aB)
     if not _is_exact(A):
         r = r + A.rad @ (aB + B.rad)
-    # entries with no nonzero term are exactly 0 (no underflow allowance needed there)
-    support = (((aA + A.rad) > 0).to(F64) @ ((aB + B.rad) > 0).to(F64)) > 0
-    return Enclosure(mid, _bound(r, 2 * k + 2).masked_fill(~support, 0.0))
+    rad = _bound(r, 2 * k + 2)
+    if not bool(r.all()):  # entries with no nonzero term are exactly 0 (no underflow allowance)
+        support = (((aA + A.rad) > 0).to(F64) @ ((aB + B.rad) > 0).to(F64)) > 0
+        rad = rad.masked_fill(~support, 0.0)
+    return Enclosure(mid, rad)
 
 
 def sub(A: Enclosure, B: Enclosure) -> Enclosure:
     """Enclosure of A − B (one rounding per entry)."""
-    mid = _finite(A.mid - B.mid, "difference")
+    mid = A.mid - B.mid  # non-finite: caught in the radius (u|mid|)
     return Enclosure(mid, _bound(A.rad + B.rad + U_ROUND * mid.abs(), 4))
 
 
 def scale(A: Enclosure, s: float) -> Enclosure:
     """Enclosure of s·A for a float s (one rounding per entry)."""
-    mid = _finite(s * A.mid, "scaled matrix")
+    mid = s * A.mid  # non-finite: caught in the radius (u|mid|)
     return Enclosure(mid, _bound(abs(s) * A.rad + U_ROUND * mid.abs(), 3))
 
 
@@ -128,7 +132,7 @@ def centre_rows(A: Enclosure) -> Enclosure:
     E = A.mid.shape[-2]
     if E == 1:  # Π = 0
         return Enclosure(torch.zeros_like(A.mid), torch.zeros_like(A.mid))
-    R = _finite(A.mid - A.mid.mean(-2, keepdim=True), "centring")
+    R = A.mid - A.mid.mean(-2, keepdim=True)  # non-finite: caught in the radius (u|R|)
     rR = U_ROUND * R.abs()  # |R − (mid − m)| <= u |R| (1 + u), absorbed by _bound
     m2 = R.mean(-2, keepdim=True)
     C = R - m2
@@ -178,16 +182,16 @@ def sym_lmax_upper(S: Enclosure) -> Tensor:
     if p == 0:
         return torch.zeros(S.mid.shape[:-2], dtype=F64)
     Sl = S.mid.tril() + S.mid.tril(-1).transpose(-1, -2)  # the symmetric matrix eigh reads
-    off = frob_upper(Enclosure(S.mid - Sl, S.rad))  # S_true = Sl + Δ, |Δ| <= |mid − Sl| + rad
     w, V = torch.linalg.eigh(Sl)
     VD = V * w.unsqueeze(-2)
     VDe = Enclosure(VD, _bound(U_ROUND * VD.abs(), 2))
-    res = frob_upper(sub(exact_t(Sl), matmul(VDe, exact_t(V.transpose(-1, -2)))))
+    # S_true − V diag(w) Vᵀ, both symmetric, enclosed from S itself (not only its lower triangle)
+    res = frob_upper(sub(S, matmul(VDe, exact_t(V.transpose(-1, -2)))))
     eye = torch.eye(p, dtype=F64).expand_as(Sl)
     d = frob_upper(sub(matmul(exact_t(V.transpose(-1, -2)), exact_t(V)), exact_t(eye)))
     wmax = w[..., -1].clamp_min(0.0)
     top = up_t(wmax * up_t(1.0 + d))
-    return _finite(up_t(up_t(top + res) + off), "eigenvalue bound")
+    return _finite(up_t(top + res), "eigenvalue bound")
 
 
 def exact_t(M: Tensor) -> Enclosure:
@@ -223,7 +227,7 @@ def gram_pair_upper(G: Enclosure, C: Enclosure) -> Tensor:
 
 def hadamard(A: Enclosure, K: Tensor) -> Enclosure:
     """Enclosure of K ∘ A for a float matrix K (exact constants; broadcast)."""
-    mid = _finite(K * A.mid, "Hadamard product")
+    mid = K * A.mid  # non-finite: caught in the radius (u|mid|)
     return Enclosure(mid, _bound(K.abs() * A.rad + U_ROUND * mid.abs(), 3))
 
 
@@ -257,7 +261,7 @@ def softmax_error(Z: Enclosure) -> tuple[Tensor, Tensor, Tensor]:
     p_lo = (1.0 / hi) * (1.0 - 4.0 * U_ROUND)
     p_hat = torch.softmax(Z.mid, dim=-1)
     dev = torch.maximum(p_up - p_hat, p_hat - p_lo).clamp_min(0.0)
-    l1 = _bound((dev + U_ROUND * (p_up + p_hat)).sum(-1), E + 4)
+    l1 = _finite(_bound((dev + U_ROUND * (p_up + p_hat)).sum(-1), E + 4), "routing error")
     return p_hat, _finite(p_up, "routing bound"), l1
 
 
