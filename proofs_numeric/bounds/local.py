@@ -70,13 +70,13 @@ from .rigorous import (
     hadamard,
     half_up,
     matmul,
-    norm_upper,
     normalise,
     poly_up,
     scale,
     scale_up,
     scale_up_t,
     softmax_error,
+    sym_lmax_upper,
     up,
 )
 from .spectral import F64, SOFTMAX_LIP, certify, up_sqrt
@@ -281,24 +281,28 @@ def stack_norms(f: ExpertFactors) -> StackNorms:
 
 def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Tensor:
     """Certified ‖Y_c(x)‖₂ = ‖[(P_1 − P̄) x … (P_E − P̄) x]‖₂ per row of X (N, n), float64, (N,):
-    Y(x)ᵀ = [U_i (V_i x)]ᵀ enclosed, its E rows centred (Π), then norm_upper."""
-    E, m, _ = f.U.shape
+    ‖Y_c‖₂² = λ_max(Π Yᵀ Y Π) with Yᵀ Y = Zᵀ G_U Z, Z = blockdiag(V_i x) (Ek x E), all enclosed.
+    A shared V centres the U_i first (then Yᵀ Y is already centred: no cancellation)."""
+    E, m, k = f.U.shape
     Ue, Vs, e = f.scaled
     V = exact(Vs[:1] if f.shared_v else Vs)  # (E or 1, k, n)
-    if f.shared_v:  # (P_i − P̄) x = (U_i − Ū)(V x): centre the U_i first (no cancellation)
-        k = Ue.mid.shape[-1]
+    if f.shared_v:  # (P_i − P̄) x = (U_i − Ū)(V x)
         Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
-        Ue = Enclosure(Uc.mid.view(E, m, k), Uc.rad.view(E, m, k))
+        Ucat = Enclosure(*(t.view(E, m, k).permute(1, 0, 2).reshape(m, E * k) for t in Uc.pair))
+        G = matmul(Ucat.T, Ucat)  # (Ek, Ek)
+    else:
+        G = f.grams[0]
+    eye = torch.eye(E, dtype=F64)
     out = []
-    rows = max(1, min(chunk, 2**21 // max(1, E * m)))
-    for X_ in X.to("cpu", F64).split(rows):
-        z = matmul(V, exact_t(X_.T.unsqueeze(0).contiguous()))  # (E, k, b): V_i x
-        if f.shared_v:
-            z = Enclosure(z.mid.expand(E, -1, -1), z.rad.expand(E, -1, -1))
-        Y = matmul(Ue, z)  # (E, m, b): P_i x
-        Yt = Enclosure(*(t.permute(2, 0, 1) for t in (Y.mid, Y.rad)))  # (b, E, m)
-        Yc = Yt if f.shared_v else centre_rows(Yt)  # rows (P_i − P̄) x
-        out.append(scale_up_t(norm_upper(Yc), e))
+    for X_ in X.to("cpu", F64).split(chunk):
+        z = matmul(V, exact_t(X_.T.unsqueeze(0).contiguous()))  # (E or 1, k, b): V_i x
+        zb = [t.permute(2, 0, 1).expand(-1, E, -1) for t in z.pair]  # (b, E, k)
+        # Z = blockdiag(z_1 … z_E): (b, Ek, E), exact copies and zeros
+        Z = Enclosure(*((t.unsqueeze(-1) * eye[:, None, :]).reshape(-1, E * k, E) for t in zb))
+        YtY = matmul(Z.T, matmul(G, Z))  # (b, E, E)
+        if not f.shared_v:
+            YtY = centre_rows(centre_rows(YtY).T)  # Π Yᵀ Y Π
+        out.append(scale_up_t(up_sqrt(sym_lmax_upper(YtY)), e))
     return torch.cat(out) if out else torch.zeros(0, dtype=F64)
 
 

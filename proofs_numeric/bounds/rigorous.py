@@ -80,6 +80,10 @@ class Enclosure:
     rad: Tensor
 
     @property
+    def pair(self) -> tuple[Tensor, Tensor]:
+        return self.mid, self.rad
+
+    @property
     def T(self) -> Enclosure:
         return Enclosure(self.mid.transpose(-1, -2), self.rad.transpose(-1, -2))
 
