@@ -171,9 +171,11 @@ def where_raised(exc: BaseException) -> str:
 
 
 def summarise(exc: BaseException) -> str:
-    """One line: the exception type, its first message line, and where it was raised."""
+    """One line: the exception type, its first message line, and where it was raised (not for a
+    `ClaimError`, whose message names the declaration's problem)."""
     msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0] if msg else ''} ({where_raised(exc)})"
+    text = f"{type(exc).__name__}: {msg[0] if msg else ''}"
+    return text if isinstance(exc, ClaimError) else f"{text} ({where_raised(exc)})"
 
 
 @dataclass
@@ -192,16 +194,16 @@ def _phase(claim: Claim[T], strategy: SearchStrategy[T], n: int, run: _Run) -> s
     """Run `claim.case` on `n` instances of `strategy`; '' if none failed, else the Hypothesis error."""
 
     def one(example: T) -> None:
-        if not run.failed:
-            run.cases += 1
         try:
             out = claim.case(example)
         except HypothesisException:
-            raise  # reject() / assume(): Hypothesis draws another instance
+            raise  # reject() / assume(): Hypothesis draws another instance (not a tried case)
         except Exception as e:
+            run.cases += not run.failed
             run.failed = True
             run.errors.append((example, e))
             raise _Errored(summarise(e)) from e
+        run.cases += not run.failed  # shrinking runs (after the first failure) are not counted
         run.tol = out.tolerance
         run.max_err = max(run.max_err, out.error) if math.isfinite(out.error) else math.inf
         if not out.ok:
