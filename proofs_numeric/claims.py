@@ -26,6 +26,7 @@ from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 
 from .bounds.claims import BOUND_CLAIMS
 from .checking import EXACT_TOL, Claim, Outcome, exact
+from .claims_theta import THETA_CLAIMS
 from .complexity import counted_macs_per_token, limit_ratio, macs_formula, same_theta, theta_degree
 from .function_class import analytic_jacobian, autograd_jacobian, dependence_rank
 from .strategies import (
@@ -690,6 +691,7 @@ CORE_CLAIMS: list[Claim[Any]] = [
         "refuted",
         "delta_weight_consistent",
     ),
+    *THETA_CLAIMS,
 ]
 
 

@@ -1,11 +1,17 @@
 """Asymptotic-complexity checks on sympy expressions.
 
-`theta_degree(expr, var)` is the polynomial degree of `expr` in `var` (the others held fixed), the
-quantity that decides Θ-classes such as Θ(N·r) vs Θ(N·n). `same_theta(f, g, vars)` decides f = Θ(g)
-as all `vars` grow, each at its own rate: lim f/g must be finite and non-zero along every path
-`v = t^(a_v)`, t -> ∞, for all exponent vectors a ∈ {1, 2}^k (so Θ(N·r) and Θ(N·n) differ: along
-r = t², n = t their ratio diverges). For polynomials with positive coefficients these paths probe the
-leading monomials in every direction that matters at this size; it is a necessary condition in general.
+`same_theta(f, g, variables, assume=...)` *decides* f = Θ(g) as all `variables` grow (each at its own
+rate) on `[1, ∞)^k`, restricted by monomial-order assumptions such as `r <= n`; `big_o` decides f = O(g).
+The procedure (`proofs_numeric.theta`) compares Newton polytopes with an exact LP, for polynomial and
+rational expressions with rational exponents; outside that class (log, a difference whose sign is not
+decided, a coefficient of unknown sign) it raises `ThetaUndecided` rather than guess.
+
+`theta_path_refuter(f, g, vars)` is the old path test, kept as a fast *refuter* only: it looks for a path
+`v = t^(a_v)`, a ∈ {1, 2}^k, along which lim f/g is 0 or ∞. A path found refutes f = Θ(g); none found
+proves nothing (n⁶ + r⁵ and n⁶ + r⁵ + n³r³ pass every such path, yet their ratio is unbounded along
+n = t^10, r = t^13).
+
+`theta_degree(expr, var)` is the polynomial degree of `expr` in `var` (the others held fixed).
 `limit_ratio(f, g, grow)` is lim f/g as the variables in `grow` go to infinity together (the others
 fixed). `macs_formula(adapter)` is the per-token multiply–add count of the forward pass, which the suite
 compares with torch's FLOP counter.
@@ -14,7 +20,7 @@ compares with torch's FLOP counter.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sympy as sp
@@ -29,6 +35,20 @@ from moelora_core.hydralora import HydraLoRA
 from moelora_core.lora import LoRA
 from moelora_core.moelora import MoELoRA
 from moelora_core.talklora import TalkLoRA
+
+from .theta import Assumption, ThetaUndecided, big_o_region, region
+
+__all__ = [
+    "Assumption",
+    "ThetaUndecided",
+    "big_o",
+    "counted_macs_per_token",
+    "limit_ratio",
+    "macs_formula",
+    "same_theta",
+    "theta_degree",
+    "theta_path_refuter",
+]
 
 _t = sp.Symbol("t", positive=True)
 
@@ -46,15 +66,61 @@ def limit_ratio(f: sp.Expr, g: sp.Expr, grow: Iterable[sp.Symbol]) -> sp.Expr:
     return sp.limit(sp.simplify((f / g).subs(sub)), _t, sp.oo)
 
 
-def same_theta(f: sp.Expr, g: sp.Expr, variables: Iterable[sp.Symbol]) -> bool:
-    """f = Θ(g) as all `variables` grow: 0 < lim f/g < ∞ along several scaling directions."""
+def big_o(
+    f: sp.Expr, g: sp.Expr, variables: Iterable[sp.Symbol], *, assume: Sequence[Assumption] = ()
+) -> bool:
+    """Decide f = O(g) as all `variables` -> ∞ on [1, ∞)^k under `assume` (sympy relations or strings
+    such as "r <= n"); raises `ThetaUndecided` outside the decidable class."""
+    return big_o_region(sp.sympify(f), sp.sympify(g), region(variables, assume))
+
+
+def same_theta(
+    f: sp.Expr, g: sp.Expr, variables: Iterable[sp.Symbol], *, assume: Sequence[Assumption] = ()
+) -> bool:
+    """Decide f = Θ(g) (f = O(g) and g = O(f)) as all `variables` -> ∞ under `assume`."""
+    reg = region(variables, assume)
+    f, g = sp.sympify(f), sp.sympify(g)
+    return big_o_region(f, g, reg) and big_o_region(g, f, reg)
+
+
+def theta_path_refuter(
+    f: sp.Expr, g: sp.Expr, variables: Iterable[sp.Symbol]
+) -> dict[sp.Symbol, int] | None:
+    """A path v = t^a (a ∈ {1, 2}^k) along which lim f/g is 0 or ∞ (refuting f = Θ(g)), or None.
+
+    None proves nothing: this is a necessary condition only (see the module docstring)."""
     vs = list(variables)
     for exponents in itertools.product((1, 2), repeat=len(vs)):
         sub = {v: _t**a for v, a in zip(vs, exponents, strict=True)}
-        lim = sp.limit(sp.cancel((f / g).subs(sub)), _t, sp.oo)
-        if lim in (0, sp.oo, -sp.oo, sp.zoo, sp.nan) or not lim.is_finite or lim <= 0:
-            return False
-    return True
+        if not _positive_finite_limit(sp.cancel((f / g).subs(sub))):
+            return dict(zip(vs, exponents, strict=True))
+    return None
+
+
+def _positive_finite_limit(ratio: sp.Expr) -> bool:
+    """0 < lim_{t->∞} ratio(t) < ∞; by leading terms for a rational function of t, else sp.limit."""
+    num, den = sp.fraction(sp.together(ratio))
+    try:
+        pn, pd = sp.Poly(num, _t), sp.Poly(den, _t)
+    except sp.PolynomialError:
+        pn = pd = None
+    if (
+        pn is not None
+        and pd is not None
+        and not pn.free_symbols_in_domain | pd.free_symbols_in_domain
+    ):
+        lim = (
+            sp.oo
+            if pn.degree() > pd.degree()
+            else sp.Integer(0)
+            if pn.degree() < pd.degree()
+            else None
+        )
+        if lim is None:
+            lim = pn.LC() / pd.LC()
+    else:
+        lim = sp.limit(ratio, _t, sp.oo)
+    return not (lim in (0, sp.oo, -sp.oo, sp.zoo, sp.nan) or not lim.is_finite or lim <= 0)
 
 
 def macs_formula(adapter: Adapter) -> sp.Expr:
