@@ -231,7 +231,9 @@ VARIANT = v.Variant(
             "gate_is_a_distribution",
             gate_is_a_distribution,
             tol=1e-12,
-            where=lambda c: c.tau_max < 1 / c.num_experts,  # as above: at τ = 1/E every g_i can be 0
+            where=lambda c: (
+                c.tau_max < 1 / c.num_experts
+            ),  # as above: at τ = 1/E every g_i can be 0
         ),
         v.lipschitz_bound(
             half_router_norm,

@@ -5,7 +5,6 @@ assumptions such as `assume="r <= n"`)."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -191,15 +190,6 @@ def theta_witness(f: sp.Expr, g: sp.Expr, vs: list[sp.Symbol]) -> str:
     return "every path gives a positive finite limit"
 
 
-def theta_under(f: sp.Expr, g: sp.Expr, vs: list[sp.Symbol], assume: tuple[sp.Basic, ...]) -> bool:
-    if not assume:
-        return same_theta(f, g, vs)
-    if "assume" not in inspect.signature(same_theta).parameters:
-        raise ClaimError("complexity(assume=...): this complexity.same_theta takes no assumptions")
-    decide: Callable[..., bool] = same_theta
-    return decide(f, g, vs, assume=assume)
-
-
 def complexity(
     expr: sp.Expr | str | None,
     theta: sp.Expr | str,
@@ -228,7 +218,7 @@ def complexity(
         key = sp.srepr(fx)
         if key not in memo:
             vs = variables_of(variables, fx, g)
-            ok = theta_under(fx, g, vs, rels)
+            ok = same_theta(fx, g, vs, assume=rels)
             why = "" if ok else "; " + (theta_witness(fx, g, vs) if not rels else "not Θ" + regime)
             memo[key] = ok, f"f = {fx}, g = {g}, variables {[v.name for v in vs]}{regime}{why}"
         ok, detail = memo[key]

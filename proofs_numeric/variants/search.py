@@ -147,7 +147,9 @@ def ascend(a: Adapter, x: Tensor, margin: Callable[[Tensor], object], steps: int
         return _ascend(params, x, margin, steps)
 
 
-def _ascend(params: Sequence[Tensor], x: Tensor, margin: Callable[[Tensor], object], steps: int) -> int:
+def _ascend(
+    params: Sequence[Tensor], x: Tensor, margin: Callable[[Tensor], object], steps: int
+) -> int:
     lr = 0.1
     for k in range(steps):
         xv = x.detach().clone().requires_grad_(True)
