@@ -124,6 +124,6 @@ VARIANT = v.Variant(
             name="energy_lipschitz_everywhere",
             expect="refuted",
             max_examples=40,
-        ),  # fmt: skip
+        ),
     ],
 )
