@@ -38,6 +38,7 @@ from proofs_numeric.variants import (
     lipschitz_bound,
     load_variant,
     load_variants,
+    mac_formula,
     param_formula,
     reduces_to,
     run_variant,
@@ -487,13 +488,16 @@ KEYERROR = textwrap.dedent(
 # ----- the adversarial phase ---------------------------------------------------------------------------
 
 
-def test_param_formula_search_reaches_extreme_sizes() -> None:
-    """A formula right on the declared ranges but wrong beyond n = 16 is refuted at x16 / x256 sizes."""
-    (report,) = run_variant(_lora_variant(param_formula("r*(Min(n, 16) + m)"))).reports
-    assert report.verdict == "refuted" and report.phase == "search"
-    assert "meta=True" in (report.counterexample or "") and "in_features=48" in (
-        report.counterexample or ""
-    )
+@pytest.mark.parametrize("declare", [param_formula, mac_formula])
+def test_formula_search_reaches_extreme_sizes(declare: Any) -> None:
+    """A formula right on the declared ranges but wrong beyond n = 16 is refuted at x16 / x256 sizes
+    (counted on the meta device); the right formula holds there too."""
+    decls = declare("r*(n + m)"), declare("r*(Min(n, 16) + m)")
+    right, wrong = run_variant(_lora_variant(*decls)).reports
+    assert right.holds and right.search_cases > 0
+    assert wrong.verdict == "refuted" and wrong.phase == "search"
+    text = wrong.counterexample or ""
+    assert "meta=True" in text and "in_features=48" in text
 
 
 def test_ascent_climbs_a_differentiable_margin() -> None:

@@ -27,6 +27,7 @@ VERDICTS: dict[str, tuple[int, dict[str, str]]] = {
     }),
     "regime_variant.py": (0, {
         "core_lora.param_formula": "holds",
+        "core_lora.mac_formula": "holds",
         "core_lora.params_theta_assuming_r_le_n": "holds",
         "core_lora.params_theta": "refuted",
         "core_lora.params_at_most_twice_lora": "holds",

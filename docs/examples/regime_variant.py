@@ -4,7 +4,7 @@ Lipschitz claim; beside each, the same claim without its regime, declared `expec
 A DenseLoRA-style core between the LoRA factors:
 
     Δ(x) = s · B M A x        A: r x n,  M: r x r (the core),  B: m x r
-    parameters r(n + m) + r²
+    parameters r(n + m) + r², and as many multiply-adds per token
 
 * `params_theta_assuming_r_le_n`: r(n + m) + r² = Θ(r(n + m)) assuming r <= n (then r² <= r·n); without
   the assumption it is false (r² dominates as r outgrows n and m).
@@ -98,6 +98,7 @@ VARIANT = v.Variant(
     shapes={"in_features": (1, 4), "out_features": (1, 4), "rank": (1, 10), "scale": [1.0, 0.5]},
     claims=[
         v.param_formula("r*(n + m) + r**2"),
+        v.mac_formula("r*(n + m) + r**2"),  # A, the core, B: one matmul each per token
         v.complexity(
             "r*(n + m) + r**2",
             theta="r*(n + m)",

@@ -26,7 +26,7 @@ from __future__ import annotations
 from ..checking import ClaimError, Outcome
 from .base import Declaration, VariantCase, VariantError, is_variant_file
 from .bounds import LIPSCHITZ_RTOL, lipschitz_bound
-from .formulas import complexity, param_formula
+from .formulas import complexity, mac_formula, param_formula
 from .lipschitz import LipschitzWitness, bounds_search, empirical_lipschitz
 from .loading import load_module, load_variant, load_variants
 from .properties import satisfies
@@ -60,6 +60,7 @@ __all__ = [
     "load_module",
     "load_variant",
     "load_variants",
+    "mac_formula",
     "param_formula",
     "reduces_to",
     "run_variant",

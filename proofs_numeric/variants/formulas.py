@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from moelora_core import symbols as S
 from moelora_core.adapter import Adapter
+from moelora_core.errors import input_checks
 
 from ..checking import Claim, ClaimError, Outcome
-from ..complexity import same_theta
+from ..complexity import counted_macs_per_token, same_theta
 from .base import (
     Declaration,
     Draw,
@@ -158,23 +159,59 @@ def param_formula(
     def case(v: Any, c: VariantCase) -> Outcome:
         a = c.build()
         f = formula if formula is not None else canonical(a.param_formula(), "param_formula()")
-        vals = instance_values(a, subs)
-        missing = sorted(s.name for s in f.free_symbols if s.name not in vals)
-        if missing:
-            raise ClaimError(
-                f"param_formula {sstr(f)}: no value for symbol(s) {missing}; known {sorted(vals)}: "
-                "pass subs=lambda config: {...}"
-            )
-        value = f.xreplace({s: vals[s.name] for s in f.free_symbols})
-        counted = a.num_trainable_params()
-        at = ", ".join(
-            f"{s.name}={vals[s.name]}" for s in sorted(f.free_symbols, key=lambda s: s.name)
-        )
-        detail = f"counted {counted} (num_trainable_params()), formula {sstr(f)} = {value} at {at}"
-        return Outcome(float(abs(counted - value)), 0.0, detail)
+        return formula_outcome(a, f, subs, a.num_trainable_params(), "num_trainable_params()")
 
     draw = Draw(shapes, None, where, max_examples, search="sizes")
     return instance_declaration("param_formula", name, text, expect, draw, case, False)
+
+
+def formula_outcome(
+    a: Adapter, f: sp.Expr, subs: Callable[[Any], Mapping[Any, int]] | None, counted: int, how: str
+) -> Outcome:
+    """|counted - f(instance's values)|, exact; ClaimError for a symbol with no value."""
+    vals = instance_values(a, subs)
+    missing = sorted(s.name for s in f.free_symbols if s.name not in vals)
+    if missing:
+        raise ClaimError(
+            f"formula {sstr(f)}: no value for symbol(s) {missing}; known {sorted(vals)}: "
+            "pass subs=lambda config: {...}"
+        )
+    value = f.xreplace({s: vals[s.name] for s in f.free_symbols})
+    at = ", ".join(f"{s.name}={vals[s.name]}" for s in sorted(f.free_symbols, key=lambda s: s.name))
+    detail = f"counted {counted} ({how}), formula {sstr(f)} = {value} at {at}"
+    return Outcome(float(abs(counted - value)), 0.0, detail)
+
+
+def mac_formula(
+    expr: sp.Expr | str | None = None,
+    *,
+    subs: Callable[[Any], Mapping[Any, int]] | None = None,
+    name: str = "mac_formula",
+    statement: str | None = None,
+    expect: str = "holds",
+    shapes: Mapping[str, Any] | None = None,
+    where: Callable[[Any], bool] | None = None,
+    max_examples: int | None = None,
+) -> Declaration:
+    """Matmul multiply-adds per token of the forward pass (`complexity.counted_macs_per_token`: the
+    FLOPs torch dispatches for 2 tokens minus 1 token, halved) == `expr` (None: the adapter's own
+    `mac_formula()` method), on drawn instances and, in the adversarial phase, at extreme sizes
+    (counted on the meta device). Symbols as in `param_formula`."""
+    formula = canonical(expr, "mac_formula") if expr is not None else None
+    text = statement or f"matmul MACs per token of {{variant}} = {formula or 'mac_formula()'}"
+
+    def case(v: Any, c: VariantCase) -> Outcome:
+        a = c.build()
+        own = getattr(a, "mac_formula", None)
+        if formula is None and not callable(own):
+            raise ClaimError(f"{type(a).__name__} has no mac_formula() method: pass the formula")
+        f = formula if formula is not None or own is None else canonical(own(), "mac_formula()")
+        with input_checks(False):  # no value checks: the instance may live on the meta device
+            counted = counted_macs_per_token(a)
+        return formula_outcome(a, f, subs, counted, "counted_macs_per_token")
+
+    draw = Draw(shapes, None, where, max_examples, search="sizes")
+    return instance_declaration("mac_formula", name, text, expect, draw, case, False)
 
 
 def theta_witness(f: sp.Expr, g: sp.Expr, vs: list[sp.Symbol]) -> str:
