@@ -165,18 +165,21 @@ def describe_source(variant: Any, c: Case[Any], embed: Callable[[Any], Adapter])
     cfg, imports = config_expression(c.config, variant)
     target = variant.origin or variant.source or "<the variant file or module>"
     fn = named(embed)
-    call = (
-        f"v.module.{fn}(source)" if getattr(variant.module, fn, None) is embed else f"{fn}(source)"
-    )
+    own = getattr(variant.module, fn, None) is embed
+    call = f"v.module.{fn}(source)" if own else f"{fn}(source)  # the embed given to embeds()"
     return "\n".join([
         f"{c!r}",
         "rebuild:",
+        "    import torch",
         "    from proofs_numeric.strategies import Case",
         "    from proofs_numeric.variants import load_variant",
         *(f"    {line}" for line in imports),
         f"    v = load_variant({target!r}, {variant.name!r})",
         f"    case = Case({cfg}, seed={c.seed}, input_seed={c.input_seed}, batch={c.batch})",
-        f"    source, x = case.build(), case.inputs(); embedded = {call}",
+        "    source, x = case.build(), case.inputs()",
+        "    with torch.no_grad():",
+        f"        embedded = {call}",
+        "    print(source(x), embedded(x))  # Δ of the source and of its embedding",
     ])  # fmt: skip
 
 
