@@ -338,6 +338,8 @@ class Variant:
                 f"{where}: no valid config could be drawn; last rejection: "
                 f"{self.why.last or 'none recorded'}"
             ) from None
+        except VariantError as e:  # a config constructor raised something else than a redraw type
+            raise VariantError(f"{where}: {e}") from None
         for batch in PREFLIGHT_BATCHES:
             try:
                 a, x = self.rebuild(config, 0, 0, batch)
