@@ -262,6 +262,11 @@ def complexity(
         return Outcome(0.0 if ok else 1.0, 0.5, detail)
 
     if f is not None:
+        if where is not None:
+            raise VariantError(
+                "complexity(expr, ..., where=...): a symbolic claim has no instances to filter; "
+                "state its regime with assume=, or pass expr=None to check drawn param_formula()s"
+            )
 
         def make(v: Any, full: str) -> Claim[Any]:
             return Claim(full, text, st.just(None), lambda _: verdict(f), exp,
