@@ -566,6 +566,8 @@ def test_complexity_assumptions() -> None:
     reports = run_variant(_lora_variant(holds, fails)).reports
     assert [r.verdict for r in reports] == ["holds", "refuted"]
     assert "assuming r <= n" in reports[0].statement
+    with pytest.raises(VariantError, match="state its regime with assume="):
+        complexity("r*n", "r*n", where=lambda c: True)
 
 
 def test_layer_count_and_config_fields_are_formula_symbols() -> None:
