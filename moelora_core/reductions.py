@@ -15,6 +15,8 @@ Embedding formulas (blocks: A_(i) = i-th row block of A, B_i = i-th column block
 * TalkLoRA -> input-router MoELoRA (any T):    A_i = A_(i),  B_i' = B_i K_i,  W_g = W_r (T ⊗ I) A.
 * CoMoL -> latent-router MoELoRA (core router): r_e = r, A_i = A, B_i = B M_i, W_r' = [W_c 0 ... 0].
   CoMoL w/o core routing -> input-router MoELoRA with W_g unchanged.
+* MoELoRA (N experts of rank r_e) -> CoMoL of rank r = N·r_e: A = [A_1; ...], B = [B_1 ...], block-selector
+  cores M_i, router unchanged (latent -> core router W_c, input -> router on x).
 * CoMoL with N = 1, or all cores equal -> LoRA:  A, B' = B M_1.
 * MoELoRA with E = 1, or identical experts -> LoRA:  A_1, B_1.
 * HydraLoRA with equal heads -> LoRA:  A, B_1.
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .adapter import Adapter
-from .comol import CoMoL
+from .comol import CoMoL, CoMoLConfig
 from .errors import ReductionError
 from .hydralora import HydraLoRA, HydraLoRAConfig
 from .lora import LoRA, LoRAConfig
@@ -211,4 +213,37 @@ def input_router_witness(
     cfg = MoELoRAConfig(in_features, out_features, num_experts, expert_rank, "input")
     out = MoELoRA(cfg, dtype=torch.float64)
     out.randomize_(seed)
+    return out
+
+
+@torch.no_grad()
+def moelora_to_comol(mo: MoELoRA) -> CoMoL:
+    """A MoELoRA with N experts of rank r_e as a CoMoL of rank r = N·r_e (block-selector cores).
+
+    A = [A_1; ...; A_N], B = [B_1 ... B_N], M_i = the r x r block selector with I_{r_e} in diagonal
+    block i (so B M_i A = B_i A_i), and the router unchanged: a latent router (W_r reads A x) becomes
+    CoMoL's core router W_c = W_r, an input router becomes the router on x, W_g. Then
+    Δ = s B (Σ g_i M_i) A x = s Σ g_i B_i A_i x: CoMoL contains MoE-LoRA with per-expert rank r/N.
+    """
+    if not isinstance(mo, MoELoRA):
+        raise ReductionError(f"mo={type(mo).__name__}: expected a MoELoRA")
+    c = mo.config
+    N, d, r = c.num_experts, c.expert_rank, c.rank
+    cfg = CoMoLConfig(
+        in_features=c.in_features,
+        out_features=c.out_features,
+        rank=r,
+        num_cores=N,
+        core_router=c.router == "latent",
+        top_k=c.top_k,
+        scale=c.scale,
+    )
+    out = CoMoL(cfg, dtype=mo.A.weight.dtype, device=mo.A.weight.device)
+    out.A.weight.copy_(mo.A.weight)
+    out.B.weight.copy_(mo.B.weight)
+    selectors = torch.zeros_like(out.cores)  # (N, r, r)
+    idx = torch.arange(r, device=selectors.device)
+    selectors[idx // d, idx, idx] = 1.0  # M_i = diag(0, ..., I_{r_e} (block i), ..., 0)
+    out.cores.copy_(selectors)
+    _router_weight(out).copy_(_router_weight(mo))
     return out

@@ -25,7 +25,10 @@ from .complexity import big_o, same_theta, theta_path_refuter
 
 _exp = st.integers(1, 8)
 _exp0 = st.integers(0, 8)
-newton_family = st.tuples(_exp, _exp, _exp0, _exp0)  # (a, b, c, d)
+# (a, b, c, d); the issue's example (6, 5, 3, 3) is drawn first (Hypothesis starts with one_of's
+# first branch), so the path test's twin is refuted at once instead of after ~90 draws
+ISSUE_EXAMPLE = (6, 5, 3, 3)
+newton_family = st.one_of(st.just(ISSUE_EXAMPLE), st.tuples(_exp, _exp, _exp0, _exp0))
 
 
 def _decided(verdict: bool, truth: bool, detail: str) -> Outcome:
@@ -43,7 +46,8 @@ def _newton_case(
         f = n**a + r**b
         g = f + n**c * r**d
         truth = Fraction(c, a) + Fraction(d, b) <= 1
-        return _decided(decide(f, g), truth, f"Θ({f}) vs Θ({g})")
+        detail = f"n^{a} + r^{b} vs n^{a} + r^{b} + n^{c} r^{d}"
+        return _decided(decide(f, g), truth, detail)
 
     return case
 
@@ -60,9 +64,8 @@ def _assumed_case(assume: tuple[str, ...]) -> Callable[[tuple[int, int, int, int
     def case(acd: tuple[int, int, int, int]) -> Outcome:
         a, _, c, d = acd
         f, g = S.r**c * S.n**d, S.n**a
-        return _decided(
-            big_o(f, g, [S.n, S.r], assume=assume), c + d <= a, f"{f} = O({g}) | {assume}"
-        )
+        verdict = big_o(f, g, [S.n, S.r], assume=assume)
+        return _decided(verdict, c + d <= a, f"r^{c} n^{d} = O(n^{a}) | assume {list(assume)}")
 
     return case
 

@@ -20,7 +20,7 @@ compares with torch's FLOP counter.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sympy as sp
@@ -36,7 +36,7 @@ from moelora_core.lora import LoRA
 from moelora_core.moelora import MoELoRA
 from moelora_core.talklora import TalkLoRA
 
-from .theta import Assumption, ThetaUndecided, big_o_region, region
+from .theta import Assumption, ThetaUndecided, big_o_region, growth_witness, region
 
 __all__ = [
     "Assumption",
@@ -48,6 +48,7 @@ __all__ = [
     "same_theta",
     "theta_degree",
     "theta_path_refuter",
+    "theta_witness",
 ]
 
 _t = sp.Symbol("t", positive=True)
@@ -81,6 +82,20 @@ def same_theta(
     reg = region(variables, assume)
     f, g = sp.sympify(f), sp.sympify(g)
     return big_o_region(f, g, reg) and big_o_region(g, f, reg)
+
+
+def theta_witness(
+    f: sp.Expr, g: sp.Expr, variables: Iterable[sp.Symbol], *, assume: Sequence[Assumption] = ()
+) -> tuple[dict[sp.Symbol, int], str] | None:
+    """Why f ≠ Θ(g): a path v = t^d (integer exponents >= 1, respecting `assume`) along which f/g -> ∞
+    ("f/g") or g/f -> ∞ ("g/f"); None if f = Θ(g)."""
+    reg = region(variables, assume)
+    f, g = sp.sympify(f), sp.sympify(g)
+    for num, den, label in ((f, g, "f/g"), (g, f, "g/f")):
+        d = growth_witness(num, den, reg)
+        if d is not None:
+            return dict(zip(reg.variables, d, strict=True)), label
+    return None
 
 
 def theta_path_refuter(
@@ -185,3 +200,50 @@ def counted_macs_per_token(adapter: Adapter) -> int:
             adapter(x)
         counts.append(fc.flops)
     return (counts[1] - counts[0]) // 2
+
+
+def interpolated_count(
+    count: Callable[[dict[sp.Symbol, int]], int],
+    variables: Sequence[sp.Symbol],
+    degree: int = 2,
+    check_at: int = 5,
+) -> sp.Expr:
+    """The polynomial (degree <= `degree` in each variable) through `count` on the grid
+    {1, ..., degree+1}^k, by tensor-product Lagrange interpolation, checked at v = (check_at, ...,
+    check_at + k − 1), off the grid. `count` measures a module (e.g. the numel of its router), so the
+    formula is read from the module, not typed by hand. Raises ConfigError if the check fails (the count
+    is not such a polynomial)."""
+    import numpy as np
+
+    from moelora_core.errors import ConfigError
+
+    grid = range(1, degree + 2)
+    grid_exps = range(degree + 1)
+    k = len(variables)
+    values = np.empty(
+        (degree + 1,) * k, dtype=object
+    )  # values[i, j, ...] = count at (i+1, j+1, ...)
+    for point in itertools.product(grid, repeat=k):
+        values[tuple(p - 1 for p in point)] = sp.Integer(
+            count(dict(zip(variables, point, strict=True)))
+        )
+    # coefficients of v^e (e ∈ {0..degree}^k): the inverse Vandermonde applied along every axis
+    vinv = np.array(
+        sp.Matrix([[q**e for e in grid_exps] for q in grid]).inv().tolist(), dtype=object
+    )
+    coeffs = values
+    for axis in range(k):
+        coeffs = np.moveaxis(np.tensordot(vinv, coeffs, axes=([1], [axis])), 0, axis)
+    expr = sp.Add(
+        *(
+            coeffs[e] * sp.Mul(*(v**ei for v, ei in zip(variables, e, strict=True)))
+            for e in itertools.product(grid_exps, repeat=k)
+        )
+    )
+    probe = {v: check_at + i for i, v in enumerate(variables)}
+    if expr.subs(probe) != count(probe):
+        raise ConfigError(
+            f"count at {probe} = {count(probe)}, interpolant {expr.subs(probe)}: expected a polynomial "
+            f"of degree <= {degree} in each of {list(variables)}"
+        )
+    return expr

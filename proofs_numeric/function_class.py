@@ -62,3 +62,14 @@ def dependence_rank(adapter: Adapter, points: torch.Tensor, rtol: float = 1e-9) 
     s = torch.linalg.svdvals(J.reshape(-1, J.shape[-1]))
     rank = int((s > rtol * s[0]).sum()) if s[0] > 0 else 0
     return DependenceRank(rank, tuple(float(v) for v in s), rtol)
+
+
+def output_rank(outputs: torch.Tensor, rtol: float = 1e-9) -> DependenceRank:
+    """Dimension of the span of output vectors (..., m): the *output directions* a map reaches.
+
+    An adapter `Δ(x) = Σ_i g_i(x) B_i (...)` has every output in Σ_i col(B_i); CoMoL and a layer-shared
+    TalkLoRA have every output (of every layer) in col(B), of dimension <= r. Outputs at many points
+    spanning more than r dimensions (singular-value gap) certify that no such adapter produced them."""
+    s = torch.linalg.svdvals(outputs.detach().reshape(-1, outputs.shape[-1]))
+    rank = int((s > rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
+    return DependenceRank(rank, tuple(float(v) for v in s), rtol)

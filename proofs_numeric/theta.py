@@ -21,6 +21,10 @@ class when every monomial `v^a` of `Q` is *strictly* dominated: some `c = Σ λ_
 with `c ≠ 0` (then `v^a / P → 0` as all variables grow, so `f = Θ(P)`). Otherwise (e.g. `n − r` under
 `r ≤ n`, which vanishes on `r = n`) the procedure raises `ThetaUndecided` instead of guessing.
 
+Constants. Only the directions of the assumptions matter: `r <= n` and `2r <= n` give the same cone,
+so a difference that needs the constant (`n − r` under `2r <= n`) is not decided (it raises). A
+witness path (`growth_witness`) respects the assumptions up to constant factors.
+
 Rationals. `f = p/q`: both parts are reduced to their positive dominant parts, and
 `p/q = O(s/t)` iff `p·t = O(s·q)` (all positive for large v). Exponents may be rational (`sqrt(n)`).
 Symbols outside `variables` are constants: a coefficient must have a known sign. Anything else (log,
@@ -82,7 +86,13 @@ def _assumption_rows(assume: Iterable[Assumption], vs: Sequence[sp.Symbol]) -> l
     """Each `lhs <= rhs` (monomials; sums on the left allowed) as rows h = p − q of the cone D."""
     rows: list[Exponent] = []
     for a in assume:
-        rel = sp.sympify(a, locals=dict(S.ALL)) if isinstance(a, str) else a
+        names = {**S.ALL, **{v.name: v for v in vs}}  # the caller's symbols win over the toolkit's
+        rel = sp.sympify(a, locals=names) if isinstance(a, str) else a
+        if not isinstance(rel, sp.Basic) or not rel.free_symbols & set(vs):
+            raise ThetaUndecided(
+                f"assume={a!r}: mentions none of the variables {list(vs)}; expected a relation "
+                "between them"
+            )
         if isinstance(rel, sp.Equality):
             pairs = [(rel.lhs, rel.rhs), (rel.rhs, rel.lhs)]
         elif isinstance(rel, sp.core.relational.LessThan | sp.core.relational.StrictLessThan):
@@ -145,10 +155,11 @@ def _domination(
         best = max(sp.Rational(sum(b) - sum(a)) for b in covering)
         if best > 0 or not strict:
             return best  # a lower bound on the LP's optimum: enough for "feasible" and for "> 0"
-    return _lp(a, bs, reg)
+    return _lp(a, tuple(bs), reg)
 
 
-def _lp(a: Exponent, bs: Sequence[Exponent], reg: Region) -> sp.Rational | None:
+@functools.lru_cache(maxsize=4096)
+def _lp(a: Exponent, bs: tuple[Exponent, ...], reg: Region) -> sp.Rational | None:
     k, J, L = len(a), len(bs), len(reg.rows)
     # columns: λ_1..λ_J, ν_1..ν_L (all >= 0); rows of M: (Σ λ_j b_j + Σ ν_l h_l)_i
     M = sp.Matrix([[*(b[i] for b in bs), *(h[i] for h in reg.rows)] for i in range(k)])
@@ -194,7 +205,11 @@ def dominant_part(expr: sp.Expr, reg: Region, what: str = "expression") -> list[
 
 
 def _as_fraction(expr: sp.Expr, reg: Region, what: str) -> tuple[list[Exponent], list[Exponent]]:
-    num, den = sp.together(sp.sympify(expr)).as_numer_denom()
+    expr = sp.sympify(expr)
+    if any(p.exp.is_negative for p in expr.atoms(sp.Pow)):
+        num, den = sp.together(expr).as_numer_denom()
+    else:  # a polynomial: skip `together`, the costly part
+        num, den = expr, sp.Integer(1)
     if num == 0:
         return [], dominant_part(den, reg, f"{what} (denominator)")
     return dominant_part(num, reg, f"{what} (numerator)"), dominant_part(
@@ -216,3 +231,44 @@ def big_o_region(f: sp.Expr, g: sp.Expr, reg: Region) -> bool:
         return False  # g ≡ 0 and f is eventually positive
     lhs, rhs = _products(fn, gd), _products(gn, fd)  # f/g = (fn·gd) / (gn·fd)
     return all(_domination(a, rhs, reg, strict=False) is not None for a in lhs)
+
+
+def _unbounded_direction(
+    a: Exponent, bs: Sequence[Exponent], reg: Region
+) -> tuple[int, ...] | None:
+    """Integer d >= 1 in D with a·d > max_j b_j·d (v = t^d makes v^a / Σ_j v^{b_j} -> ∞), or None.
+
+    LP: max τ (capped at 1) over d_i >= 1, h·d <= 0, (b_j − a)·d + τ <= 0. By the minimax argument in the
+    module docstring such a d exists iff v^a is not O(Σ_j v^{b_j}); d is then made integral by scaling."""
+    k = len(a)
+    rows = [[*(bi - ai for bi, ai in zip(b, a, strict=True)), 1] for b in bs]
+    rows += [[*h, 0] for h in reg.rows]
+    rows += [[-int(i == j) for j in range(k)] + [0] for i in range(k)]  # d_i >= 1
+    rows += [[0] * k + [1]]  # τ <= 1
+    rhs = [0] * (len(bs) + len(reg.rows)) + [-1] * k + [1]
+    bounds = [(0, None)] * k + [(None, None)]
+    try:
+        value, x = linprog(
+            sp.Matrix([0] * k + [-1]), sp.Matrix(rows), sp.Matrix(rhs), bounds=bounds
+        )
+    except InfeasibleLPError:
+        return None
+    if -value <= 0:
+        return None
+    d = [sp.Rational(v) for v in x[:k]]
+    scale = sp.ilcm(*(v.q for v in d))
+    return tuple(int(v * scale) for v in d)
+
+
+def growth_witness(f: sp.Expr, g: sp.Expr, reg: Region) -> tuple[int, ...] | None:
+    """A path v = t^d (integers d >= 1, inside the region's cone) along which f/g -> ∞, or None if
+    f = O(g) on the region."""
+    fn, fd = _as_fraction(f, reg, "f")
+    gn, gd = _as_fraction(g, reg, "g")
+    if not fn or not gn:
+        return None
+    lhs, rhs = _products(fn, gd), _products(gn, fd)
+    for a in lhs:
+        if _domination(a, rhs, reg, strict=False) is None:
+            return _unbounded_direction(a, rhs, reg)
+    return None

@@ -10,7 +10,13 @@ import sympy as sp
 
 from moelora_core import symbols as S
 from moelora_core.errors import ConfigError
-from proofs_numeric.complexity import ThetaUndecided, big_o, same_theta, theta_path_refuter
+from proofs_numeric.complexity import (
+    ThetaUndecided,
+    big_o,
+    same_theta,
+    theta_path_refuter,
+    theta_witness,
+)
 
 n, m, r, N, E = S.n, S.m, S.r, S.N, S.E
 
@@ -66,6 +72,7 @@ def test_negative_coefficients() -> None:
         (n, n, {"assume": ["n <= 5"]}, "bounded"),
         (n, n, {"assume": ["n <= r + m"]}, "one positive monomial"),
         (n, n, {"assume": ["n"]}, "expected a relation"),
+        (n, n, {"assume": ["L <= N"]}, "mentions none of the variables"),
     ],
 )
 def test_outside_the_class_raises(f: Any, g: Any, kw: dict[str, Any], match: str) -> None:
@@ -74,7 +81,48 @@ def test_outside_the_class_raises(f: Any, g: Any, kw: dict[str, Any], match: str
         same_theta(f, g, variables, **kw)
 
 
+def test_assumption_strings_use_the_callers_symbols() -> None:
+    a, b = sp.symbols("a b")  # plain symbols, not the toolkit's
+    assert big_o(a, b, [a, b], assume=["a <= b"])
+    assert not big_o(a, b, [a, b])
+
+
 def test_errors_are_config_errors() -> None:
     assert issubclass(ThetaUndecided, ConfigError)
     with pytest.raises(ConfigError, match="variables"):
         same_theta(n, n, [])
+
+
+@pytest.mark.parametrize(
+    ("f", "g", "assume"),
+    [
+        (n**6 + r**5, n**6 + r**5 + n**3 * r**3, ()),
+        (N * r, N * n, ()),
+        (r, n, ("r <= n",)),
+        (n**3 + r**2, n**3 + r**2 + n * r**2, ()),
+        (r * n + r**2 / E + E**2 + E * r + r * m, r * (n + m), ()),
+    ],
+)
+def test_witness_path_makes_the_ratio_diverge(f: Any, g: Any, assume: tuple[str, ...]) -> None:
+    variables = sorted(f.free_symbols | g.free_symbols, key=str)
+    found = theta_witness(f, g, variables, assume=assume)
+    assert found is not None and not same_theta(f, g, variables, assume=assume)
+    path, label = found
+    assert all(e >= 1 for e in path.values())
+    t = sp.Symbol("t", positive=True)
+    ratio = f / g if label == "f/g" else g / f
+    assert sp.limit(ratio.subs({v: t**e for v, e in path.items()}), t, sp.oo) == sp.oo
+    assert theta_witness(f, f + 1, variables, assume=assume) is None
+
+
+def test_interpolated_count_reads_the_module_and_rejects_non_polynomials() -> None:
+    from moelora_core.errors import ConfigError as CE
+    from proofs_numeric.claims_counts import router_count
+    from proofs_numeric.complexity import interpolated_count
+
+    assert router_count("comol_core") == N * r
+    assert router_count("comol_x") == N * n
+    assert router_count("moelora_r") == N * n
+    assert interpolated_count(lambda v: v[n] * v[r] ** 2 + 3, [n, r]) == n * r**2 + 3
+    with pytest.raises(CE, match="expected a polynomial"):
+        interpolated_count(lambda v: 2 ** v[n], [n], degree=2)
