@@ -5,7 +5,6 @@ assumptions such as `assume="r <= n"`)."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
@@ -20,7 +19,7 @@ from moelora_core.adapter import Adapter
 from moelora_core.errors import input_checks
 
 from ..checking import Claim, ClaimError, Outcome
-from ..complexity import counted_macs_per_token, same_theta
+from ..complexity import counted_macs_per_token, same_theta, theta_witness
 from .base import (
     Declaration,
     Draw,
@@ -214,17 +213,13 @@ def mac_formula(
     return instance_declaration("mac_formula", name, text, expect, draw, case, False)
 
 
-def theta_witness(f: sp.Expr, g: sp.Expr, vs: list[sp.Symbol]) -> str:
-    """The first growth path v = t^a (a in {1, 2}) along which f/g does not tend to a positive constant."""
-    t = sp.Symbol("t", positive=True)
-    for exps in itertools.product((1, 2), repeat=len(vs)):
-        lim = sp.limit(
-            sp.cancel((f / g).subs({v: t**a for v, a in zip(vs, exps, strict=True)})), t, sp.oo
-        )
-        if lim in (0, sp.oo, -sp.oo, sp.zoo, sp.nan) or not lim.is_finite or lim <= 0:
-            path = ", ".join(f"{v.name}=t^{a}" for v, a in zip(vs, exps, strict=True))
-            return f"along {path}: lim f/g = {lim}"
-    return "every path gives a positive finite limit"
+def why_not_theta(f: sp.Expr, g: sp.Expr, vs: list[sp.Symbol], assume: tuple[sp.Basic, ...]) -> str:
+    """The growth path of `complexity.theta_witness` along which f/g or g/f diverges, as text."""
+    found = theta_witness(f, g, vs, assume=assume)
+    if found is None:
+        return "no diverging path found"
+    path, ratio = found
+    return "along " + ", ".join(f"{v.name}=t^{a}" for v, a in path.items()) + f": {ratio} -> oo"
 
 
 def complexity(
@@ -256,7 +251,7 @@ def complexity(
         if key not in memo:
             vs = variables_of(variables, fx, g)
             ok = same_theta(fx, g, vs, assume=rels)
-            why = "" if ok else "; " + (theta_witness(fx, g, vs) if not rels else "not Θ" + regime)
+            why = "" if ok else "; " + why_not_theta(fx, g, vs, rels)
             memo[key] = ok, f"f = {fx}, g = {g}, variables {[v.name for v in vs]}{regime}{why}"
         ok, detail = memo[key]
         return Outcome(0.0 if ok else 1.0, 0.5, detail)
