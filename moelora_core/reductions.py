@@ -34,6 +34,7 @@ from .hydralora import HydraLoRA, HydraLoRAConfig
 from .lora import LoRA, LoRAConfig
 from .moelora import MoELoRA, MoELoRAConfig
 from .talklora import TalkLoRA, TalkLoRAConfig
+from .validate import require_instance, require_int, require_seed, require_tolerance
 
 
 def _router_weight(a: Adapter) -> Tensor:
@@ -55,6 +56,7 @@ def _lora(A: Tensor, B: Tensor, scale: float) -> LoRA:
 
 def _blocks_equal(blocks: Tensor, name: str, atol: float) -> None:
     """blocks: (E, ...); raise ReductionError unless all equal block 0 within atol."""
+    atol = require_tolerance("atol", atol)  # NaN would make `diff > atol` never true
     diff = float((blocks - blocks[:1]).abs().max()) if blocks.shape[0] > 1 else 0.0
     if diff > atol:
         raise ReductionError(
@@ -65,6 +67,7 @@ def _blocks_equal(blocks: Tensor, name: str, atol: float) -> None:
 @torch.no_grad()
 def talklora_to_moelora(t: TalkLoRA) -> MoELoRA:
     """TalkLoRA (any T) as a latent-router MoELoRA: A_i = A_(i), B_i' = B_i K_i, W_r' = W_r (T ⊗ I)."""
+    require_instance("t", t, TalkLoRA)
     c = t.config
     cfg = MoELoRAConfig(
         c.in_features, c.out_features, c.num_experts, c.head_dim, "latent", c.top_k, c.scale
@@ -82,6 +85,7 @@ def talklora_to_moelora(t: TalkLoRA) -> MoELoRA:
 @torch.no_grad()
 def talklora_to_moelora_as_stated(t: TalkLoRA) -> MoELoRA:
     """SPEC claim 1 literally: A_i = K_i A_(i), same B_i, W_r unchanged. Exact iff T = I and every K_i = I."""
+    require_instance("t", t, TalkLoRA)
     c = t.config
     cfg = MoELoRAConfig(
         c.in_features, c.out_features, c.num_experts, c.head_dim, "latent", c.top_k, c.scale
@@ -96,6 +100,7 @@ def talklora_to_moelora_as_stated(t: TalkLoRA) -> MoELoRA:
 @torch.no_grad()
 def moelora_to_talklora(mo: MoELoRA) -> TalkLoRA:
     """A latent-router MoELoRA as a TalkLoRA: A = [A_1; ...; A_E], K_i = I, T = I, same B_i and W_r."""
+    require_instance("mo", mo, MoELoRA)
     c = mo.config
     if c.router != "latent":
         raise ReductionError(
@@ -117,6 +122,7 @@ def moelora_to_talklora(mo: MoELoRA) -> TalkLoRA:
 @torch.no_grad()
 def talklora_to_input_moelora(t: TalkLoRA) -> MoELoRA:
     """TalkLoRA (any T) as an input-router MoELoRA of the same total rank: W_g = W_r (T ⊗ I) A."""
+    require_instance("t", t, TalkLoRA)
     m = talklora_to_moelora(t)
     c = m.config
     cfg = MoELoRAConfig(
@@ -134,6 +140,7 @@ def talklora_to_input_moelora(t: TalkLoRA) -> MoELoRA:
 @torch.no_grad()
 def comol_to_moelora(c_: CoMoL) -> MoELoRA:
     """CoMoL as a MoELoRA with N experts of rank r: A_i = A, B_i = B M_i; router W_c (latent) or W_g (input)."""
+    require_instance("c_", c_, CoMoL)
     c = c_.config
     N, r = c.num_cores, c.rank
     kind = "latent" if c.core_router else "input"
@@ -153,6 +160,7 @@ def comol_to_moelora(c_: CoMoL) -> MoELoRA:
 @torch.no_grad()
 def comol_to_lora(c_: CoMoL, atol: float = 0.0) -> LoRA:
     """CoMoL with N = 1 or all cores equal (within atol) as LoRA: A, B' = B M_1."""
+    require_instance("c_", c_, CoMoL)
     c = c_.config
     _blocks_equal(c_.cores, "CoMoL cores M_i", atol)
     return _lora(c_.A.weight, c_.B.weight @ c_.cores[0], c.scale)
@@ -161,6 +169,7 @@ def comol_to_lora(c_: CoMoL, atol: float = 0.0) -> LoRA:
 @torch.no_grad()
 def moelora_to_lora(mo: MoELoRA, atol: float = 0.0) -> LoRA:
     """MoELoRA with E = 1 or identical experts (within atol) as LoRA of rank r_e: A_1, B_1."""
+    require_instance("mo", mo, MoELoRA)
     c = mo.config
     _blocks_equal(
         mo.A.weight.unflatten(0, (c.num_experts, c.expert_rank)), "MoELoRA expert A_i", atol
@@ -176,6 +185,7 @@ def moelora_to_lora(mo: MoELoRA, atol: float = 0.0) -> LoRA:
 @torch.no_grad()
 def hydralora_to_lora(hy: HydraLoRA, atol: float = 0.0) -> LoRA:
     """HydraLoRA with equal heads (within atol) as LoRA: A, B_1."""
+    require_instance("hy", hy, HydraLoRA)
     c: HydraLoRAConfig = hy.config
     _blocks_equal(
         hy.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1),
@@ -197,6 +207,10 @@ def input_router_witness(
     """
     from .errors import ConfigError
 
+    for name, v in (("in_features", in_features), ("out_features", out_features),
+                    ("num_experts", num_experts), ("expert_rank", expert_rank)):  # fmt: skip
+        require_int(name, v)
+    require_seed("seed", seed)
     r = num_experts * expert_rank
     if num_experts < 2:
         raise ConfigError(

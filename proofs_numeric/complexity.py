@@ -31,10 +31,12 @@ from torch.utils.flop_counter import flop_registry
 from moelora_core import symbols as S
 from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoL
+from moelora_core.errors import ArgumentTypeError
 from moelora_core.hydralora import HydraLoRA
 from moelora_core.lora import LoRA
 from moelora_core.moelora import MoELoRA
 from moelora_core.talklora import TalkLoRA
+from moelora_core.validate import require_instance
 
 from .theta import Assumption, ThetaUndecided, big_o_region, growth_witness, region
 
@@ -157,7 +159,9 @@ def macs_formula(adapter: Adapter) -> sp.Expr:
         router = N * r if adapter.config.core_router else N * n
         # A, router, then [M_1 ... M_N] (g ⊗ h): one (r x N·r) matmul (N r²), then B
         return r * n + router + N * r**2 + r * m
-    raise TypeError(f"macs_formula: no formula for {type(adapter).__name__}")
+    raise ArgumentTypeError(
+        f"adapter={type(adapter).__name__}: expected an adapter with a MAC formula"
+    )
 
 
 class MatmulFlops(TorchDispatchMode):
@@ -192,7 +196,7 @@ def counted_macs_per_token(adapter: Adapter) -> int:
     The difference removes per-call work that does not scale with the tokens (e.g. folding the
     talking module into the router, W_r (T ⊗ I), once per call).
     """
-    p = next(adapter.parameters())
+    p = require_instance("adapter", adapter, Adapter).reference
     counts: list[int] = []
     for tokens in (1, 2):
         x = torch.randn(tokens, adapter.in_features, dtype=p.dtype, device=p.device)
