@@ -104,8 +104,8 @@ class TalkLoRA(Adapter):
         self.talk = KronIdentity(self.T, d)  # T ⊗ I_d (holds the same Dense as self.T)
         # T is reachable as `T` and as `talk.talk`: the state dict holds it once, as `T.weight`
         # (safetensors refuses aliased tensors), and loading fills the alias from it.
-        self.register_state_dict_post_hook(_drop_talk_alias)
-        self.register_load_state_dict_pre_hook(_fill_talk_alias)
+        self.register_state_dict_post_hook(_drop_talk_alias)  # type: ignore[no-untyped-call]
+        self.register_load_state_dict_pre_hook(_fill_talk_alias)  # type: ignore[no-untyped-call]
         self.router = SoftmaxRouter(
             Dense(E, r, "kaiming_uniform", name="W_r", dtype=dtype, device=device), c.top_k
         )
