@@ -292,7 +292,9 @@ def inject_adapters(
 ) -> dict[str, AdaptedLinear]:
     """Freeze every parameter of `model`, wrap every matching linear layer, return {name: AdaptedLinear}.
 
-    `dtype` / `device` of the adapters default to those of each base layer's weight. Raises ConfigError
+    Transactional: if anything fails, every replaced layer is put back and every `requires_grad` flag
+    restored, so the model is exactly as before. `dtype` / `device` of the adapters default to those of
+    each base layer's weight (float32 for a quantised base). Raises ConfigError
     (listing the available linear layers) if a target matches nothing, or if the model has adapters.
     """
     if adapted_layers(model):
@@ -312,8 +314,30 @@ def inject_adapters(
     unmatched = [t for t in spec.targets if all(t != mt for _, mt, _ in matches)]
     if unmatched:
         raise ConfigError(f"targets {unmatched} match no layer; {_available(model)}")
-    for p in model.parameters():
-        p.requires_grad_(False)
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    done: list[tuple[str, nn.Module]] = []
+    try:
+        for p, _ in grads:
+            p.requires_grad_(False)
+        return _wrap_all(model, spec, matches, done, dtype=dtype, device=device)
+    except BaseException:  # transactional: the model is exactly as before
+        for name, base in reversed(done):
+            _set_submodule(model, name, base)
+        for p, flag in grads:
+            p.requires_grad_(flag)
+        raise
+
+
+def _wrap_all(
+    model: nn.Module,
+    spec: AdapterSpec,
+    matches: list[tuple[str, str, nn.Module]],
+    done: list[tuple[str, nn.Module]],
+    *,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+) -> dict[str, AdaptedLinear]:
+    """Wrap every match; `done` records (name, base) of each replaced layer, for undoing."""
     shapes: dict[str, tuple[int, int]] = {}
     shared: dict[str, Shared | None] = {}
     out: dict[str, AdaptedLinear] = {}
@@ -328,16 +352,18 @@ def inject_adapters(
             )
         w = base.weight
         assert isinstance(w, Tensor)
+        floating = w.dtype.is_floating_point  # a quantised (uint8) base gets fp32 adapters
         adapter = build_adapter(
             spec,
             *feats,
             shared=shared.get(mtype),
-            dtype=dtype or w.dtype,
+            dtype=dtype or (w.dtype if floating else torch.float32),
             device=device or w.device,
         )
         shared.setdefault(mtype, _shared_part(adapter))
         layer = AdaptedLinear(base, adapter, name, mtype, spec)
         _set_submodule(model, name, layer)
+        done.append((name, base))
         out[name] = layer
     return out
 

@@ -12,7 +12,10 @@ Checkpoints. Every `checkpoint_every` steps, at the end, and when SIGTERM / SIGI
 step in progress completes), `out_dir/checkpoints/step-NNNNNNN/` is written: `trainable.safetensors`,
 `optimizer.pt`, `scheduler.pt`, `rng-rank{k}.pt` (Python, NumPy, torch CPU and CUDA generator states of
 each process) and `state.json` (step, samples seen, epoch, losses, config). It is written to a hidden
-temporary directory and renamed into place (`os.replace`), so a checkpoint directory is always complete.
+temporary directory, fsynced (files and directories) and renamed into place (`os.replace`), so a
+checkpoint directory is always complete, even after a power loss; a temporary directory left by a kill
+is removed on the next save or resume. Resuming loads with `weights_only=True` (`durable.safe_torch_load`:
+a planted pickle cannot run code) and reports a damaged checkpoint as a `CheckpointError`.
 `train` resumes from the newest one; with the same config the result is bit-identical on CPU to a run
 that was never interrupted.
 """
@@ -20,7 +23,6 @@ that was never interrupted.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -53,7 +55,6 @@ _RESUME_KEYS = (
     "lr",
     "weight_decay",
     "warmup_steps",
-    "steps",
     "seed",
     "max_grad_norm",
 )
@@ -213,11 +214,14 @@ class _Run:
     def save(self, step: int, n: int) -> Path:
         from safetensors.torch import save_file
 
+        from .durable import publish_dir, remove_stale
+
         acc = self.acc
-        final = self.out / "checkpoints" / f"step-{step:07d}"
-        tmp = self.out / "checkpoints" / f".tmp-step-{step:07d}"
+        root = self.out / "checkpoints"
+        final = root / f"step-{step:07d}"
+        tmp = root / f".tmp-step-{step:07d}"
         if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_stale(root)  # left by a run killed while saving
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         torch.save(_rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
@@ -242,46 +246,64 @@ class _Run:
             (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         acc.wait_for_everyone()
         if acc.is_main_process:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            publish_dir(tmp, final)  # every file and both directories fsynced, then renamed
             for old in checkpoints(self.out)[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         return final
 
     def load(self, ckpt: Path, n: int) -> int:
-        from safetensors.torch import load_file
+        from .durable import CheckpointError, load_safetensors, read_json, safe_torch_load
 
-        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-        saved = state["config"]
+        state = read_json(ckpt / "state.json")
+        try:
+            saved, step = state["config"], int(state["step"])
+            world, count, losses = state["world_size"], state["num_examples"], state["losses"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"{ckpt / 'state.json'}: missing or invalid field ({e}); the checkpoint is damaged"
+            ) from None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{ckpt / 'state.json'}: config is not an object; damaged")
+        if self.cfg.steps < step:
+            raise ConfigError(
+                f"steps={self.cfg.steps} but checkpoint {ckpt} is at step {step}; expected steps >= "
+                f"{step} (a run can be extended, not shortened)"
+            )
         for key in _RESUME_KEYS:
             if saved.get(key) != getattr(self.cfg, key):
                 raise ConfigError(
                     f"{key}={getattr(self.cfg, key)!r} but checkpoint {ckpt} was written with {saved.get(key)!r}; "
                     "expected the same training config to resume (or a fresh --out directory)"
                 )
-        if state["world_size"] != self.acc.num_processes or state["num_examples"] != n:
+        if world != self.acc.num_processes or count != n:
             raise ConfigError(
-                f"checkpoint {ckpt}: world_size={state['world_size']}, num_examples={state['num_examples']}; "
+                f"checkpoint {ckpt}: world_size={world}, num_examples={count}; "
                 f"this run has {self.acc.num_processes} and {n}, expected equal to resume"
             )
-        weights = load_file(str(ckpt / "trainable.safetensors"))
+        weights = load_safetensors(ckpt / "trainable.safetensors")
         params = _trainable(self.acc.unwrap_model(self.model))
         if set(weights) != set(params):
             raise ConfigError(
                 f"checkpoint {ckpt}: trainable parameters {sorted(set(weights) ^ set(params))[:5]} differ; "
                 "expected the same model and adapter spec"
             )
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(weights[k].to(p.device, p.dtype))
-        self.opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-        self.sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-        _set_rng_state(
-            torch.load(ckpt / f"rng-rank{self.acc.process_index}.pt", weights_only=False)
-        )
-        self.losses = list(state["losses"])
-        return int(state["step"])
+        optim = safe_torch_load(ckpt / "optimizer.pt")
+        sched = safe_torch_load(ckpt / "scheduler.pt")
+        rng = safe_torch_load(ckpt / f"rng-rank{self.acc.process_index}.pt")
+        try:
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(weights[k].to(p.device, p.dtype))
+            self.opt.load_state_dict(optim)
+            self.sched.load_state_dict(sched)
+            _set_rng_state(rng)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"checkpoint {ckpt}: its optimizer, scheduler or RNG state does not fit ({e})"
+            ) from None
+        self.losses = [float(v) for v in losses]
+        return step
 
 
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -327,6 +349,11 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     model, opt = acc.prepare(model, opt)
     run = _Run(acc, model, opt, sched, cfg, out)
+    if acc.is_main_process:
+        from .durable import remove_stale
+
+        remove_stale(out / "checkpoints")  # temporary directories of a run killed while saving
+    acc.wait_for_everyone()
     ckpt = latest_checkpoint(out)
     start = run.load(ckpt, num_examples) if ckpt is not None else 0
     result = TrainResult(
