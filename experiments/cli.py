@@ -28,7 +28,7 @@ def claims(
 # Sub-commands registered by their modules (one line each).
 app.command("params")(__import__("experiments.params", fromlist=["_"]).params_command)
 app.command("verify")(__import__("experiments.verify_cmd", fromlist=["_"]).verify_command)
-app.command("train")(__import__("experiments.train", fromlist=["_"]).train_command)
+app.command("train")(__import__("experiments.train_cmd", fromlist=["_"]).train_command)
 app.command("demo")(__import__("experiments.demo", fromlist=["_"]).demo_command)
 app.command("bounds")(__import__("experiments.bounds_cmd", fromlist=["_"]).bounds_command)
 
