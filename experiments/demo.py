@@ -298,7 +298,7 @@ def demo_command(
     archs: str = typer.Option(
         ",".join(DEMO_SPECS), "--archs", help="Comma-separated subset of the five."
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the training run and the data split."),
     force: bool = typer.Option(False, "--force", help="Retrain archs that already have a result."),
     threads: int = typer.Option(
         0, "--threads", help="torch CPU threads (0: 2, or 1 on a busy machine)."
