@@ -235,13 +235,25 @@ class HFResult:
 
 
 def run_trainer(trainer: Any, run_dir: Path, steps: int) -> HFResult:
-    """Train (resuming from the newest checkpoint under `run_dir`); the losses logged."""
+    """Train (resuming from the newest checkpoint under `run_dir`); the losses logged.
+
+    A run whose checkpoint already reached `steps` is not stepped again (Trainer would take one more
+    step): its adapter weights and log are loaded from the checkpoint.
+    """
     last = resume_point(run_dir, steps)
     start = int(last.name[11:]) if last is not None else 0
-    trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
-    hist = trainer.state.log_history
+    if last is not None and start >= steps:
+        from peft.utils import load_peft_weights, set_peft_model_state_dict
+        from transformers import TrainerState
+
+        set_peft_model_state_dict(trainer.model, load_peft_weights(str(last)))
+        state = TrainerState.load_from_json(str(last / "trainer_state.json"))
+        hist, done = state.log_history, int(state.global_step)
+    else:
+        trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
+        hist, done = trainer.state.log_history, int(trainer.state.global_step)
     return HFResult(
-        steps=int(trainer.state.global_step),
+        steps=done,
         resumed_from=start,
         losses=[float(h["loss"]) for h in hist if "loss" in h],
         eval_losses=[float(h["eval_loss"]) for h in hist if "eval_loss" in h],
