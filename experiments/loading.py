@@ -5,9 +5,10 @@
                                      the base's dtype (auto: bfloat16 on a bf16 GPU, else float32);
                                      adapters are always created in float32
     --device-map auto|balanced|...   passed to `from_pretrained` (accelerate's big-model placement)
-    --load-in-4bit                   bitsandbytes NF4 base (needs bitsandbytes and a CUDA GPU)
+    --load-in-4bit                   bitsandbytes NF4 base (the `qlora` extra; on the CPU too with
+                                     bitsandbytes >= 0.49, for layer widths that are multiples of 64)
 
-Every user mistake (a missing model, an unknown dtype, 4-bit without a GPU) is a ConfigError with one
+Every user mistake (a missing model, an unknown dtype, 4-bit without bitsandbytes) is a ConfigError with one
 line that says what was given and what is expected.
 """
 
@@ -59,16 +60,12 @@ class Placement:
 
 
 def _require_bitsandbytes() -> None:
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            "--load-in-4bit: needs a CUDA GPU (bitsandbytes' 4-bit kernels do not run on this CPU); "
-            "drop --load-in-4bit or run on a GPU machine"
-        )
     try:
         import bitsandbytes  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
         raise ConfigError(
-            "--load-in-4bit: the bitsandbytes package is not installed (pip install bitsandbytes)"
+            "--load-in-4bit: the bitsandbytes package is not installed "
+            "(pip install 'moelora-verify[qlora]', or pip install bitsandbytes)"
         ) from None
 
 
@@ -93,6 +90,7 @@ def from_pretrained(cls: Any, name: str, placement: Placement, **kwargs: Any) ->
     if placement.device_map is not None:
         kw["device_map"] = placement.device_map
     if placement.load_in_4bit:
+        kw.setdefault("device_map", {"": str(placement.torch_device)})
         from transformers import BitsAndBytesConfig
 
         kw["quantization_config"] = BitsAndBytesConfig(
