@@ -244,3 +244,10 @@ def test_talklora_state_dict_holds_t_once(tmp_path: Path) -> None:
     twin = TalkLoRA(TalkLoRAConfig(in_features=8, out_features=8, rank=4, num_experts=2))
     twin.load_state_dict(load_file(str(tmp_path / "t.safetensors")))  # strict: no missing alias
     assert twin.talk.talk is twin.T and torch.equal(twin.T.weight, t.T.weight)
+
+
+def test_inject_adapter_in_model_is_refused_clearly() -> None:
+    from peft import inject_adapter_in_model
+
+    with pytest.raises(ValueError, match="get_peft_model"):
+        inject_adapter_in_model(TalkLoRAPeftConfig(target_modules=QV, r=8), tiny_llama())
