@@ -24,7 +24,7 @@ def test_example_trains_reloads_and_measures_every_arch(tmp_path: Path) -> None:
         for m in layers.values():
             if arch == "lora":
                 assert m["bounds"] is None  # no router
-            elif arch == "moelora":  # top-1 routing jumps: no Lipschitz constant, routing stats only
+            elif arch == "moelora":  # top-1 routing jumps: no Lipschitz constant
                 assert m["bounds"]["upper_centred"] is None and m["routing"]["num_experts"] == 2
             else:
                 assert 0 < m["bounds"]["lower"] <= m["bounds"]["upper_centred"]
