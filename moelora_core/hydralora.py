@@ -20,6 +20,7 @@ from . import symbols as S
 from .adapter import Adapter
 from .errors import require_finite_float, require_positive_int, require_top_k
 from .maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
+from .validate import checked_construction, require_layer_size
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class HydraLoRAConfig:
         require_positive_int("expert_rank", self.expert_rank)
         require_top_k(self.top_k, self.num_experts, "num_experts")
         require_finite_float("scale", self.scale)
+        E, r_e, n = self.num_experts, self.expert_rank, self.in_features
+        require_layer_size(repr(self), r_e * n + E * r_e * self.out_features + E * n)
 
 
 class HydraLoRA(Adapter):
@@ -51,6 +54,7 @@ class HydraLoRA(Adapter):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        dtype, device = checked_construction(config, HydraLoRAConfig, dtype, device)
         super().__init__()
         c = self.config = config
         self.heads = HeadLayout(c.num_experts, c.expert_rank)

@@ -26,6 +26,7 @@ from . import symbols as S
 from .adapter import Adapter, weighted_heads
 from .errors import ConfigError, require_finite_float, require_positive_int, require_top_k
 from .maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
+from .validate import checked_construction, require_layer_size
 
 RouterKind = Literal["input", "latent"]
 
@@ -49,6 +50,10 @@ class MoELoRAConfig:
             raise ConfigError(f"router={self.router!r}: expected 'input' or 'latent'")
         require_top_k(self.top_k, self.num_experts, "num_experts")
         require_finite_float("scale", self.scale)
+        E, r, n = self.num_experts, self.rank, self.in_features
+        require_layer_size(
+            repr(self), r * (n + self.out_features) + E * (n if self.router == "input" else r)
+        )
 
     @property
     def rank(self) -> int:
@@ -67,6 +72,7 @@ class MoELoRA(Adapter):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        dtype, device = checked_construction(config, MoELoRAConfig, dtype, device)
         super().__init__()
         c = self.config = config
         E, r = c.num_experts, c.rank

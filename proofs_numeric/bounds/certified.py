@@ -36,8 +36,9 @@ from torch import Tensor
 from moelora_core.adapter import Adapter
 from moelora_core.maps import BlockDiagonal, Dense, Identity, KronIdentity, LinearMap
 from moelora_core.talklora import TalkLoRA
+from moelora_core.validate import require_instance
 
-from .domain import Domain, NoRouterError
+from .domain import Domain, NoRouterError, require_routed
 from .spectral import F64, SOFTMAX_LIP, SpectralNorm, centring, certify, spectral_norm
 
 RANK_RTOL = 1e-9  # relative singular-value threshold for rank(Π L)
@@ -169,11 +170,13 @@ def bounds_for(factors: Sequence[LinearMap]) -> RouterBounds:
 
 def router_bounds(adapter: Adapter) -> RouterBounds:
     """Bounds on the Lipschitz constant of x ↦ g(x)."""
+    adapter = require_routed(adapter)
     return bounds_for(logit_factors(adapter))
 
 
 def head_bounds(adapter: Adapter) -> RouterBounds | None:
     """Bounds on the Lipschitz constant of h ↦ g for a latent router (None for an input router)."""
+    adapter = require_routed(adapter)
     factors = logit_factors(adapter)
     if not is_latent(factors):
         return None
@@ -201,6 +204,7 @@ class TalkBounds:
 
 
 def talk_bounds(t: TalkLoRA) -> TalkBounds:
+    require_routed(require_instance("t", t, TalkLoRA))
     T = t.T.weight.detach().to("cpu", F64)  # (E, E)
     E, d = t.num_experts, t.config.head_dim
     W = t.router.logits.dense().detach().to("cpu", F64) if t.router is not None else None

@@ -43,6 +43,7 @@ O(N Ek n) for N centres. For other adapters the dense `expert_matrices()` are fa
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,11 +54,13 @@ from torch import Tensor
 
 from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoL
-from moelora_core.errors import ConfigError, MoELoRAError, input_checks
+from moelora_core.errors import ConfigError, MoELoRAError, ShapeError, input_checks
 from moelora_core.hydralora import HydraLoRA
 from moelora_core.moelora import MoELoRA
 from moelora_core.talklora import TalkLoRA
+from moelora_core.validate import require_finite, require_instance, require_real, require_tensor
 
+from .domain import require_adapter
 from .spectral import (
     F64,
     SOFTMAX_LIP,
@@ -106,6 +109,7 @@ class ExpertFactors:
 
 def expert_factors(adapter: Adapter) -> ExpertFactors:
     """Low-rank factors of the expert maps P_i from the architecture's parameters."""
+    adapter = require_adapter(adapter)
     with torch.no_grad():
         return _factors(adapter)
 
@@ -168,8 +172,14 @@ def check_factors(adapter: Adapter, f: ExpertFactors, probes: int = 4, seed: int
     """Relative error of Σ_i g_i(x) U_i V_i x against the adapter's Δ(x) on random probes.
 
     Raises MoELoRAError above FACTOR_CHECK_RTOL (float32) / 1e-10 (float64): the factors the bound
-    is computed from must be the maps the adapter applies.
+    is computed from must be the maps the adapter applies. A float16/bfloat16/float32 adapter is
+    compared through a float64 copy (same weights, exactly converted), so half precision is not
+    refused for its own rounding.
     """
+    require_adapter(adapter)
+    require_instance("f", f, ExpertFactors)
+    if adapter.reference.dtype != F64:
+        adapter = copy.deepcopy(adapter).to(F64)
     ref = adapter.reference
     gen = torch.Generator(device="cpu").manual_seed(seed)
     scales = torch.logspace(-1, 1, probes, dtype=F64).unsqueeze(-1)
@@ -207,6 +217,7 @@ def _gram_blocks(f: ExpertFactors) -> tuple[Tensor, Tensor]:
 
 
 def stack_norms(f: ExpertFactors) -> StackNorms:
+    require_instance("f", f, ExpertFactors)
     E, _, k = f.U.shape
     GU, GV = _gram_blocks(f)
     GU4, GV4 = GU.view(E, k, E, k), GV.view(E, k, E, k)
@@ -300,6 +311,16 @@ def local_bounds(
 ) -> tuple[LocalBounds, Tensor]:
     """The three local bounds (max over centres) and K_adapt per centre (N,); L: (E, n) float64.
     All of it runs on the CPU in float64 (the centres are copied there)."""
+    require_instance("f", f, ExpertFactors)
+    radius = require_real("radius", radius, minimum=0.0)
+    require_finite("centres", require_tensor("centres", centres, ndim=2))
+    require_finite("L", require_tensor("L", L, ndim=2))
+    n = f.V.shape[-1]
+    if centres.shape[1] != n or L.shape != (f.num_experts, n) or centres.shape[0] == 0:
+        raise ShapeError(
+            f"centres.shape={tuple(centres.shape)}, L.shape={tuple(L.shape)}: expected (N >= 1, {n}) "
+            f"and ({f.num_experts}, {n})"
+        )
     sn = stack_norms(f)
     E = L.shape[0]
     PL = centring(E, device=L.device) @ L

@@ -30,6 +30,7 @@ from torch import Tensor
 from moelora_core.adapter import Adapter
 from moelora_core.errors import ConfigError, input_checks
 from moelora_core.talklora import TalkLoRA
+from moelora_core.validate import require_bool, require_seed
 
 from .certified import (
     RouterBounds,
@@ -284,6 +285,7 @@ def layer_report(
     a top-k discontinuity witness; threads: torch's intra-op threads for the duration of the report
     (None: unchanged; 1 avoids OpenMP barrier stalls when other processes hold the cores).
     """
+    require_bool("local", local)
     if threads is not None:
         require_count("threads", threads)
     with _torch_threads(threads):
@@ -322,13 +324,13 @@ def _layer_report(
     t_start = time.perf_counter()
     a = require_routed(adapter)
     X = require_inputs(a, inputs)
-    R = require_radius(radius)
+    R = require_radius(radius, a.reference.dtype)
     require_count("samples", samples)
     require_count("iterations", iterations)
     require_count("ascent_steps", ascent_steps, 0)
     require_count("pair_steps", pair_steps, 0)
     require_count("local_samples", local_samples)
-    require_count("seed", seed, 0)
+    require_seed("seed", seed)
     eps = require_positive("epsilon", epsilon)
     domain = make_domain(X, R)
     ref = a.reference
@@ -370,7 +372,11 @@ def _layer_report(
         talk=tb,
         iterations={"power": iterations, "ascent": ascent_steps, "pairs": pair_steps},
     )
-    centres = X if X is not None else (torch.zeros(1, a.in_features, dtype=dtype) if R else None)
+    centres = (
+        X
+        if X is not None
+        else (torch.zeros(1, a.in_features, dtype=dtype) if R is not None else None)
+    )
     if centres is not None:
         centres = centres.to(device)
 

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from moelora_core.errors import NonFiniteError, ShapeError
+from moelora_core.errors import ArgumentTypeError, NonFiniteError, ShapeError
+from moelora_core.validate import require_simplex, require_tensor
 
 SOFTMAX_LIP = 0.5  # sup_p ‖diag(p) − ppᵀ‖₂
 CLASSICAL_SOFTMAX_LIP = 1.0  # the textbook constant, kept for the refuted twins
@@ -47,10 +48,12 @@ CERT_RTOL = 1e-10
 GRAM_ATOL = 1e-12  # absolute margin (x the Gram's scale) on eigenvalues from Gram products
 EXACT_MAX_DIM = 1024
 F64 = torch.float64
+NORM_MAX_ENTRY = 1e150  # larger entries: ‖M‖₂ or the Gram routes (squares) could overflow float64
 
 
 def softmax_jacobian(p: Tensor) -> Tensor:
-    """J(p) = diag(p) − p pᵀ, (..., E) -> (..., E, E)."""
+    """J(p) = diag(p) − p pᵀ, (..., E) -> (..., E, E); p: rows on the probability simplex."""
+    require_simplex("p", p)
     return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
 
 
@@ -82,10 +85,18 @@ class SpectralNorm:
 
 
 def _check_matrix(M: Tensor, name: str) -> Tensor:
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"name={name!r}: expected a str")
     if not isinstance(M, Tensor) or M.dim() != 2:
         shape = tuple(M.shape) if isinstance(M, Tensor) else type(M).__name__
         raise ShapeError(f"{name}.shape={shape}: expected a 2-D matrix")
+    require_tensor(name, M)
     A = M.detach().to("cpu", F64)
+    if A.numel() and math.isfinite(float(A.abs().max())) and float(A.abs().max()) > NORM_MAX_ENTRY:
+        raise NonFiniteError(
+            f"{name}: max |entry| = {float(A.abs().max()):.3g}; expected <= {NORM_MAX_ENTRY:g}, so "
+            "that its norm and the certification margin stay finite in float64"
+        )
     if not math.isfinite(float(A.sum())) and not bool(torch.isfinite(A).all()):
         raise NonFiniteError(f"{name}: non-finite entries; expected a finite matrix")
     return A
