@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import sparse
 from . import symbols as S
 from .adapter import Adapter
 from .errors import (
@@ -141,6 +142,8 @@ class CoMoL(Adapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         assert self.router is not None
+        if sparse.use_sparse(self.router, x, sparse.COMOL_MAX_FRACTION):
+            return sparse.comol_forward(self, x)
         c = self.config
         W = self.router.logits.dense()
         if c.core_router:

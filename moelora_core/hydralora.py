@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import sparse
 from . import symbols as S
 from .adapter import Adapter
 from .errors import require_finite_float, require_positive_int, require_top_k
@@ -84,6 +85,8 @@ class HydraLoRA(Adapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         assert self.router is not None
+        if sparse.use_sparse(self.router, x):
+            return sparse.hydralora_forward(self, x)
         c = self.config
         h, logits = F.linear(x, torch.cat([self.A.weight, self.router.logits.dense()])).split(
             [c.expert_rank, c.num_experts], dim=-1

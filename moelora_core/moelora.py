@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import sparse
 from . import symbols as S
 from .adapter import Adapter, weighted_heads
 from .errors import ConfigError, require_finite_float, require_positive_int, require_top_k
@@ -107,6 +108,8 @@ class MoELoRA(Adapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         assert self.router is not None
+        if sparse.use_sparse(self.router, x):
+            return sparse.moelora_forward(self, x)
         c = self.config
         if c.router == "input":  # one matmul [A; W_g] x: x is read once, and dx is one matmul
             h, logits = F.linear(x, torch.cat([self.A.weight, self.router.logits.dense()])).split(

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import sparse
 from . import symbols as S
 from .adapter import Adapter, weighted_heads
 from .errors import (
@@ -174,6 +175,8 @@ class TalkLoRA(Adapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         assert self.router is not None
+        if sparse.use_sparse(self.router, x):
+            return sparse.talklora_forward(self, x)
         c = self.config
         h = F.linear(x, self.A.weight)  # (..., r)
         # One small matmul gives the expert heads K_i h_i and the logits W_r (T ⊗ I) h: the r x r

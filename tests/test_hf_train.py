@@ -190,8 +190,12 @@ def test_damaged_and_stale_trainer_checkpoints(lm: Path, tmp_path: Path) -> None
 def test_every_option_has_help() -> None:
     import typer.main
 
+    import click
+
     group = typer.main.get_command(app)
-    for name, command in group.commands.items():  # type: ignore[attr-defined]
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # type: ignore[attr-defined]
+        command = group.get_command(ctx, name)  # type: ignore[attr-defined]
         for param in command.params:
             if param.name == "help":
                 continue

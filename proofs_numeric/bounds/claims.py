@@ -1,9 +1,9 @@
 """The bound claims (`BOUND_CLAIMS`), each beside a refuted mutated twin, for `pytest -m theorems` and
 `python -m proofs_numeric`.
 
-Tolerances. Certified bounds are float64 values inflated by CERT_RTOL = 1e-10 (spectral.py); measured
+Tolerances. Certified bounds are rigorous float64 upper bounds (docs/bounds.md §7a) plus CERT_RTOL; measured
 lower bounds are re-evaluated in float64. A soundness violation is a relative excess
-(lower − upper)/upper > SOUND_RTOL = 1e-9: ten times the inflation, far below any real violation (a
+(lower − upper)/upper > SOUND_RTOL = 1e-9: far above the allowance, far below any real violation (a
 wrong constant or a missing term errs by O(1), e.g. the halved twin by up to +100%). Exact identities
 (ratios of bounds, equal bounds after an embedding) use IDENTITY_TOL = 1e-9 relative error.
 
