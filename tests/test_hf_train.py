@@ -188,9 +188,8 @@ def test_damaged_and_stale_trainer_checkpoints(lm: Path, tmp_path: Path) -> None
 
 
 def test_every_option_has_help() -> None:
-    import typer.main
-
     import click
+    import typer.main
 
     group = typer.main.get_command(app)
     ctx = click.Context(group)
