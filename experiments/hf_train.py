@@ -1,7 +1,7 @@
 """`moelora train` on the standard stack: PEFT adapters trained by `transformers.Trainer` (accelerate underneath).
 
 One process, DDP, FSDP or DeepSpeed come from how it is launched (`accelerate launch --config_file
-experiments/configs/<name>.yaml -m experiments.cli train ...`); gradient accumulation, mixed precision,
+experiments/configs/<name>.yaml -m moelora_experiments.cli train ...`); gradient accumulation, mixed precision,
 gradient checkpointing, evaluation during training and trackers (`report_to`) are Trainer arguments.
 
 Checkpoints (`out/train/checkpoint-N/`) hold the adapter only (`adapter_model.safetensors`,

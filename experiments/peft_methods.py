@@ -1,7 +1,7 @@
 """MoELoRA, HydraLoRA, TalkLoRA and CoMoL as PEFT methods (registered with `peft.utils.register_peft_method`).
 
     from peft import get_peft_model, PeftModel
-    from experiments.peft_methods import TalkLoRAPeftConfig  # the import registers the four methods
+    from moelora_experiments.peft_methods import TalkLoRAPeftConfig  # the import registers the four methods
 
     model = get_peft_model(base, TalkLoRAPeftConfig(target_modules=["q_proj", "v_proj"], r=8))
     model.save_pretrained("out")            # adapter-only: adapter_model.safetensors + adapter_config.json

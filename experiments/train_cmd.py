@@ -1,7 +1,7 @@
 """`moelora train`: PEFT adapters on a causal LM with `transformers.Trainer` (see `hf_train`).
 
     moelora train --model DIR --data train.json --arch talklora --targets q_proj,v_proj --steps 1000
-    accelerate launch --config_file experiments/configs/ddp.yaml -m experiments.cli train ...
+    accelerate launch --config_file experiments/configs/ddp.yaml -m moelora_experiments.cli train ...
 
 Writes `out/train/checkpoint-N/` (resumable; adapter-only) and, at the end, `out/adapter/` (PEFT's
 `save_pretrained`: `adapter_config.json` naming the method, `adapter_model.safetensors`) with

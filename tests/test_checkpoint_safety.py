@@ -12,11 +12,11 @@ import pytest
 import torch
 from test_train import N_EXAMPLES, cfg, loss_fn, make_batch, tiny_model
 
-from experiments import durable
-from experiments import inject as inject_mod
-from experiments.checkpoint import CheckpointError, load_adapters, save_adapters
-from experiments.inject import AdapterSpec, adapted_layers, inject_adapters
-from experiments.train import latest_checkpoint, train
+from moelora_experiments import durable
+from moelora_experiments import inject as inject_mod
+from moelora_experiments.checkpoint import CheckpointError, load_adapters, save_adapters
+from moelora_experiments.inject import AdapterSpec, adapted_layers, inject_adapters
+from moelora_experiments.train import latest_checkpoint, train
 
 MARKER = "planted-pickle-ran"
 
@@ -129,7 +129,7 @@ def test_damaged_adapter_file_leaves_the_model_as_before(tmp_path: Path) -> None
     save_adapters(model.encoder, tmp_path, AdapterSpec("comol", ("query", "value"), rank=8))
     (tmp_path / "adapter.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
     fresh = tiny_model("comol").encoder
-    from experiments.inject import remove_adapters
+    from moelora_experiments.inject import remove_adapters
 
     remove_adapters(fresh)
     types = {n: type(m) for n, m in fresh.named_modules()}

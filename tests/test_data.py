@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.data import (
+from moelora_experiments.data import (
     IGNORE_INDEX,
     DataError,
     Record,
@@ -16,7 +16,7 @@ from experiments.data import (
     load_records,
     tokenize_causal,
 )
-from experiments.tasks import vader_task
+from moelora_experiments.tasks import vader_task
 
 RECORDS = [
     {

@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from experiments.tasks import write_tiny_causal_lm
+    from moelora_experiments.tasks import write_tiny_causal_lm
 
     root = tmp_path_factory.mktemp("lm")
     write_tiny_causal_lm(root / "model", hidden=16, layers=1)
@@ -59,7 +59,7 @@ def test_ddp_every_arch_trains_saves_and_reloads(lm: Path, tmp_path: Path) -> No
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    import experiments.peft_methods  # noqa: F401  (registers the routed methods)
+    import moelora_experiments.peft_methods  # noqa: F401  (registers the routed methods)
 
     launch("ddp.yaml", lm, tmp_path, 29621)
     for arch in ARCHS:
@@ -84,8 +84,8 @@ def test_fsdp2_every_arch_trains_saves_and_reloads(lm: Path, tmp_path: Path) -> 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    import experiments.peft_methods  # noqa: F401
-    from experiments.tasks import write_tiny_causal_lm
+    import moelora_experiments.peft_methods  # noqa: F401
+    from moelora_experiments.tasks import write_tiny_causal_lm
 
     two = write_tiny_causal_lm(tmp_path / "lm2", hidden=16, layers=2)  # two FSDP layer units
     torchrun = Path(sys.executable).with_name("torchrun")

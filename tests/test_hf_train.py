@@ -12,18 +12,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from experiments.cli import app
-from experiments.durable import CheckpointError
-from experiments.hf_train import (
+from moelora_experiments.cli import app
+from moelora_experiments.durable import CheckpointError
+from moelora_experiments.hf_train import (
     HFRunOptions,
     build_peft_model,
     make_trainer,
     run_trainer,
     training_args,
 )
-from experiments.inject import AdapterSpec
-from experiments.loading import Placement
-from experiments.train import TrainConfig
+from moelora_experiments.inject import AdapterSpec
+from moelora_experiments.loading import Placement
+from moelora_experiments.train import TrainConfig
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),
@@ -41,7 +41,7 @@ SPECS = {
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from experiments.tasks import write_tiny_causal_lm
+    from moelora_experiments.tasks import write_tiny_causal_lm
 
     root = tmp_path_factory.mktemp("lm")
     write_tiny_causal_lm(root / "model", hidden=16, layers=1)
@@ -52,8 +52,8 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset(lm: Path) -> tuple[Any, Any]:
-    from experiments.hf_data import collator, instruction_dataset
-    from experiments.loading import load_tokenizer
+    from moelora_experiments.hf_data import collator, instruction_dataset
+    from moelora_experiments.loading import load_tokenizer
 
     tok = load_tokenizer(str(lm / "model"))
     return instruction_dataset(tok, 200, data=str(lm / "train.json")), collator(tok)
@@ -136,8 +136,8 @@ def test_measure_accepts_peft_models(lm: Path, dataset: Any) -> None:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from experiments.measure import measure_adapted_model
-    from experiments.peft_bridge import peft_config_for
+    from moelora_experiments.measure import measure_adapted_model
+    from moelora_experiments.peft_bridge import peft_config_for
 
     for arch in ("lora", "moelora"):
         model = get_peft_model(
@@ -181,7 +181,7 @@ def test_damaged_and_stale_trainer_checkpoints(lm: Path, tmp_path: Path) -> None
     (tmp_path / "train" / "checkpoint-2" / "scheduler.pt").write_bytes(b"garbage")
     r = cli(lm, tmp_path, "--steps", "3")
     assert r.exit_code == 2 and "scheduler.pt" in r.output and not stale.exists()
-    from experiments.hf_train import validate_checkpoint
+    from moelora_experiments.hf_train import validate_checkpoint
 
     with pytest.raises(CheckpointError):
         validate_checkpoint(tmp_path / "train" / "checkpoint-2")

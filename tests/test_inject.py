@@ -19,7 +19,8 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from experiments.checkpoint import (
+from moelora_core import CoMoL, ConfigError, ShapeError, TalkLoRA
+from moelora_experiments.checkpoint import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     CheckpointError,
@@ -28,7 +29,7 @@ from experiments.checkpoint import (
     read_spec,
     save_adapters,
 )
-from experiments.inject import (
+from moelora_experiments.inject import (
     AdaptedLinear,
     AdapterSpec,
     adapted_layers,
@@ -36,7 +37,6 @@ from experiments.inject import (
     remove_adapters,
     trainable_report,
 )
-from moelora_core import CoMoL, ConfigError, ShapeError, TalkLoRA
 
 ARCHS = ("lora", "moelora", "hydralora", "talklora", "comol")
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")

@@ -10,17 +10,22 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from experiments.cli import app
-from experiments.demo import DemoConfig, run_demo
-from experiments.inject import AdapterSpec, inject_adapters
-from experiments.measure import amplification, capture_inputs, measure_layer, with_identity_talk
-from experiments.tasks import (
+from moelora_core import MoELoRA, MoELoRAConfig, TalkLoRA, TalkLoRAConfig
+from moelora_experiments.cli import app
+from moelora_experiments.demo import DemoConfig, run_demo
+from moelora_experiments.inject import AdapterSpec, inject_adapters
+from moelora_experiments.measure import (
+    amplification,
+    capture_inputs,
+    measure_layer,
+    with_identity_talk,
+)
+from moelora_experiments.tasks import (
     MeanPoolClassifier,
     load_encoder,
     text_batches,
     write_char_tokenizer,
 )
-from moelora_core import MoELoRA, MoELoRAConfig, TalkLoRA, TalkLoRAConfig
 
 
 def test_capture_returns_the_hidden_states_of_real_tokens(tiny: Path) -> None:

@@ -17,8 +17,10 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from experiments.inject import _shared_formula
-from experiments.peft_methods import (
+from moelora_core.adapter import Adapter
+from moelora_core.errors import ConfigError
+from moelora_experiments.inject import _shared_formula
+from moelora_experiments.peft_methods import (
     CoMoLPeftConfig,
     HydraLoRAPeftConfig,
     MoELoRAPeftConfig,
@@ -26,8 +28,6 @@ from experiments.peft_methods import (
     TalkLoRAPeftConfig,
     routed_layers,
 )
-from moelora_core.adapter import Adapter
-from moelora_core.errors import ConfigError
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),

@@ -13,9 +13,9 @@ import torch
 
 pytest.importorskip("bitsandbytes")
 
-from experiments.hf_train import build_peft_model
-from experiments.inject import AdapterSpec
-from experiments.loading import Placement, from_pretrained
+from moelora_experiments.hf_train import build_peft_model
+from moelora_experiments.inject import AdapterSpec
+from moelora_experiments.loading import Placement, from_pretrained
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 def test_4bit_base_trains_fp32_adapters(arch: str, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from experiments.tasks import write_tiny_causal_lm
+    from moelora_experiments.tasks import write_tiny_causal_lm
 
     write_tiny_causal_lm(tmp_path, hidden=128, layers=1)
     spec = AdapterSpec(arch, ("q_proj", "v_proj"), rank=4, experts=2)

@@ -3,7 +3,7 @@
     python docs/examples/peft_train_and_measure.py [OUT_DIR] [STEPS]
 
 A tiny Llama is built from a config (no download), each adapter is a PEFT method (LoRA is PEFT's own
-`LoraConfig`; the routed ones come from `experiments.peft_methods`), trained by a plain `Trainer` on a few
+`LoraConfig`; the routed ones come from `moelora_experiments.peft_methods`), trained by a plain `Trainer` on a few
 instruction records with completion-only labels, saved with `save_pretrained` (adapter only), reloaded
 with `PeftModel.from_pretrained` (the outputs must be identical) and measured with `moelora bounds`.
 """
@@ -20,16 +20,16 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-from experiments.cli import app
-from experiments.hf_data import collator, instruction_dataset
-from experiments.loading import load_tokenizer
-from experiments.peft_methods import (
+from moelora_experiments.cli import app
+from moelora_experiments.hf_data import collator, instruction_dataset
+from moelora_experiments.loading import load_tokenizer
+from moelora_experiments.peft_methods import (
     CoMoLPeftConfig,
     HydraLoRAPeftConfig,
     MoELoRAPeftConfig,
     TalkLoRAPeftConfig,
 )
-from experiments.tasks import write_tiny_causal_lm
+from moelora_experiments.tasks import write_tiny_causal_lm
 
 TARGETS = ["q_proj", "v_proj"]
 CONFIGS: dict[str, Any] = {

@@ -17,8 +17,8 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
 
-from experiments.hf_train import build_peft_model
-from experiments.inject import AdapterSpec
+from moelora_experiments.hf_train import build_peft_model
+from moelora_experiments.inject import AdapterSpec
 
 QV = ("q_proj", "v_proj")
 SPECS = {

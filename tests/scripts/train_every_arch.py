@@ -10,17 +10,17 @@ from pathlib import Path
 
 import torch
 
-from experiments.hf_data import collator, instruction_dataset
-from experiments.hf_train import (
+from moelora_experiments.hf_data import collator, instruction_dataset
+from moelora_experiments.hf_train import (
     HFRunOptions,
     build_peft_model,
     make_trainer,
     run_trainer,
     training_args,
 )
-from experiments.inject import AdapterSpec
-from experiments.loading import Placement, load_tokenizer
-from experiments.train import TrainConfig
+from moelora_experiments.inject import AdapterSpec
+from moelora_experiments.loading import Placement, load_tokenizer
+from moelora_experiments.train import TrainConfig
 
 SPECS = {
     "lora": AdapterSpec("lora", ("q_proj", "v_proj"), rank=4, scale=2.0),
