@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 LAZY: dict[str, tuple[str, str]] = {
     "params": ("params", "params_command"),
     "verify": ("verify_cmd", "verify_command"),
-    "train": ("train", "train_command"),
+    "train": ("train_cmd", "train_command"),
     "demo": ("demo", "demo_command"),
     "bounds": ("bounds_cmd", "bounds_command"),
 }
