@@ -8,6 +8,11 @@ shadow the `experiments/` folder of any repository the toolkit is installed into
 from setuptools import find_packages, setup
 
 setup(
-    packages=[*find_packages(include=["moelora_core*", "proofs_numeric*"]), "moelora_experiments"],
+    packages=[
+        *find_packages(include=["moelora_core*", "proofs_numeric*"]),
+        "moelora_experiments",
+        "moelora_experiments.study",
+        "moelora_experiments.gpu",
+    ],
     package_dir={"moelora_experiments": "experiments"},
 )

@@ -104,7 +104,7 @@ def claims(
 )
 def study(ctx: typer.Context) -> None:
     """Seeds x architectures x tasks x budgets: train, measure, paired statistics (--help for options)."""
-    from experiments.study.cli import main
+    from moelora_experiments.study.cli import main
 
     raise typer.Exit(main(list(ctx.args)))
 

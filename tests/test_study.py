@@ -14,9 +14,9 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from experiments.study.grid import budget_specs, preset
-from experiments.study.runner import cell_path, run_study
 from moelora_core.errors import ConfigError
+from moelora_experiments.study.grid import budget_specs, preset
+from moelora_experiments.study.runner import cell_path, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_config_errors() -> None:
 
 def test_multi_task_is_balanced_and_prefixed() -> None:
     pytest.importorskip("nrclex")
-    from experiments.study.data import multi_task
+    from moelora_experiments.study.data import multi_task
 
     t = multi_task(100)
     assert t.describe()["positive_share"] == pytest.approx(0.5)
@@ -67,7 +67,9 @@ def test_killed_study_resumes_without_recomputing(tiny: Path, tmp_path: Path) ->
         "0,1,2",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    code = "import sys; from experiments.study.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = (
+        "import sys; from moelora_experiments.study.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *args],
         env=env,
@@ -104,7 +106,7 @@ def test_killed_study_resumes_without_recomputing(tiny: Path, tmp_path: Path) ->
 
 
 def test_cli_errors_name_the_parameter(tmp_path: Path) -> None:
-    from experiments.study.cli import main
+    from moelora_experiments.study.cli import main
 
     assert main(["--preset", "tiny", "--model", str(tmp_path / "none")]) == 2
     assert main(["--preset", "tiny", "--shard", "3/2"]) == 2

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow  # ~40 s on a quiet 2-core machine (4.5 min under a load average of 9)
 def test_gpu_script_on_cpu(tiny: Path, tmp_path: Path) -> None:
-    from experiments.study.data import export_tasks
+    from moelora_experiments.study.data import export_tasks
 
     assets = tmp_path / "assets"
     shutil.copytree(tiny, assets / "minilm")
@@ -66,7 +66,7 @@ def test_gpu_script_on_cpu(tiny: Path, tmp_path: Path) -> None:
         (out / "layers.json").read_text()
     )  # both dtypes (old) or one --gpu/--quick run
     # the metrics alone (no cells/ folder) are enough to rebuild the analysis elsewhere
-    from experiments.study.cli import main
+    from moelora_experiments.study.cli import main
 
     assert (
         main(

@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from experiments.study.stats import holm, paired, seeds_needed, verdict, with_holm
 from moelora_core.errors import ConfigError
+from moelora_experiments.study.stats import holm, paired, seeds_needed, verdict, with_holm
 
 A = [0.91, 0.93, 0.92, 0.95, 0.94]
 B = [0.90, 0.90, 0.91, 0.92, 0.90]

@@ -59,7 +59,7 @@ def _sync(device: str) -> None:
 
 
 def bench(a: argparse.Namespace, name: str) -> dict[str, Any]:
-    from experiments.inject import AdapterSpec, inject_adapters, trainable_report
+    from moelora_experiments.inject import AdapterSpec, inject_adapters, trainable_report
 
     model = build_stack(a)
     if name != "frozen":

@@ -1,7 +1,7 @@
 """Write what the offline GPU run carries (< 64 MiB): a float16 copy of the packaged MiniLM with its
 tokenizer, and the study's tasks as one JSON file (the GPU image has no vaderSentiment / nrclex).
 
-    .venv/bin/python -m experiments.gpu.prepare --out runs/gpu-assets [--preset gpu]
+    .venv/bin/python -m moelora_experiments.gpu.prepare --out runs/gpu-assets [--preset gpu]
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 def prepare(out: Path, preset_name: str = "gpu", model: str | None = None) -> Path:
     import torch
 
-    from experiments.study.data import export_tasks
-    from experiments.study.grid import preset
-    from experiments.tasks import load_encoder
+    from moelora_experiments.study.data import export_tasks
+    from moelora_experiments.study.grid import preset
+    from moelora_experiments.tasks import load_encoder
 
     cfg = preset(preset_name)
     encoder, tokenizer = load_encoder(model or cfg.model)

@@ -4,7 +4,7 @@
 #
 # Prepare (on a machine with the package's extras installed), then run where only torch, transformers,
 # peft, accelerate, matplotlib, typer, rich, sympy and hypothesis exist, offline:
-#   .venv/bin/python -m experiments.gpu.prepare --out runs/gpu-assets          # ~45 MiB
+#   .venv/bin/python -m moelora_experiments.gpu.prepare --out runs/gpu-assets          # ~45 MiB
 #   experiments/gpu/run.sh [--device cuda|cpu] [--preset gpu|tiny] [--assets runs/gpu-assets] \
 #                          [--out runs/gpu-results] [--study-seconds 330]
 # Files: report.md metrics.json forest.png amp_vs_talk_norm.png routing_dynamics.png (study),
@@ -21,12 +21,14 @@ while [ $# -gt 0 ]; do
   esac
 done
 cd "$(dirname "$0")/../.." || exit 2
-export PYTHONPATH=. HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+# the folder experiments/ is the package moelora_experiments (setup.py); without an install, a link does it
+mkdir -p "$WORK/path" && ln -s "$PWD/experiments" "$WORK/path/moelora_experiments"
+export PYTHONPATH=".:$WORK/path" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
 [ "$DEVICE" = cpu ] && export CUDA_VISIBLE_DEVICES=""
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
 exec > >(tee "$OUT/run.log") 2>&1
 echo "== $(date -u) device=$DEVICE preset=$PRESET"
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
@@ -45,12 +47,12 @@ fi
 echo "== study ($PRESET preset, at most ${STUDY_SECONDS}s)"
 PIDS=()
 for I in $(seq 0 $((SHARDS - 1))); do  # shards share the GPU; their CPU measurements run in parallel
-  timeout "$STUDY_SECONDS" $PY -m experiments.study.cli --preset "$PRESET" --model "$ASSETS/minilm" --data "$ASSETS/tasks.json" --out "$WORK/study" --threads $THREADS --shard "$I/$SHARDS" > "$WORK/shard$I.log" 2>&1 &
+  timeout "$STUDY_SECONDS" $PY -m moelora_experiments.study.cli --preset "$PRESET" --model "$ASSETS/minilm" --data "$ASSETS/tasks.json" --out "$WORK/study" --threads $THREADS --shard "$I/$SHARDS" > "$WORK/shard$I.log" 2>&1 &
   PIDS+=($!)
 done
 for P in "${PIDS[@]}"; do wait "$P" || echo "a study shard stopped (rc=$?): reporting the finished cells"; done
 cat "$WORK"/shard*.log
-$PY -m experiments.study.cli --preset "$PRESET" --model "$ASSETS/minilm" --data "$ASSETS/tasks.json" --out "$WORK/study" --report-only || echo "study report failed (rc=$?)"
+$PY -m moelora_experiments.study.cli --preset "$PRESET" --model "$ASSETS/minilm" --data "$ASSETS/tasks.json" --out "$WORK/study" --report-only || echo "study report failed (rc=$?)"
 for f in report.md metrics.json forest.png amp_vs_talk_norm.png routing_dynamics.png; do cp "$WORK/study/$f" "$OUT/" 2>/dev/null || echo "no $f"; done
 
 echo "== layer benchmark (bf16, fp32)"
