@@ -11,8 +11,7 @@ setup(
     packages=[
         *find_packages(include=["moelora_core*", "proofs_numeric*"]),
         "moelora_experiments",
-        "moelora_experiments.study",
-        "moelora_experiments.gpu",
+        *(f"moelora_experiments.{p}" for p in find_packages(where="experiments")),
     ],
     package_dir={"moelora_experiments": "experiments"},
 )
