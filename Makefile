@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/moelora demo
+	$(BIN)/moelora study --preset demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

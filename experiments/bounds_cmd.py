@@ -1,17 +1,17 @@
 """`moelora bounds RUN_OR_ADAPTER_DIR`: measure bounds on an already trained checkpoint.
 
-Accepts a demo run directory (`runs/NAME`, every `<arch>/adapter/` in it), one architecture's directory
+Accepts a run directory (`runs/NAME`, every `<arch>/adapter/` in it), one architecture's directory
 (`runs/NAME/<arch>`), an adapter directory written by `save_adapters`, or a PEFT adapter directory
 (`save_pretrained` of LoRA or of a routed method of `peft_methods`, e.g. `moelora train`'s
 `out/adapter`). The base model is the one the adapter names (`extra.base_model`; for PEFT,
 `moelora_run.json`'s `base_model`, else `base_model_name_or_path`), overridable with --model;
-`extra.model_kind` says how to rebuild a toolkit checkpoint's base: "mean_pool_classifier" (the
-demo's), "causal_lm", else a plain AutoModel. --device, --dtype, --device-map and --load-in-4bit place
+`extra.model_kind` says how to rebuild a toolkit checkpoint's base: "mean_pool_classifier" (frozen
+encoder, mean pooling, linear head), "causal_lm", else a plain AutoModel. --device, --dtype, --device-map and --load-in-4bit place
 the base (`loading.Placement`); the measurements themselves run in float64 on the CPU.
 
 Inputs, in order of precedence: --text (repeatable), --data (an LLM-Adapters .json/.jsonl file, whose
-prompt + output texts are used, or a .txt file with one text per line), the demo task's held-out texts
-for a demo checkpoint, else seeded random token sequences from the tokenizer's vocabulary (synthetic,
+prompt + output texts are used, or a .txt file with one text per line), the VADER task's held-out texts
+for a mean-pool classifier trained on it (`extra.task`), else seeded random token sequences from the tokenizer's vocabulary (synthetic,
 labelled as such in the output).
 """
 
@@ -48,7 +48,7 @@ class Loaded:
 
 
 def adapter_dirs(path: str | Path) -> list[tuple[str, Path]]:
-    """[(label, adapter dir)] found at `path` (an adapter dir, an arch dir or a demo run dir)."""
+    """[(label, adapter dir)] found at `path` (an adapter dir, an arch dir or a run dir)."""
     p = Path(path)
     if (p / ADAPTER_CONFIG).is_file():
         return [(p.parent.name if p.name == "adapter" else p.name, p)]
@@ -62,7 +62,7 @@ def adapter_dirs(path: str | Path) -> list[tuple[str, Path]]:
     if not found:
         raise ConfigError(
             f"path={str(p)!r}: no {ADAPTER_CONFIG} in it, in {p / 'adapter'} or in {p}/*/adapter; "
-            "expected a demo run directory, an architecture directory or an adapter directory"
+            "expected a run directory, an architecture directory or an adapter directory"
         )
     return [(d.parent.name, d) for d in found]
 
@@ -174,7 +174,7 @@ def inputs_for(
         extra.get("task", {}).get("name", "")
     ).startswith("vader"):
         task = vader_task(float(extra.get("threshold", 1.0)))
-        return [t for t, _ in task.test[:n]], "demo task held-out texts"
+        return [t for t, _ in task.test[:n]], "VADER task held-out texts"
     return random_texts(loaded.tokenizer, n, 16, seed), "random vocabulary tokens (synthetic)"
 
 
@@ -219,7 +219,7 @@ def run_bounds(
 
 
 def bounds_command(
-    path: str = typer.Argument(..., help="A demo run dir, one arch's dir, or an adapter dir."),
+    path: str = typer.Argument(..., help="A run dir, one arch's dir, or an adapter dir."),
     data: str | None = typer.Option(
         None, "--data", help="LLM-Adapters .json/.jsonl, or .txt (one text a line)."
     ),

@@ -21,7 +21,6 @@ LAZY: dict[str, tuple[str, str]] = {
     "params": ("params", "params_command"),
     "verify": ("verify_cmd", "verify_command"),
     "train": ("train_cmd", "train_command"),
-    "demo": ("demo", "demo_command"),
     "bounds": ("bounds_cmd", "bounds_command"),
 }
 
@@ -107,6 +106,18 @@ def study(ctx: typer.Context) -> None:
     from moelora_experiments.study.cli import main
 
     raise typer.Exit(main(list(ctx.args)))
+
+
+@app.command(
+    "demo",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def demo(ctx: typer.Context) -> None:
+    """What `make demo` runs: `moelora study --preset demo` (every architecture x 5 seeds; runs/demo)."""
+    from moelora_experiments.study.cli import main
+
+    raise typer.Exit(main(["--preset", "demo", *ctx.args]))
 
 
 if __name__ == "__main__":

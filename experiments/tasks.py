@@ -1,4 +1,4 @@
-"""The demo's task and model: word/phrase sentiment from the VADER lexicon on a pretrained MiniLM.
+"""The study's VADER task and model: word/phrase sentiment from the VADER lexicon on a pretrained MiniLM.
 
 Task. The VADER lexicon (Hutto & Gilbert 2014, shipped in the `vaderSentiment` package as
 `vader_lexicon.txt`) lists 7,520 English words, slang, emoticons and a few phrases, each with the mean of
@@ -206,7 +206,7 @@ def write_char_tokenizer(path: str | Path, model_max_length: int = 64) -> Any:
 def write_tiny_bert(path: str | Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """Save a randomly initialised BERT (width `hidden`) with `write_char_tokenizer`'s tokenizer.
 
-    For smoke tests of the demo pipeline without the pretrained weights.
+    For smoke tests of the study pipeline without the pretrained weights.
     """
     from transformers import BertConfig, BertModel
     from transformers.utils import logging as hf_logging

@@ -5,25 +5,29 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from moelora_core import MoELoRA, MoELoRAConfig, TalkLoRA, TalkLoRAConfig
+from moelora_experiments.checkpoint import save_adapters
 from moelora_experiments.cli import app
-from moelora_experiments.demo import DemoConfig, run_demo
-from moelora_experiments.inject import AdapterSpec, inject_adapters
+from moelora_experiments.inject import AdapterSpec, adapted_layers, inject_adapters
 from moelora_experiments.measure import (
     amplification,
     capture_inputs,
     measure_layer,
+    measure_model,
     with_identity_talk,
 )
+from moelora_experiments.study.model import build_classifier
 from moelora_experiments.tasks import (
     MeanPoolClassifier,
     load_encoder,
     text_batches,
+    vader_task,
     write_char_tokenizer,
 )
 
@@ -121,35 +125,60 @@ def test_identity_talk_copy_leaves_the_original_alone() -> None:
     )
 
 
-def test_bounds_command_reproduces_the_demo_numbers(tmp_path: Path, tiny: Path) -> None:
-    cfg = DemoConfig(
-        out=tmp_path / "run", model=str(tiny), archs=("moelora-latent", "talklora"), steps=2, batch_size=8,
-        measure_texts=10, max_tokens=20, threads=1, progress=False, plots=False,
-    )  # fmt: skip
-    metrics = run_demo(cfg)
+def save_classifier_run(run: Path, tiny: Path, archs: tuple[str, ...]) -> dict[str, Any]:
+    """`run/<arch>/adapter/` for each arch: a mean-pool classifier on VADER texts with seeded random
+    adapters and head (as if trained), saved with `save_adapters`; returns {arch: measure_model of the
+    first 10 held-out texts, 20 tokens a layer}, the numbers `moelora bounds` must reproduce."""
+    encoder, tok = load_encoder(str(tiny))
+    encoder.requires_grad_(False)
+    task, hidden = vader_task(), int(encoder.config.hidden_size)
+    ref: dict[str, Any] = {}
+    for arch in archs:
+        spec = AdapterSpec(arch="moelora" if arch.startswith("moelora") else arch,
+                           targets=("query", "value"), rank=8, experts=4,
+                           **({"router": "latent"} if arch == "moelora-latent" else {}))  # fmt: skip
+        model = build_classifier(encoder, hidden, spec, seed=0)
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in (p for p in model.parameters() if p.requires_grad):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        model.eval()
+        extra = {"base_model": str(tiny), "model_kind": "mean_pool_classifier", "hidden": hidden,
+                 "num_labels": 2, "max_length": 16, "threshold": 1.0, "task": task.describe()}  # fmt: skip
+        save_adapters(model, run / arch / "adapter", spec, include_trainable_base=True, extra=extra)
+        layers = adapted_layers(model)
+        texts = [t for t, _ in task.test[:10]]
+        X = capture_inputs(model, text_batches(tok, texts, 16), max_tokens=20, layers=layers)
+        ref[arch] = measure_model(X, layers, seed=0)
+    return ref
+
+
+def test_bounds_command_reproduces_the_numbers_at_save_time(tmp_path: Path, tiny: Path) -> None:
+    run = tmp_path / "run"
+    ref = save_classifier_run(run, tiny, ("moelora-latent", "talklora"))
     out = tmp_path / "bounds.json"
     r = CliRunner().invoke(
-        app, ["bounds", str(cfg.out), "--texts", "10", "--max-tokens", "20", "--json", str(out)]
+        app, ["bounds", str(run), "--texts", "10", "--max-tokens", "20", "--json", str(out)]
     )
     assert r.exit_code == 0, r.output
     got = json.loads(out.read_text())
     assert set(got) == {"moelora-latent", "talklora"}
     for arch, res in got.items():
-        assert res["inputs"] == "demo task held-out texts"
-        demo_layers = metrics["archs"][arch]["layers"]
-        assert res["layers"].keys() == demo_layers.keys()
+        assert res["inputs"] == "VADER task held-out texts"
+        saved = ref[arch]
+        assert res["layers"].keys() == saved.keys()
         for name, layer in res["layers"].items():
-            ref = demo_layers[name]
+            want = saved[name]
             for key in ("upper_product", "upper_centred", "lower"):
-                assert layer["bounds"][key] == pytest.approx(ref["bounds"][key], rel=1e-6), (
+                assert layer["bounds"][key] == pytest.approx(want["bounds"][key], rel=1e-6), (
                     arch,
                     name,
                     key,
                 )
-            assert layer["routing"]["load"] == pytest.approx(ref["routing"]["load"], rel=1e-6)
+            assert layer["routing"]["load"] == pytest.approx(want["routing"]["load"], rel=1e-6)
 
     one = CliRunner().invoke(
-        app, ["bounds", str(cfg.out / "talklora"), "--text", "so happy", "--text", "awful"]
+        app, ["bounds", str(run / "talklora"), "--text", "so happy", "--text", "awful"]
     )
     assert one.exit_code == 0, one.output
     assert "given text (2 texts)" in one.output and "‖T‖₂" in one.output

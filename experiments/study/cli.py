@@ -22,6 +22,11 @@ def _shard(s: str) -> tuple[int, int]:
     return int(i), int(k)
 
 
+def default_out(name: str) -> str:
+    """`runs/demo` for the demo preset (what `make demo` writes), else `runs/study-<preset>`."""
+    return "runs/demo" if name == "demo" else f"runs/study-{name}"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="moelora study",
@@ -30,7 +35,9 @@ def parser() -> argparse.ArgumentParser:
         "Re-runs skip finished cells.",
     )
     p.add_argument("--preset", default="cpu", choices=list(PRESETS))
-    p.add_argument("--out", default=None, help="run directory (default runs/study-<preset>)")
+    p.add_argument(
+        "--out", default=None, help="run directory (default runs/demo, else runs/study-<preset>)"
+    )
     p.add_argument("--model", default=None, help="encoder directory (default: packaged MiniLM)")
     p.add_argument("--data", default=None, help="tasks JSON from --export-tasks (offline machines)")
     p.add_argument("--archs", default=None, help="comma-separated subset")
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .runner import run_study
 
-        out = Path(a.out or f"runs/study-{a.preset}")
+        out = Path(a.out or default_out(a.preset))
         if a.report_only:
             from .runner import rebuild_report
 

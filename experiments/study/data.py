@@ -1,6 +1,6 @@
 """The study's tasks, offline, from text shipped in PyPI packages.
 
-* `vader`: the demo's binary sentiment of VADER lexicon entries (`experiments.tasks.vader_task`).
+* `vader`: binary sentiment of VADER lexicon entries (`experiments.tasks.vader_task`).
 * `multi`: a multi-task mixture in which the same word carries different labels depending on a task
   prefix, so that an adapter must compute task-conditionally (where a mixture of experts should help):
 

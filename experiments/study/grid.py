@@ -3,7 +3,7 @@
 Architectures: every name in `moelora_core.registry.ARCHITECTURES`, MoELoRA twice (router on the input
 x and on the latent [A_i x]), E = N = 4 experts. Budgets, on the adapted square layers of width d:
 
-    equal-rank     every architecture at total rank r0 (the demo's setting)
+    equal-rank     every architecture at total rank r0
     equal-params   each architecture at the rank whose adapter parameter count per layer is closest to
                    P = max_arch params(arch, r0) (the largest of the equal-rank counts); the counts are
                    recorded, not assumed equal
@@ -149,6 +149,8 @@ PRESETS: dict[str, StudyConfig] = {
         noise=(0.1,),
         adapt_last=1,
     ),
+    # `make demo`, <= 10 min on 2 cores: the cpu preset's equal-rank half (the same cells)
+    "demo": StudyConfig(budgets=("equal-rank",), steps=50, adapt_last=2),
     # <= 15 min on 2 cores: the multi-task mixture, both budgets, five seeds
     "cpu": StudyConfig(steps=50, adapt_last=2),
     # the GPU run: both tasks, longer training, more tokens measured

@@ -26,7 +26,6 @@ from torch import nn
 from moelora_core.errors import ConfigError
 from proofs_numeric.jsonio import write_json_atomic
 
-from ..demo import auto_threads, build_classifier
 from ..inject import AdapterSpec, adapted_layers, trainable_report
 from ..measure import capture_inputs, measure_layer
 from ..tasks import MINILM, TextTask, accuracy, encode_texts, load_encoder, text_batches
@@ -34,6 +33,7 @@ from ..train import TrainConfig, train
 from .data import load_task
 from .dynamics import Recorder
 from .grid import StudyConfig, budget_specs, target_regex
+from .model import auto_threads, build_classifier
 
 AMP_EPS = "0.1"
 
