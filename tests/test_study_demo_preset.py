@@ -52,3 +52,14 @@ def test_make_demo_and_moelora_demo_run_the_demo_preset(
     assert calls[-1] == (preset("demo", steps=7), tmp_path)
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "\t$(BIN)/moelora study --preset demo\n" in makefile
+
+
+def test_report_only_keeps_the_head_alone_cells(tiny: Path, tmp_path: Path) -> None:
+    """`--report-only` rebuilds the same analysis as the run, the head-alone comparisons included."""
+    cfg = preset("tiny", model=str(tiny), archs=("lora", "talklora"), threads=1)
+    ran = runner.run_study(cfg, tmp_path, progress=False)
+    rebuilt = runner.rebuild_report(cfg, tmp_path)
+    assert [c["arch"] for c in rebuilt["cells"]] == [c["arch"] for c in ran["cells"]]
+    assert sum(c["arch"] == "head-only" for c in rebuilt["cells"]) == len(cfg.seeds)
+    assert rebuilt["analysis"]["comparisons"] == ran["analysis"]["comparisons"]
+    assert "head alone" in (tmp_path / "report.md").read_text(encoding="utf-8")

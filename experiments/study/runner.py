@@ -299,29 +299,28 @@ def finish(
 def rebuild_report(cfg: StudyConfig, out: Path) -> dict[str, Any]:
     """metrics.json, report.md and plots from the finished cells in `out` that belong to `cfg`."""
     t0 = time.perf_counter()
-    records = []
-    for task in cfg.tasks:
-        for budget in cfg.budgets:
-            for seed in cfg.seeds:
-                for arch in cfg.archs:
-                    p = cell_path(out, task, budget, arch, seed)
-                    if p.exists():
-                        records.append(json.loads(p.read_text(encoding="utf-8")))
+    keys = [  # `plan`'s order: per task, the head alone (if trained) first, then budget, seed, arch
+        key
+        for task in cfg.tasks
+        for key in (
+            [(task, "head", "head-only", seed) for seed in cfg.seeds] if cfg.head_only else []
+        )
+        + [(task, b, a, seed) for b in cfg.budgets for seed in cfg.seeds for a in cfg.archs]
+    ]
+    records = [
+        json.loads(p.read_text(encoding="utf-8"))
+        for p in (cell_path(out, *key) for key in keys)
+        if p.exists()
+    ]
     old = out / "metrics.json"
     prior: dict[str, Any] = json.loads(old.read_text(encoding="utf-8")) if old.exists() else {}
     if not records:  # e.g. a GPU run's metrics.json alone, analysed where scipy is installed
-        keep = (set(cfg.tasks), set(cfg.budgets), set(cfg.archs), set(cfg.seeds))
+        wanted = set(keys)
         records = [
             c
             for c in prior.get("cells", [])
-            if (c["task"], c["budget"], c["arch"], c["seed"]) in _product(keep)
+            if (c["task"], c["budget"], c["arch"], c["seed"]) in wanted
         ]
     if not records:
         raise ConfigError(f"out={out}: no finished cell of this study (cells/ or metrics.json)")
     return finish(cfg, out, records, 0, time.perf_counter() - t0, 0, prior.get("tasks", {}))
-
-
-def _product(sets: tuple[set[Any], ...]) -> set[tuple[Any, ...]]:
-    import itertools
-
-    return set(itertools.product(*sets))
