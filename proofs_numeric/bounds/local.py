@@ -68,13 +68,14 @@ from .rigorous import (
     centre_rows,
     exact,
     exact_t,
-    frob_upper,
     gram_pair_upper,
     hadamard,
     half_up,
     matmul,
+    matmul_floats,
     normalise,
     poly_up,
+    row_norms_upper,
     scale,
     scale_up,
     scale_up_t,
@@ -131,6 +132,16 @@ class ExpertFactors:
             Vst = exact(V.reshape(E * k, -1))  # (Ek, n)
             GV = matmul(Vst, Vst.T)
         return matmul(Ucat.T, Ucat), GV
+
+    @cached_property
+    def centred_gram(self) -> Enclosure:
+        """Enclosure of G_c = U'_cᵀ U'_c (Ek x Ek) for the centred scaled factors U'_i − Ū' (shared
+        V: P_i − P̄ = (U_i − Ū) V, centred before any product), computed once for all forms."""
+        E, m, k = self.U.shape
+        Ue, _, _ = self.scaled
+        Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
+        Ucat = Enclosure(*(t.view(E, m, k).permute(1, 0, 2).reshape(m, E * k) for t in Uc.pair))
+        return matmul(Ucat.T, Ucat)
 
 
 def expert_factors(adapter: Adapter) -> ExpertFactors:
@@ -275,13 +286,7 @@ def stack_norms(f: ExpertFactors) -> StackNorms:
     ones = torch.ones(k, k, dtype=F64)
     stack = scale_up_t(up_sqrt(gram_pair_upper(GU, hadamard(GV, torch.kron(eye, ones)))), e)
     if f.shared_v:  # P_i − P̄ = (U_i − Ū) V: centre the U_i first (no cancellation)
-        Ue, _, _ = f.scaled
-        m = Ue.mid.shape[1]
-        Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
-        Ucat = Enclosure(
-            *(t.view(E, m, k).permute(1, 0, 2).reshape(m, E * k) for t in (Uc.mid, Uc.rad))
-        )
-        lam_c = float(gram_pair_upper(matmul(Ucat.T, Ucat), hadamard(GV, torch.kron(eye, ones))))
+        lam_c = float(gram_pair_upper(f.centred_gram, hadamard(GV, torch.kron(eye, ones))))
     else:
         EPi = torch.kron(E * eye - torch.ones(E, E, dtype=F64), ones)
         lam_c = up(float(gram_pair_upper(GU, hadamard(GV, EPi))) / E)
@@ -292,25 +297,27 @@ def stack_norms(f: ExpertFactors) -> StackNorms:
 
 def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Tensor:
     """Certified ‖Y_c(x)‖₂ = ‖[(P_1 − P̄) x … (P_E − P̄) x]‖₂ per row of X (N, n), float64, (N,):
-    ‖Y_c‖₂² = λ_max(Π Yᵀ Y Π) with Yᵀ Y = Zᵀ G_U Z, Z = blockdiag(V_i x) (Ek x E), all enclosed.
-    A shared V centres the U_i first (then Yᵀ Y is already centred: no cancellation)."""
-    E, m, k = f.U.shape
-    Ue, Vs, e = f.scaled
-    V = exact(Vs[:1] if f.shared_v else Vs)  # (E or 1, k, n)
-    if f.shared_v:  # (P_i − P̄) x = (U_i − Ū)(V x)
-        Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
-        Ucat = Enclosure(*(t.view(E, m, k).permute(1, 0, 2).reshape(m, E * k) for t in Uc.pair))
-        G = matmul(Ucat.T, Ucat)  # (Ek, Ek)
-    else:
-        G = f.grams[0]
-    eye = torch.eye(E, dtype=F64)
+    ‖Y_c‖₂² = λ_max(Π Yᵀ Y Π) with (Yᵀ Y)_ij = z_iᵀ (G_U)_ij z_j, z_i = V_i x (k), all enclosed.
+    The k x k blocks are contracted directly (the zeros of blockdiag(z_i) are never multiplied, so
+    each product has k terms, not Ek). A shared V centres the U_i first (then Yᵀ Y is already
+    centred: no cancellation)."""
+    E, _, k = f.U.shape
+    _, Vs, e = f.scaled
+    Vt = (Vs[:1] if f.shared_v else Vs).reshape(-1, Vs.shape[-1]).T  # (n, E'k), exact floats
+    G = f.centred_gram if f.shared_v else f.grams[0]  # (Ek, Ek), rows (i, p), columns (j, q)
+    Gj = Enclosure(*(t.view(E * k, E, k).permute(1, 0, 2) for t in G.pair))  # (E_j, Ek, k)
     out = []
     for X_ in X.to("cpu", F64).split(chunk):
-        z = matmul(V, exact_t(X_.T.unsqueeze(0).contiguous()))  # (E or 1, k, b): V_i x
-        zb = [t.permute(2, 0, 1).expand(-1, E, -1) for t in z.pair]  # (b, E, k)
-        # Z = blockdiag(z_1 … z_E): (b, Ek, E), exact copies and zeros
-        Z = Enclosure(*((t.unsqueeze(-1) * eye[:, None, :]).reshape(-1, E * k, E) for t in zb))
-        YtY = matmul(Z.T, matmul(G, Z))  # (b, E, E)
+        b = X_.shape[0]
+        zt = matmul_floats(X_, Vt)  # (b, E'k): (V_i x)ᵀ, E' = 1 for a shared V
+        z = Enclosure(*(t.T.reshape(-1, k, b).expand(E, k, b) for t in zt.pair))  # (E, k, b)
+        W = matmul(Gj, z)  # (E_j, Ek, b): (G_U)_{·j} z_j
+        Wb = Enclosure(
+            *(t.view(E, E, k, b).permute(3, 1, 2, 0) for t in W.pair)
+        )  # (b, E_i, k, E_j)
+        zb = Enclosure(*(t.permute(2, 0, 1).unsqueeze(-2) for t in z.pair))  # (b, E_i, 1, k)
+        YtY = matmul(zb, Wb)  # (b, E_i, 1, E_j)
+        YtY = Enclosure(*(t.squeeze(-2) for t in YtY.pair))  # (b, E, E)
         if not f.shared_v:
             YtY = centre_rows(centre_rows(YtY).T)  # Π Yᵀ Y Π
         out.append(scale_up_t(up_sqrt(sym_lmax_upper(YtY)), e))
@@ -324,18 +331,27 @@ REFINE_CHUNK = 64
 def mixed_norm_fn(f: ExpertFactors) -> Callable[[Tensor], Tensor] | None:
     """G (b, E) -> certified ‖ΔW‖₂ = ‖Σ_i g_i P_i‖₂ per row for the float weights g, float64 (None
     when Ek x Ek is too large): λ_max(G_g C) by rigorous.gram_pair_upper."""
-    E, m, k = f.U.shape
+    E, _, k = f.U.shape
     GU, GV = f.grams
     if f.shared_v:  # (Σ g_i U_i) V: k x k per row
-        Ue, Vs, e = f.scaled
-        Uflat = Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k))
+        _, Vs, e = f.scaled
         V0 = exact(Vs[0])
         CV = matmul(V0, V0.T)
+        # (Σ g_i U_i)ᵀ (Σ g_j U_j) = Σ_ij g_i g_j (G_U)_ij: the Gram blocks, (E², k²)
+        blocks = Enclosure(
+            *(t.view(E, k, E, k).permute(0, 2, 1, 3).reshape(E * E, k * k) for t in GU.pair)
+        )
 
         def shared(g: Tensor) -> Tensor:
-            Ug = matmul(exact(g), Uflat)  # (b, m k): Σ_i g_i U_i
-            Ug = Enclosure(Ug.mid.view(-1, m, k), Ug.rad.view(-1, m, k))
-            return scale_up_t(up_sqrt(gram_pair_upper(matmul(Ug.T, Ug), CV)), e)
+            ge = exact(g)
+            gg = matmul(
+                Enclosure(*(t.unsqueeze(-1) for t in ge.pair)),
+                Enclosure(*(t.unsqueeze(-2) for t in ge.pair)),
+            )
+            w = Enclosure(*(t.reshape(-1, E * E) for t in gg.pair))  # (b, E²): g_i g_j
+            Gg = matmul(w, blocks)  # (b, k²)
+            Gg = Enclosure(*(t.view(-1, k, k) for t in Gg.pair))
+            return scale_up_t(up_sqrt(gram_pair_upper(Gg, CV)), e)
 
         return shared
     if E * k > MIXED_MAX:
@@ -402,13 +418,13 @@ def local_bounds(
     eff, cen_norm, C_enc, e = router_terms(L)
     cen = half_up(cen_norm)
     X = centres.detach().to("cpu", F64)
-    cn = frob_upper(exact_t(X.unsqueeze(-2)))  # (N,) certified ‖c_k‖
+    cn = row_norms_upper(X)  # (N,) certified ‖c_k‖
     yc = centred_response_norms(f, X)  # (N,)
     R = float(radius)
     spec = poly_up(sn.expert_max + eff * sn.stack * (cn + R))
     tight = torch.minimum(poly_up(sn.expert_max + cen * (yc + R * sn.stack_centred)), spec)
     # adaptive: the routing at the centres, enclosed (softmax ignores the mean logit: Π L suffices)
-    Z = matmul(exact_t(X), C_enc.T)  # (N, E): 2^-e Π L x
+    Z = matmul_floats(X, C_enc.T)  # (N, E): 2^-e Π L x
     Z = Enclosure(scale_up_t(Z.mid.abs(), e) * Z.mid.sign(), scale_up_t(Z.rad, e))
     P, p_up, dp = softmax_error(Z)  # float softmax, upper bounds on p and on ‖p − p̂‖₁
     DR = poly_up(pair_distances(C_enc, e) * R)  # (E,) D_k R
