@@ -98,15 +98,48 @@ class ExpertFactors:
     source: str
     shared_v: bool = False  # all V_i equal (HydraLoRA, CoMoL): ΔW(x) = (Σ_i g_i U_i) V
     U_rad: Tensor | None = None  # |U_exact − U| <= U_rad (U computed from the weights); None: exact
+    core: tuple[Tensor, Tensor, float] | None = (
+        None  # CoMoL: (B (m, r), M (N, r, r), s), U_i = s B M_i
+    )
 
     @cached_property
-    def scaled(self) -> tuple[Enclosure, Tensor, int]:
-        """(U', V', e) with U_i V_i = 2^e U'_i V'_i: U (with its rounding) and V scaled by exact
-        powers of 2 (the radius rounded upwards), so that Gram products stay in range."""
+    def _scaling(self) -> tuple[Enclosure, Tensor, int, int]:
         rad = torch.zeros_like(self.U) if self.U_rad is None else self.U_rad
         Us, eu = normalise(self.U)
         Vs, ev = normalise(self.V)
-        return Enclosure(Us, scale_up_t(rad, -eu) if eu else rad), Vs, eu + ev
+        return Enclosure(Us, scale_up_t(rad, -eu) if eu else rad), Vs, eu, ev
+
+    @property
+    def scaled(self) -> tuple[Enclosure, Tensor, int]:
+        """(U', V', e) with U_i V_i = 2^e U'_i V'_i: U (with its rounding) and V scaled by exact
+        powers of 2 (the radius rounded upwards), so that Gram products stay in range."""
+        Ue, Vs, eu, ev = self._scaling
+        return Ue, Vs, eu + ev
+
+    def _core_gram(self, centred: bool) -> Enclosure | None:
+        """CoMoL (U_i = s B M_i): G_U' = s² 2^-2e_u M_iᵀ (BᵀB) M_j (M_i − M̄ when centred: then
+        U_i − Ū = s B (M_i − M̄) exactly), enclosed, from the r x r factors, so the only m-long
+        product is BᵀB. None without the factors or when 2^-e_u B is not exact."""
+        if self.core is None:
+            return None
+        B, M, s = self.core
+        eu = self._scaling[2]
+        B2 = torch.ldexp(B, torch.tensor(-eu, dtype=torch.int32))
+        if not torch.equal(torch.ldexp(B2, torch.tensor(eu, dtype=torch.int32)), B):
+            return None
+        N, r = M.shape[0], M.shape[-1]
+        Me = exact(M)
+        if centred:
+            Mc = centre_rows(Enclosure(*(t.reshape(N, r * r) for t in Me.pair)))
+            Me = Enclosure(*(t.view(N, r, r) for t in Mc.pair))
+        GB = matmul(exact_t(B2.T.contiguous()), exact_t(B2))  # (r, r)
+        T = matmul(Me.T, GB)  # (N, r, r): M_iᵀ BᵀB
+        G4 = matmul(
+            Enclosure(*(t.unsqueeze(1) for t in T.pair)),
+            Enclosure(*(t.unsqueeze(0) for t in Me.pair)),
+        )  # (N_i, N_j, r_p, r_q)
+        G4 = scale(scale(G4, s), s)
+        return Enclosure(*(t.permute(0, 2, 1, 3).reshape(N * r, N * r) for t in G4.pair))
 
     @property
     def num_experts(self) -> int:
@@ -122,7 +155,6 @@ class ExpertFactors:
         factors (`scaled`: the norms built from them are 2^-e times the true ones), computed once."""
         E, m, k = self.U.shape
         Ue, V, _ = self.scaled
-        Ucat = Enclosure(*(t.permute(1, 0, 2).reshape(m, E * k) for t in (Ue.mid, Ue.rad)))
         ones = torch.ones(E, E, dtype=F64)
         if self.shared_v:
             V0 = exact(V[0])
@@ -131,12 +163,19 @@ class ExpertFactors:
         else:
             Vst = exact(V.reshape(E * k, -1))  # (Ek, n)
             GV = matmul(Vst, Vst.T)
-        return matmul(Ucat.T, Ucat), GV
+        GU = self._core_gram(False)
+        if GU is None:
+            Ucat = Enclosure(*(t.permute(1, 0, 2).reshape(m, E * k) for t in Ue.pair))
+            GU = matmul(Ucat.T, Ucat)
+        return GU, GV
 
     @cached_property
     def centred_gram(self) -> Enclosure:
         """Enclosure of G_c = U'_cᵀ U'_c (Ek x Ek) for the centred scaled factors U'_i − Ū' (shared
         V: P_i − P̄ = (U_i − Ū) V, centred before any product), computed once for all forms."""
+        core = self._core_gram(True)
+        if core is not None:
+            return core
         E, m, k = self.U.shape
         Ue, _, _ = self.scaled
         Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
@@ -191,7 +230,8 @@ def _factors(a: Adapter) -> ExpertFactors:
         B = exact(a.B.weight).mid.unsqueeze(0)  # (1, m, r)
         Us = scale(matmul(exact_t(B), exact(a.cores)), o.scale)  # (N, m, r): s B M_i
         V = a.A.weight.detach().to("cpu", F64).expand(o.num_cores, -1, -1)
-        return ExpertFactors(Us.mid, V, "comol", shared_v=True, U_rad=Us.rad)
+        core = (B[0], exact(a.cores).mid, o.scale)
+        return ExpertFactors(Us.mid, V, "comol", shared_v=True, U_rad=Us.rad, core=core)
     P = a.expert_matrices().detach().to("cpu", F64)  # (E, m, n)
     E, m, n = P.shape
     if E * min(m, n) > DENSE_FALLBACK_MAX:
