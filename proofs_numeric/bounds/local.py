@@ -112,7 +112,8 @@ class ExpertFactors:
     def _scaling(self) -> tuple[Enclosure, Tensor, int, int]:
         rad = torch.zeros_like(self.U) if self.U_rad is None else self.U_rad
         Us, eu = normalise(self.U)
-        Vs, ev = normalise(self.V)
+        Vs, ev = normalise(self.V[:1] if self.shared_v else self.V)  # a shared V: one copy
+        Vs = Vs.expand_as(self.V)
         return Enclosure(Us, scale_up_t(rad, -eu) if eu else rad), Vs, eu, ev
 
     @property
