@@ -5,8 +5,8 @@
 
 The layer shapes come from a `transformers.LlamaConfig` (hidden 2048, intermediate 8192, 16 layers,
 32 heads, 8 key-value heads: q, o 2048 -> 2048, k, v 2048 -> 512, down 8192 -> 2048) instantiated on
-the meta device (no weights); each target gets a random adapter (`inject.build_adapter`, r = 32,
-E = 8, B ~ N(0, 0.02²)) and `--inputs` standard-normal probe rows, not hidden states of a trained
+the meta device (no weights); each target gets a random adapter (r = 32, E = 8, B ~ N(0, 0.02²),
+as in benchmarks/bounds.py) and `--inputs` standard-normal probe rows, not hidden states of a trained
 run. Layers are measured one after the other on the CPU (float32 adapters; the certified parts run
 in float64 inside `layer_report`); the total wall time, the per-module-type sums and the slowest
 layer are printed, with the load average.
@@ -18,16 +18,52 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from moelora_experiments.inject import AdapterSpec, build_adapter, linear_features
+from moelora_core import (
+    Adapter,
+    CoMoL,
+    CoMoLConfig,
+    HydraLoRA,
+    HydraLoRAConfig,
+    MoELoRA,
+    MoELoRAConfig,
+    TalkLoRA,
+    TalkLoRAConfig,
+)
 from proofs_numeric.bounds import layer_report
 from proofs_numeric.jsonio import write_json_atomic
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
+ARCHS = ("talklora", "moelora-latent", "moelora-input", "hydralora", "comol")
+
+
+def build(arch: str, n: int, m: int, r: int = 32, E: int = 8) -> Adapter:
+    """A random float32 adapter n -> m (r = 32 total rank, E = 8), B ~ N(0, 0.02²)."""
+    a: Adapter
+    if arch == "talklora":
+        a = TalkLoRA(TalkLoRAConfig(in_features=n, out_features=m, rank=r, num_experts=E))
+    elif arch in ("moelora-latent", "moelora-input"):
+        router: Literal["input", "latent"] = "latent" if arch == "moelora-latent" else "input"
+        a = MoELoRA(
+            MoELoRAConfig(
+                in_features=n, out_features=m, num_experts=E, expert_rank=r // E, router=router
+            )
+        )
+    elif arch == "hydralora":
+        a = HydraLoRA(
+            HydraLoRAConfig(in_features=n, out_features=m, num_experts=E, expert_rank=r // E)
+        )
+    else:
+        a = CoMoL(CoMoLConfig(in_features=n, out_features=m, rank=r, num_cores=E))
+    with torch.no_grad():
+        for name, p in a.named_parameters():
+            if name.startswith("B."):
+                p.normal_(0, 0.02)
+    return a
 
 
 def layer_shapes(hidden: int, intermediate: int, layers: int) -> list[tuple[str, int, int]]:
@@ -43,15 +79,13 @@ def layer_shapes(hidden: int, intermediate: int, layers: int) -> list[tuple[str,
     out = []
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS:
-            feats = linear_features(mod)
-            assert feats is not None
-            out.append((name, *feats))
+            out.append((name, mod.in_features, mod.out_features))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--arch", default="talklora")
+    ap.add_argument("--arch", default="talklora", choices=ARCHS)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--intermediate", type=int, default=8192)
     ap.add_argument("--layers", type=int, default=16)
@@ -60,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    spec = AdapterSpec(arch=args.arch, targets=TARGETS, rank=32, experts=8)
     shapes = layer_shapes(args.hidden, args.intermediate, args.layers)
     gen = torch.Generator().manual_seed(0)
     probes: dict[int, torch.Tensor] = {}
@@ -69,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     for i, (name, n, m) in enumerate(shapes):
         torch.manual_seed(i)
-        a = build_adapter(spec, n, m)
-        with torch.no_grad():
-            for pname, p in a.named_parameters():
-                if pname.startswith("B."):
-                    p.normal_(0, 0.02)
+        a = build(args.arch, n, m)
         if n not in probes:
             probes[n] = torch.randn(args.inputs, n, generator=gen)
         t = time.perf_counter()
