@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from moelora_core import CoMoL, CoMoLConfig
-from proofs_numeric.bounds.local import centred_response_norms, expert_factors
+from proofs_numeric.bounds.local import centred_response_norms, expert_factors, stack_norms
 from proofs_numeric.bounds.rigorous import (
     Enclosure,
     exact_t,
@@ -89,3 +89,17 @@ def test_comol_centred_responses_agree_with_the_stack_path(seed: int) -> None:
     got = centred_response_norms(f, X)
     ref = centred_response_norms(dataclasses.replace(f, core=None), X)
     assert got.tolist() == pytest.approx(ref.tolist(), rel=1e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_comol_stack_norms_through_the_cores_match_the_stack_path(seed: int) -> None:
+    f = expert_factors(_comol(seed))
+    got, ref = stack_norms(f), stack_norms(dataclasses.replace(f, core=None))
+    dense = f.dense()  # (N, m, n), exact enough for a 1e-9 comparison
+    assert got.experts == pytest.approx(ref.experts, rel=1e-9)
+    assert got.stack == pytest.approx(ref.stack, rel=1e-9)
+    assert got.stack_centred == pytest.approx(ref.stack_centred, rel=1e-9)
+    true = torch.linalg.matrix_norm(dense, ord=2)
+    assert all(g >= float(t) for g, t in zip(got.experts, true, strict=True))
+    stack_true = float(torch.linalg.matrix_norm(torch.cat(list(dense), dim=1), ord=2))
+    assert got.stack >= stack_true

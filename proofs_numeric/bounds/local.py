@@ -123,10 +123,10 @@ class ExpertFactors:
         Ue, Vs, eu, ev = self._scaling
         return Ue, Vs, eu + ev
 
-    def _core_gram(self, centred: bool) -> Enclosure | None:
-        """CoMoL (U_i = s B M_i): G_U' = s² 2^-2e_u M_iᵀ (BᵀB) M_j (M_i − M̄ when centred: then
-        U_i − Ū = s B (M_i − M̄) exactly), enclosed, from the r x r factors, so the only m-long
-        product is BᵀB. None without the factors or when 2^-e_u B is not exact."""
+    def core_parts(self, centred: bool) -> tuple[Enclosure, Enclosure, float] | None:
+        """CoMoL (U_i = s B M_i): (BᵀB, M, s) for the scaled U'_i = s (2^-e_u B) M_i, enclosed, with
+        M_i − M̄ when centred (then U'_i − Ū' = s (2^-e_u B)(M_i − M̄) exactly); None without the
+        factors or when 2^-e_u B is not exact."""
         if self.core is None:
             return None
         B, M, s = self.core
@@ -139,7 +139,15 @@ class ExpertFactors:
         if centred:
             Mc = centre_rows(Enclosure(*(t.reshape(N, r * r) for t in Me.pair)))
             Me = Enclosure(*(t.view(N, r, r) for t in Mc.pair))
-        GB = matmul(exact_t(B2.T.contiguous()), exact_t(B2))  # (r, r)
+        return matmul_floats(B2.T.contiguous(), B2), Me, s  # BᵀB: (r, r), the only m-long product
+
+    def _core_gram(self, centred: bool) -> Enclosure | None:
+        """G_U' = s² M_iᵀ (BᵀB) M_j (`core_parts`), (Ek, Ek), or None."""
+        parts = self.core_parts(centred)
+        if parts is None:
+            return None
+        GB, Me, s = parts
+        N, r = Me.mid.shape[0], Me.mid.shape[-1]
         T = matmul(Me.T, GB)  # (N, r, r): M_iᵀ BᵀB
         G4 = matmul(
             Enclosure(*(t.unsqueeze(1) for t in T.pair)),
@@ -323,6 +331,9 @@ def stack_norms(f: ExpertFactors) -> StackNorms:
     require_instance("f", f, ExpertFactors)
     E, _, k = f.U.shape
     GU, GV = f.grams
+    core = _core_stack_norms(f, Enclosure(GV.mid[:k, :k], GV.rad[:k, :k]))
+    if core is not None:
+        return core
     idx = torch.arange(E)
     bu, bv = _block(GU, E, k), _block(GV, E, k)
     diag_u = Enclosure(bu.mid[idx, idx], bu.rad[idx, idx])
@@ -342,6 +353,34 @@ def stack_norms(f: ExpertFactors) -> StackNorms:
     return StackNorms(max(experts), experts, certify(float(stack)), certify(stack_c))
 
 
+def _core_stack_norms(f: ExpertFactors, CV: Enclosure) -> StackNorms | None:
+    """CoMoL (P_i = s B M_i V): P_i P_iᵀ = s² B (M_i CV M_iᵀ) Bᵀ, CV = V Vᵀ, so ‖P_i‖₂² =
+    λ_max(BᵀB · s² M_i CV M_iᵀ), ‖𝒫‖₂² = λ_max(BᵀB · s² Σ_i M_i CV M_iᵀ) and ‖𝒫_c‖₂² the same with
+    M_i − M̄: r x r eigenproblems (rigorous.gram_pair_upper) instead of Ek x Ek. None when
+    `core_parts` is."""
+    parts, parts_c = f.core_parts(False), f.core_parts(True)
+    if not f.shared_v or parts is None or parts_c is None:
+        return None
+    e = f.scaled[2]
+    N = parts[1].mid.shape[0]
+    ones = exact_t(torch.ones(1, N, dtype=F64))
+
+    def grams(M: Enclosure, s: float) -> tuple[Enclosure, Enclosure]:
+        C = scale(scale(matmul(matmul(M, CV), M.T), s), s)  # (N, r, r): s² M_i CV M_iᵀ
+        flat = Enclosure(*(t.reshape(N, -1) for t in C.pair))
+        total = matmul(ones, flat)  # (1, r²): the enclosed sum over i
+        return C, Enclosure(*(t.view(C.mid.shape[1:]) for t in total.pair))
+
+    (GB, M, s), (_, Mc, _) = parts, parts_c
+    C, Csum = grams(M, s)
+    per = scale_up_t(up_sqrt(gram_pair_upper(GB, C)), e)  # (N,) ‖P_i‖₂
+    stack = scale_up_t(up_sqrt(gram_pair_upper(GB, Csum)), e)
+    _, Ccsum = grams(Mc, s)
+    stack_c = torch.minimum(scale_up_t(up_sqrt(gram_pair_upper(GB, Ccsum)), e), stack)
+    experts = [certify(float(v)) for v in per]
+    return StackNorms(max(experts), experts, certify(float(stack)), certify(float(stack_c)))
+
+
 def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Tensor:
     """Certified ‖Y_c(x)‖₂ = ‖[(P_1 − P̄) x … (P_E − P̄) x]‖₂ per row of X (N, n), float64, (N,):
     ‖Y_c‖₂² = λ_max(Π Yᵀ Y Π) with (Yᵀ Y)_ij = z_iᵀ (G_U)_ij z_j, z_i = V_i x (k), all enclosed.
@@ -353,9 +392,13 @@ def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Te
     Vt = (Vs[:1] if f.shared_v else Vs).reshape(-1, Vs.shape[-1]).T  # (n, E'k), exact floats
     G = f.centred_gram if f.shared_v else f.grams[0]  # (Ek, Ek), rows (i, p), columns (j, q)
     Gj = Enclosure(*(t.view(E * k, E, k).permute(1, 0, 2) for t in G.pair))  # (E_j, Ek, k)
+    core = f.core_parts(True) if f.shared_v else None
     out = []
     for X_ in X.to("cpu", F64).split(chunk):
         b = X_.shape[0]
+        if core is not None:
+            out.append(scale_up_t(up_sqrt(sym_lmax_upper(_core_responses(core, X_, Vt))), e))
+            continue
         zt = matmul_floats(X_, Vt)  # (b, E'k): (V_i x)ᵀ, E' = 1 for a shared V
         z = Enclosure(*(t.T.reshape(-1, k, b).expand(E, k, b) for t in zt.pair))  # (E, k, b)
         W = matmul(Gj, z)  # (E_j, Ek, b): (G_U)_{·j} z_j
@@ -369,6 +412,18 @@ def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Te
             YtY = centre_rows(centre_rows(YtY).T)  # Π Yᵀ Y Π
         out.append(scale_up_t(up_sqrt(sym_lmax_upper(YtY)), e))
     return torch.cat(out) if out else torch.zeros(0, dtype=F64)
+
+
+def _core_responses(core: tuple[Enclosure, Enclosure, float], X: Tensor, Vt: Tensor) -> Enclosure:
+    """CoMoL: Yᵀ Y (b, N, N) of the centred responses s B (M_i − M̄) z, z = V x, as
+    s² w_iᵀ (BᵀB) w_j with w_i = (M_i − M̄) z: r x r products per input, none m or Ek long."""
+    GB, Mc, s = core
+    z = matmul_floats(X, Vt).T  # (r, b): V x
+    w = matmul(Mc, z)  # (N, r, b)
+    u = matmul(GB, w)  # (N, r, b): BᵀB w_j
+    wb = Enclosure(*(t.permute(2, 0, 1) for t in w.pair))  # (b, N_i, r)
+    ub = Enclosure(*(t.permute(2, 1, 0) for t in u.pair))  # (b, r, N_j)
+    return scale(scale(matmul(wb, ub), s), s)
 
 
 MIXED_MAX = 128  # Ek above which ‖ΔW(x)‖₂ per centre (Ek x Ek eigenproblems) is not computed
