@@ -48,6 +48,22 @@ IGNORE = shutil.ignore_patterns(
     "runs",
 )
 PYTEST = ["-m", "pytest", "-m", "theorems", "-x", "-q", "-p", "no:cacheprovider"]
+# The same tests, the fast guard files first: with -x most mutants then die within seconds instead of
+# after the slower claim files (pytest collects a file named twice only once).
+FAST_FIRST = (
+    "tests/test_checker_guards.py",
+    "tests/test_init_and_sharing.py",
+    "tests/test_certificate_guards.py",
+)
+
+
+def pytest_argv(tests: Sequence[str]) -> list[str]:
+    """The pytest command: `tests` if given (development), else the whole theorems suite."""
+    if tests:
+        return [*PYTEST, *tests]
+    return [*PYTEST, *(t for t in FAST_FIRST if (ROOT / t).is_file()), "tests"]
+
+
 REQUIRED = ("name", "file", "original", "replacement", "description")
 
 
@@ -199,7 +215,7 @@ def run_mutant(
         return Result(m.name, "equivalent", detail=m.equivalent)
     with tempfile.TemporaryDirectory(prefix=f"mut-{m.name}-") as tmp:
         tree = copy_tree(Path(tmp), m)
-        rc, out, secs = run_in(tree, [*PYTEST, *tests], timeout)
+        rc, out, secs = run_in(tree, pytest_argv(tests), timeout)
     if rc is None:
         return Result(m.name, "killed-timeout", secs, f"ran past {timeout:.0f} s")
     if rc == 0:
@@ -288,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tree = copy_tree(Path(tmp), None)
         check_imports(tree)
         if not args.skip_baseline:
-            rc, out, secs = run_in(tree, [*PYTEST, *args.tests], args.timeout)
+            rc, out, secs = run_in(tree, pytest_argv(args.tests), args.timeout)
             baseline = {"returncode": rc, "seconds": round(secs, 1)}
             print(f"baseline (unmutated): rc={rc} in {secs:.1f} s", flush=True)
             if rc != 0:
