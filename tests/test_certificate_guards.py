@@ -276,3 +276,23 @@ def test_adaptive_bound_holds_where_routing_changes(
     ys = torch.cat([torch.tensor([y], dtype=F64), R * dirs / dirs.norm(dim=-1, keepdim=True)])
     jac = float(torch.linalg.matrix_norm(analytic_jacobian(mo, ys).detach(), ord=2).max())
     assert jac <= float(per_centre[0]) * (1 + 1e-9), (jac, float(per_centre[0]))
+
+
+# ----- the lower-bound search stays in its domain ---------------------------------------------------------
+
+
+def test_search_region_projects_onto_the_ball() -> None:
+    """A measured "lower bound" on the local constant in B(c, R) must come from points of that ball:
+    the search projects every step back onto it (points already inside stay where they are)."""
+    from proofs_numeric.bounds.empirical import Region
+
+    R = 0.5
+    centres = torch.randn(2, 3, generator=_gen(12), dtype=F64)
+    idx = torch.tensor([0, 1, 1, 0])
+    steps = torch.randn(4, 3, generator=_gen(13), dtype=F64)
+    far = centres[idx] + 10.0 * steps
+    near = centres[idx] + 0.1 * R * steps / steps.norm(dim=-1, keepdim=True)
+    region = Region(centres, idx, R)
+    dist = (region.project(far) - centres[idx]).norm(dim=-1)
+    assert bool((dist <= R * (1 + 1e-12)).all()) and bool((dist >= R * (1 - 1e-12)).all())
+    assert torch.allclose(region.project(near), near, rtol=0, atol=1e-15)
