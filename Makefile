@@ -23,6 +23,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy moelora_core proofs_numeric
+	$(BIN)/mypy --strict benchmarks
 
 theorems: $(STAMP)
 	$(BIN)/pytest -m theorems -q
@@ -40,6 +41,7 @@ mutation: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/layers.py
+	$(BIN)/python benchmarks/sparse_crossover.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,15 +1,87 @@
-"""The `moelora` command line. Each sub-command lives in its own module and is registered here."""
+"""The `moelora` command line. Each sub-command lives in its own module and is registered here.
+
+Sub-commands are loaded lazily: `moelora --help` lists them from their modules' source (their docstrings,
+read with `ast`, nothing imported), and `moelora NAME` imports only NAME's module, so no command pays for
+torch or transformers unless it uses them.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
+from typing import Any
+
+import click
 import typer
+from typer.core import TyperGroup
+
+# name -> (module in this package, function); one line each.
+LAZY: dict[str, tuple[str, str]] = {
+    "params": ("params", "params_command"),
+    "verify": ("verify_cmd", "verify_command"),
+    "train": ("train", "train_command"),
+    "demo": ("demo", "demo_command"),
+    "bounds": ("bounds_cmd", "bounds_command"),
+}
+
+
+def _docstring(module: str, function: str) -> str:
+    """The docstring of `function` in this package's `module`, from its source (no import)."""
+    spec = importlib.util.find_spec(f"{__package__}.{module}")
+    if spec is None or spec.origin is None:
+        return ""
+    with open(spec.origin, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return ast.get_docstring(node) or ""
+    return ""
+
+
+def _load(name: str) -> click.Command:
+    module, function = LAZY[name]
+    fn = getattr(importlib.import_module(f".{module}", __package__), function)
+    one = typer.Typer(add_completion=False)
+    one.command(name)(fn)
+    return typer.main.get_command(one)
+
+
+class LazyGroup(TyperGroup):
+    """A Typer group whose LAZY commands are imported on first use; listings read their docstrings."""
+
+    _listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in LAZY if n not in self.commands)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY and cmd_name not in self.commands:
+            if self._listing:  # the help listing needs the one-line help only
+                return click.Command(cmd_name, help=_docstring(*LAZY[cmd_name]))
+            self.add_command(_load(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> Any:
+        self._listing = True
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
 
 app = typer.Typer(
     name="moelora",
+    cls=LazyGroup,
     help="Verify MoE-LoRA claims, count parameters, fine-tune adapters and measure their bounds.",
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _group() -> None:
+    """Keeps `moelora` a group of sub-commands (Typer collapses a one-command app into the command)."""
 
 
 @app.command("claims")
@@ -23,14 +95,6 @@ def claims(
     from proofs_numeric.__main__ import main
 
     raise typer.Exit(main(["--profile", profile, *(["--json", json_out] if json_out else [])]))
-
-
-# Sub-commands registered by their modules (one line each).
-app.command("params")(__import__("experiments.params", fromlist=["_"]).params_command)
-app.command("verify")(__import__("experiments.verify_cmd", fromlist=["_"]).verify_command)
-app.command("train")(__import__("experiments.train", fromlist=["_"]).train_command)
-app.command("demo")(__import__("experiments.demo", fromlist=["_"]).demo_command)
-app.command("bounds")(__import__("experiments.bounds_cmd", fromlist=["_"]).bounds_command)
 
 
 if __name__ == "__main__":

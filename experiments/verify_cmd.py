@@ -2,23 +2,27 @@
 
 Loads the variants of a .py file, of the `*_variant.py` / `moelora_variant_*.py` files of a directory,
 or of a dotted module name (see `proofs_numeric.variants`), checks every declared claim and prints one
-line per claim (holds / refuted, cases tried, max error, seconds) and, for a refuted claim, the shrunk
-counterexample and how to rebuild it.
+line per claim (holds / refuted / error, cases tried, max error, seconds) and, for a refuted claim,
+the phase that found it, the shrunk counterexample and a snippet that rebuilds it; for an error, a
+one-line summary (exception, file:line) first, then the instance (`--traceback` adds the traceback).
 
 Exit codes: 0 every claim came out as declared (claims declared `expect="refuted"` count when refuted);
-1 some claim did not; 2 the variant could not be loaded or built (the message names the file and what
-is wrong).
+1 some claim did not (no error); 2 the variant could not be loaded or built (the message names the
+file and what is wrong); 3 some claim's check raised in the variant's code or declaration (verdict
+error: never "as declared", whatever `expect` says).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from traceback import format_exception
 from typing import Annotated, Any
 
 import typer
 
 from moelora_core.errors import MoELoRAError
+from proofs_numeric.checking import summarise
 from proofs_numeric.jsonio import write_json_atomic
 from proofs_numeric.profiles import PROFILES, load_profile
 from proofs_numeric.variants import VariantReport, format_report, load_variants, run_variant
@@ -35,6 +39,7 @@ def run_verify(
     max_examples: int | None = None,
     echo: Callable[[str], object] = print,
     echo_err: Callable[[str], object] = print,
+    traceback: bool = False,
 ) -> int:
     """The command's logic; returns the exit code."""
     start = time.perf_counter()
@@ -57,25 +62,35 @@ def run_verify(
                     v,
                     max_examples=max_examples,
                     only=only,
-                    on_report=lambda r: echo("\n".join(format_report(r))),
+                    on_report=lambda r: echo("\n".join(format_report(r, traceback))),
                 )
             )
-    except MoELoRAError as e:
-        echo_err(f"error: {e}")
-        payload["error"] = str(e)
+    except Exception as e:  # a MoELoRAError is already one line; anything else gets one first
+        line = str(e) if isinstance(e, MoELoRAError) else f"unexpected {summarise(e)}"
+        echo_err(f"error: {line}")
+        if not isinstance(e, MoELoRAError):
+            echo_err("".join(format_exception(e)).rstrip())
+        payload["error"] = line
         if json_out:
             write_json_atomic(json_out, payload)
         return 2
     reports = [r for res in results for r in res.reports]
     bad = [r for r in reports if not r.as_expected]
+    errors = [r for r in reports if r.verdict == "error"]
     seconds = time.perf_counter() - start
     echo(
-        f"{len(reports) - len(bad)} of {len(reports)} claim(s) as declared, {len(bad)} not, in {seconds:.1f}s"
+        f"{len(reports) - len(bad)} of {len(reports)} claim(s) as declared, {len(bad)} not "
+        f"({len(errors)} error), in {seconds:.1f}s"
     )
-    payload.update(ok=not bad, seconds=round(seconds, 3), variants=[r.to_dict() for r in results])
+    payload.update(
+        ok=not bad,
+        errors=len(errors),
+        seconds=round(seconds, 3),
+        variants=[r.to_dict() for r in results],
+    )
     if json_out:
         write_json_atomic(json_out, payload)
-    return 1 if bad else 0
+    return 3 if errors else 1 if bad else 0
 
 
 def verify_command(
@@ -93,6 +108,9 @@ def verify_command(
     max_examples: int | None = typer.Option(
         None, "--max-examples", help="Cases per claim (overrides the profile and the claims)."
     ),
+    traceback: bool = typer.Option(
+        False, "--traceback", help="Print the traceback of each error after its summary."
+    ),
 ) -> None:
     """Check every claim a user-defined variant declares; print a counterexample for each refuted one."""
     code = run_verify(
@@ -103,5 +121,6 @@ def verify_command(
         max_examples=max_examples,
         echo=typer.echo,
         echo_err=lambda s: typer.echo(s, err=True),
+        traceback=traceback,
     )
     raise typer.Exit(code)

@@ -3,6 +3,7 @@
 from .adapter import Adapter
 from .comol import CoMoL, CoMoLConfig
 from .errors import (
+    ArgumentTypeError,
     ConfigError,
     DTypeDeviceError,
     MoELoRAError,
@@ -23,6 +24,7 @@ from .maps import (
     LinearMap,
     SoftmaxRouter,
     chain,
+    topk_mask,
 )
 from .moelora import MoELoRA, MoELoRAConfig
 from .registry import ARCHITECTURES, architecture, build
@@ -31,6 +33,7 @@ from .talklora import TalkLoRA, TalkLoRAConfig
 __all__ = [
     "ARCHITECTURES",
     "Adapter",
+    "ArgumentTypeError",
     "BlockDiagonal",
     "CoMoL",
     "CoMoLConfig",
@@ -59,4 +62,5 @@ __all__ = [
     "build",
     "chain",
     "input_checks",
+    "topk_mask",
 ]

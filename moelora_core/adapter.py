@@ -19,8 +19,15 @@ import sympy as sp
 import torch
 from torch import Tensor, nn
 
-from .errors import ShapeError, check_input
+from .errors import NonFiniteError, ShapeError, check_input, checks_enabled
 from .maps import Compose, LinearMap, SoftmaxRouter
+from .validate import (
+    require_finite_output,
+    require_int,
+    require_real,
+    require_seed,
+    require_tensor,
+)
 
 
 class Adapter(nn.Module):
@@ -50,18 +57,19 @@ class Adapter(nn.Module):
 
     # ----- the maths ---------------------------------------------------------------------------------
     def delta(self, x: Tensor) -> Tensor:
-        """Δ(x), (..., n) -> (..., m)."""
+        """Δ(x), (..., n) -> (..., m). Unlike `forward` (the training path), the output is checked
+        too: an overflow to inf/NaN raises NonFiniteError instead of being returned."""
         out: Tensor = self(x)
-        return out
+        return self._checked(out, "Δ(x)")
 
     def routing(self, x: Tensor) -> Tensor | None:
         """Routing weights g(x), (..., n) -> (..., E); None for an unrouted adapter."""
+        self._check(x)
         if self.router is None:
             return None
-        self._check(x)
         z = self.router_input_map()(x)
         g: Tensor = self.router(z)
-        return g
+        return self._checked(g, "routing weights g(x)")
 
     def expert_matrices(self) -> Tensor:
         """The fixed expert maps P_i = s·B_i A_i, shape (E, m, n)."""
@@ -72,9 +80,8 @@ class Adapter(nn.Module):
         P = self.expert_matrices()  # (E, m, n)
         g = self.routing(x)
         if g is None:
-            self._check(x)
             return P[0].expand(*x.shape[:-1], *P.shape[1:])
-        return torch.einsum("...e,emn->...mn", g, P)
+        return self._checked(torch.einsum("...e,emn->...mn", g, P), "ΔW(x)")
 
     def router_input_map(self) -> LinearMap:
         """The linear map x -> z that the router reads."""
@@ -120,16 +127,34 @@ class Adapter(nn.Module):
     def _check(self, x: Tensor) -> Tensor:
         return check_input(x, self.in_features, self.reference)
 
+    def _checked(self, y: Tensor, what: str) -> Tensor:
+        return require_finite_output(what, y) if checks_enabled() else y
+
     @torch.no_grad()
     def randomize_(self, seed: int, std: float | None = None) -> Adapter:
         """Overwrite every parameter with N(0, std²) draws (std = 1/sqrt(fan_in) if None), reproducibly.
 
         Used by checkers: the usual zero-initialised B would make every claim about Δ trivially true.
+        seed: an int in [0, 2**64); std: None or a finite real > 0. Every draw must stay below
+        (largest value of the dtype)^(1/5), so that Δ, a product of at most five factors (x, A, K or
+        a core, B, s), cannot overflow on inputs of moderate size. All draws are made and checked
+        before any parameter is written, so a refused call changes nothing.
         """
+        require_seed("seed", seed)
+        sd_given = None if std is None else require_real("std", std, positive=True)
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        for _, p in sorted(self.named_parameters(remove_duplicate=True), key=lambda t: t[0]):
-            sd = std if std is not None else 1.0 / math.sqrt(max(1, p.shape[-1]))
+        draws = []
+        for name, p in sorted(self.named_parameters(remove_duplicate=True), key=lambda t: t[0]):
+            sd = sd_given if sd_given is not None else 1.0 / math.sqrt(max(1, p.shape[-1]))
             draw = torch.randn(p.shape, generator=gen, dtype=torch.float64) * sd
+            limit = torch.finfo(p.dtype).max ** 0.2
+            if draw.numel() and not float(draw.abs().max()) <= limit:
+                raise NonFiniteError(
+                    f"std={std!r}: draws for {name} reach {float(draw.abs().max()):.3g}; expected "
+                    f"a std whose draws stay below {limit:.3g} = (largest {p.dtype})^(1/5)"
+                )
+            draws.append((p, draw))
+        for p, draw in draws:
             p.copy_(draw.to(dtype=p.dtype, device=p.device))
         return self
 
@@ -139,6 +164,9 @@ class Adapter(nn.Module):
 
 def weighted_heads(h: Tensor, g: Tensor, head_dim: int) -> Tensor:
     """(g ⊗ 1_d) ⊙ h: scale head i of h (..., E*d) by g_i (..., E)."""
+    require_int("head_dim", head_dim)
+    require_tensor("h", h, min_ndim=1, data=False)
+    require_tensor("g", g, min_ndim=1, data=False)
     E = g.shape[-1]
     if h.shape[-1] != E * head_dim:
         raise ShapeError(

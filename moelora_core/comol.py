@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import sparse
 from . import symbols as S
 from .adapter import Adapter
 from .errors import (
+    ArgumentTypeError,
     ConfigError,
     ShapeError,
     require_finite_float,
@@ -32,6 +34,12 @@ from .errors import (
     require_top_k,
 )
 from .maps import Dense, Identity, LinearMap, SoftmaxRouter, init_tensor_
+from .validate import (
+    checked_construction,
+    require_bool,
+    require_layer_size,
+    require_shared,
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,11 @@ class CoMoLConfig:
         require_positive_int("num_cores", self.num_cores)
         require_top_k(self.top_k, self.num_cores, "num_cores")
         require_finite_float("scale", self.scale)
+        require_bool("core_router", self.core_router)
+        require_bool("share_ab", self.share_ab)
+        r, N, n = self.rank, self.num_cores, self.in_features
+        router = N * (r if self.core_router else n)
+        require_layer_size(repr(self), r * (n + self.out_features) + N * r * r + router)
 
 
 class CoMoL(Adapter):
@@ -66,6 +79,14 @@ class CoMoL(Adapter):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        dtype, device = checked_construction(config, CoMoLConfig, dtype, device)
+        if config.share_ab and ab is not None:
+            if not isinstance(ab, tuple | list) or len(ab) != 2:
+                raise ArgumentTypeError(
+                    f"ab={type(ab).__name__}: expected a pair (A, B) from CoMoL.shared_ab(config)"
+                )
+            require_shared("ab[0] (A)", ab[0], (config.rank, config.in_features), dtype, device)
+            require_shared("ab[1] (B)", ab[1], (config.out_features, config.rank), dtype, device)
         super().__init__()
         c = self.config = config
         N, r = c.num_cores, c.rank
@@ -107,6 +128,7 @@ class CoMoL(Adapter):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> tuple[Dense, Dense]:
+        dtype, device = checked_construction(config, CoMoLConfig, dtype, device)
         A = Dense(
             config.rank, config.in_features, "kaiming_uniform", name="A", dtype=dtype, device=device
         )
@@ -120,6 +142,8 @@ class CoMoL(Adapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         assert self.router is not None
+        if sparse.use_sparse(self.router, x, sparse.COMOL_MAX_FRACTION):
+            return sparse.comol_forward(self, x)
         c = self.config
         W = self.router.logits.dense()
         if c.core_router:

@@ -25,6 +25,10 @@ class ShapeError(MoELoRAError, ValueError):
     """A tensor has the wrong shape for the map it is given to."""
 
 
+class ArgumentTypeError(ConfigError, TypeError):
+    """An argument has the wrong type (a string where an int is expected, a LoRA where a TalkLoRA is)."""
+
+
 class DTypeDeviceError(MoELoRAError, TypeError):
     """Tensors that must share a dtype or a device do not."""
 
@@ -60,7 +64,9 @@ def checks_enabled() -> bool:
 
 
 def require_positive_int(name: str, value: object, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(f"{name}={value!r}: expected an integer >= {minimum}")
+    if value < minimum:
         raise ConfigError(f"{name}={value!r}: expected an integer >= {minimum}")
 
 
@@ -75,7 +81,9 @@ def require_top_k(top_k: object, num_experts: int, experts_name: str = "num_expe
 
 
 def require_finite_float(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ArgumentTypeError(f"{name}={value!r}: expected a finite real number")
+    if not math.isfinite(value):
         raise ConfigError(f"{name}={value!r}: expected a finite real number")
 
 
@@ -94,6 +102,11 @@ def check_input(x: object, features: int, reference: torch.Tensor, name: str = "
         raise ShapeError(
             f"{name}.shape={tuple(x.shape)}: expected (..., {features}) (last dimension = in_features)"
         )
+    if not x.dtype.is_floating_point:  # integer, bool, complex: say so, not just "not float32"
+        raise DTypeDeviceError(
+            f"{name}.dtype={x.dtype}: expected {reference.dtype}, a real floating dtype like the "
+            "adapter's parameters"
+        )
     if x.dtype != reference.dtype:
         raise DTypeDeviceError(
             f"{name}.dtype={x.dtype}: expected {reference.dtype}, the dtype of the adapter's parameters"
@@ -102,6 +115,8 @@ def check_input(x: object, features: int, reference: torch.Tensor, name: str = "
         raise DTypeDeviceError(
             f"{name}.device={x.device}: expected {reference.device}, the device of the adapter's parameters"
         )
+    if x.device.type == "meta":  # no values to check (shape-only runs, e.g. parameter counting)
+        return x
     # Fast path: a NaN or inf makes the sum non-finite, so a finite sum proves every entry finite
     # (one reduction, no (..., n) temporary). A non-finite sum may be an overflow: check exactly.
     if not bool(torch.isfinite(x.detach().sum())) and not bool(torch.isfinite(x).all()):

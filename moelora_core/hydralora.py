@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import sparse
 from . import symbols as S
 from .adapter import Adapter
 from .errors import require_finite_float, require_positive_int, require_top_k
 from .maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
+from .validate import checked_construction, require_layer_size
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class HydraLoRAConfig:
         require_positive_int("expert_rank", self.expert_rank)
         require_top_k(self.top_k, self.num_experts, "num_experts")
         require_finite_float("scale", self.scale)
+        E, r_e, n = self.num_experts, self.expert_rank, self.in_features
+        require_layer_size(repr(self), r_e * n + E * r_e * self.out_features + E * n)
 
 
 class HydraLoRA(Adapter):
@@ -51,6 +55,7 @@ class HydraLoRA(Adapter):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        dtype, device = checked_construction(config, HydraLoRAConfig, dtype, device)
         super().__init__()
         c = self.config = config
         self.heads = HeadLayout(c.num_experts, c.expert_rank)
@@ -80,6 +85,8 @@ class HydraLoRA(Adapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         assert self.router is not None
+        if sparse.use_sparse(self.router, x):
+            return sparse.hydralora_forward(self, x)
         c = self.config
         h, logits = F.linear(x, torch.cat([self.A.weight, self.router.logits.dense()])).split(
             [c.expert_rank, c.num_experts], dim=-1

@@ -14,6 +14,7 @@ from . import symbols as S
 from .adapter import Adapter
 from .errors import require_finite_float, require_positive_int
 from .maps import Dense
+from .validate import checked_construction, require_layer_size
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class LoRAConfig:
         require_positive_int("out_features", self.out_features)
         require_positive_int("rank", self.rank)
         require_finite_float("scale", self.scale)
+        require_layer_size(repr(self), self.rank * (self.in_features + self.out_features))
 
 
 class LoRA(Adapter):
@@ -41,6 +43,7 @@ class LoRA(Adapter):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        dtype, device = checked_construction(config, LoRAConfig, dtype, device)
         super().__init__()
         c = self.config = config
         self.A = Dense(

@@ -11,14 +11,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, ShapeError, check_input, require_positive_int, require_top_k
+from .validate import (
+    MAX_ELEMENTS,
+    require_choice,
+    require_device,
+    require_dtype,
+    require_instance,
+    require_int,
+    require_layer_size,
+    require_tensor,
+)
 
 Init = Literal["kaiming_uniform", "zeros", "normal", "identity"]
+INIT_NAMES: tuple[str, ...] = get_args(Init)
 
 
 class LinearMap(nn.Module):
@@ -76,6 +87,11 @@ class Dense(LinearMap):
         super().__init__()
         require_positive_int(f"{name}.out_features", out_features)
         require_positive_int(f"{name}.in_features", in_features)
+        require_layer_size(
+            f"{name}: {out_features} x {in_features}", out_features * in_features, MAX_ELEMENTS
+        )
+        require_choice("init", init, INIT_NAMES)
+        dtype, device = require_dtype("dtype", dtype), require_device("device", device)
         self.name = name
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(
@@ -99,7 +115,7 @@ class Identity(LinearMap):
 
     def __init__(self, features: int) -> None:
         super().__init__()
-        require_positive_int("features", features)
+        require_int("features", features, 1, MAX_ELEMENTS)
         self.in_features = self.out_features = features
         self.register_buffer("_ref", torch.empty(0), persistent=False)
 
@@ -119,6 +135,8 @@ class Compose(LinearMap):
 
     def __init__(self, outer: LinearMap, inner: LinearMap) -> None:
         super().__init__()
+        require_instance("outer", outer, LinearMap)
+        require_instance("inner", inner, LinearMap)
         if outer.in_features != inner.out_features:
             raise ShapeError(
                 f"compose: outer.in_features={outer.in_features} but inner.out_features="
@@ -159,6 +177,10 @@ class BlockDiagonal(LinearMap):
         require_positive_int(f"{name}.num_blocks", num_blocks)
         require_positive_int(f"{name}.out_block", out_block)
         require_positive_int(f"{name}.in_block", in_block)
+        size = num_blocks * out_block * in_block
+        require_layer_size(f"{name}: {num_blocks} x {out_block} x {in_block}", size, MAX_ELEMENTS)
+        require_choice("init", init, INIT_NAMES)
+        dtype, device = require_dtype("dtype", dtype), require_device("device", device)
         self.name = name
         self.num_blocks, self.out_block, self.in_block = num_blocks, out_block, in_block
         self.in_features, self.out_features = num_blocks * in_block, num_blocks * out_block
@@ -192,9 +214,10 @@ class KronIdentity(LinearMap):
 
     def __init__(self, talk: Dense, head_dim: int) -> None:
         super().__init__()
+        require_instance("talk", talk, Dense)
         if talk.in_features != talk.out_features:
             raise ShapeError(f"talk.shape={talk.shape}: expected a square E x E matrix")
-        require_positive_int("head_dim", head_dim)
+        require_int("head_dim", head_dim, 1, MAX_ELEMENTS // talk.in_features)
         self.talk, self.head_dim = talk, head_dim
         self.num_heads = talk.in_features
         self.in_features = self.out_features = self.num_heads * head_dim
@@ -218,6 +241,10 @@ class HeadLayout:
 
     num_heads: int
     head_dim: int
+
+    def __post_init__(self) -> None:
+        require_positive_int("num_heads", self.num_heads)
+        require_positive_int("head_dim", self.head_dim)
 
     @property
     def total(self) -> int:
@@ -258,6 +285,7 @@ class SoftmaxRouter(nn.Module):
 
     def __init__(self, logits: LinearMap, top_k: int | None = None) -> None:
         super().__init__()
+        require_instance("logits", logits, LinearMap)
         E = logits.out_features
         require_top_k(top_k, E)
         self.logits, self.top_k = logits, top_k
@@ -267,12 +295,33 @@ class SoftmaxRouter(nn.Module):
         return self.gate(self.logits(z))
 
     def gate(self, s: Tensor) -> Tensor:
-        """Logits (..., E) -> routing weights (..., E), for callers that computed W z themselves."""
+        """Logits (..., E) -> routing weights (..., E), for callers that computed W z themselves.
+
+        With top_k, exactly k experts keep a weight (see `topk_mask` for the tie rule). The logits
+        are checked for type, dtype and shape (no device sync); their finiteness is the caller's
+        (forward passes check x, so the logits are finite unless they overflow).
+        """
+        require_tensor("logits", s, min_ndim=1, data=False)
+        if s.shape[-1] != self.num_experts:
+            raise ShapeError(
+                f"logits.shape={tuple(s.shape)}: expected (..., {self.num_experts}) (one per expert)"
+            )
         if self.top_k is None or self.top_k == self.num_experts:
             return softmax_last(s)
-        kth = torch.topk(s, self.top_k, dim=-1).values[..., -1:]
-        masked = s.masked_fill(s < kth, float("-inf"))
+        masked = s.masked_fill(~topk_mask(s, self.top_k), float("-inf"))
         return softmax_last(masked)
+
+
+def topk_mask(logits: Tensor, k: int) -> Tensor:
+    """Bool mask (..., E) of the k largest logits of each row; ties go to the lowest expert index.
+
+    Exactly k entries of every row are True, whatever the ties: a stable descending sort orders equal
+    logits by index and the first k positions are kept (torch.topk promises no order among ties, and a
+    comparison with the k-th value, `s >= kth`, keeps every tied expert). The one rule every top-k
+    path (dense gate, sparse dispatch, the discontinuity witness) calls.
+    """
+    idx = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :k]
+    return torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, idx, True)
 
 
 def softmax_last(s: Tensor) -> Tensor:
@@ -308,6 +357,8 @@ def chain(*maps: LinearMap) -> LinearMap:
     """`chain(m1, m2, m3)` = m3 ∘ m2 ∘ m1 (applied left to right)."""
     if not maps:
         raise ConfigError("chain(): expected at least one map")
+    for i, m in enumerate(maps):
+        require_instance(f"maps[{i}]", m, LinearMap)
     out = maps[0]
     for m in maps[1:]:
         out = Compose(m, out)
@@ -316,6 +367,10 @@ def chain(*maps: LinearMap) -> LinearMap:
 
 def stack_dense(matrices: Sequence[Tensor]) -> Tensor:
     """Row-stack matrices (each (p_i, q)) into one (Σp_i, q) matrix, checking the column counts."""
+    for i, M in enumerate(matrices):
+        require_tensor(f"matrices[{i}]", M, ndim=2, data=False)
+    if not matrices:
+        raise ShapeError("stack_dense(): expected at least one matrix")
     q = {int(M.shape[-1]) for M in matrices}
     if len(q) != 1:
         raise ShapeError(f"stack_dense: column counts {sorted(q)}; expected all equal")

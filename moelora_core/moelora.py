@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import sparse
 from . import symbols as S
 from .adapter import Adapter, weighted_heads
 from .errors import ConfigError, require_finite_float, require_positive_int, require_top_k
 from .maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
+from .validate import checked_construction, require_layer_size
 
 RouterKind = Literal["input", "latent"]
 
@@ -49,6 +51,10 @@ class MoELoRAConfig:
             raise ConfigError(f"router={self.router!r}: expected 'input' or 'latent'")
         require_top_k(self.top_k, self.num_experts, "num_experts")
         require_finite_float("scale", self.scale)
+        E, r, n = self.num_experts, self.rank, self.in_features
+        require_layer_size(
+            repr(self), r * (n + self.out_features) + E * (n if self.router == "input" else r)
+        )
 
     @property
     def rank(self) -> int:
@@ -67,6 +73,7 @@ class MoELoRA(Adapter):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        dtype, device = checked_construction(config, MoELoRAConfig, dtype, device)
         super().__init__()
         c = self.config = config
         E, r = c.num_experts, c.rank
@@ -101,6 +108,8 @@ class MoELoRA(Adapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         assert self.router is not None
+        if sparse.use_sparse(self.router, x):
+            return sparse.moelora_forward(self, x)
         c = self.config
         if c.router == "input":  # one matmul [A; W_g] x: x is read once, and dx is one matmul
             h, logits = F.linear(x, torch.cat([self.A.weight, self.router.logits.dense()])).split(

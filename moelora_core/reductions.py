@@ -15,6 +15,8 @@ Embedding formulas (blocks: A_(i) = i-th row block of A, B_i = i-th column block
 * TalkLoRA -> input-router MoELoRA (any T):    A_i = A_(i),  B_i' = B_i K_i,  W_g = W_r (T ⊗ I) A.
 * CoMoL -> latent-router MoELoRA (core router): r_e = r, A_i = A, B_i = B M_i, W_r' = [W_c 0 ... 0].
   CoMoL w/o core routing -> input-router MoELoRA with W_g unchanged.
+* MoELoRA (N experts of rank r_e) -> CoMoL of rank r = N·r_e: A = [A_1; ...], B = [B_1 ...], block-selector
+  cores M_i, router unchanged (latent -> core router W_c, input -> router on x).
 * CoMoL with N = 1, or all cores equal -> LoRA:  A, B' = B M_1.
 * MoELoRA with E = 1, or identical experts -> LoRA:  A_1, B_1.
 * HydraLoRA with equal heads -> LoRA:  A, B_1.
@@ -26,12 +28,13 @@ import torch
 from torch import Tensor
 
 from .adapter import Adapter
-from .comol import CoMoL
+from .comol import CoMoL, CoMoLConfig
 from .errors import ReductionError
 from .hydralora import HydraLoRA, HydraLoRAConfig
 from .lora import LoRA, LoRAConfig
 from .moelora import MoELoRA, MoELoRAConfig
 from .talklora import TalkLoRA, TalkLoRAConfig
+from .validate import require_instance, require_int, require_seed, require_tolerance
 
 
 def _router_weight(a: Adapter) -> Tensor:
@@ -53,6 +56,7 @@ def _lora(A: Tensor, B: Tensor, scale: float) -> LoRA:
 
 def _blocks_equal(blocks: Tensor, name: str, atol: float) -> None:
     """blocks: (E, ...); raise ReductionError unless all equal block 0 within atol."""
+    atol = require_tolerance("atol", atol)  # NaN would make `diff > atol` never true
     diff = float((blocks - blocks[:1]).abs().max()) if blocks.shape[0] > 1 else 0.0
     if diff > atol:
         raise ReductionError(
@@ -63,6 +67,7 @@ def _blocks_equal(blocks: Tensor, name: str, atol: float) -> None:
 @torch.no_grad()
 def talklora_to_moelora(t: TalkLoRA) -> MoELoRA:
     """TalkLoRA (any T) as a latent-router MoELoRA: A_i = A_(i), B_i' = B_i K_i, W_r' = W_r (T ⊗ I)."""
+    require_instance("t", t, TalkLoRA)
     c = t.config
     cfg = MoELoRAConfig(
         c.in_features, c.out_features, c.num_experts, c.head_dim, "latent", c.top_k, c.scale
@@ -80,6 +85,7 @@ def talklora_to_moelora(t: TalkLoRA) -> MoELoRA:
 @torch.no_grad()
 def talklora_to_moelora_as_stated(t: TalkLoRA) -> MoELoRA:
     """SPEC claim 1 literally: A_i = K_i A_(i), same B_i, W_r unchanged. Exact iff T = I and every K_i = I."""
+    require_instance("t", t, TalkLoRA)
     c = t.config
     cfg = MoELoRAConfig(
         c.in_features, c.out_features, c.num_experts, c.head_dim, "latent", c.top_k, c.scale
@@ -94,6 +100,7 @@ def talklora_to_moelora_as_stated(t: TalkLoRA) -> MoELoRA:
 @torch.no_grad()
 def moelora_to_talklora(mo: MoELoRA) -> TalkLoRA:
     """A latent-router MoELoRA as a TalkLoRA: A = [A_1; ...; A_E], K_i = I, T = I, same B_i and W_r."""
+    require_instance("mo", mo, MoELoRA)
     c = mo.config
     if c.router != "latent":
         raise ReductionError(
@@ -115,6 +122,7 @@ def moelora_to_talklora(mo: MoELoRA) -> TalkLoRA:
 @torch.no_grad()
 def talklora_to_input_moelora(t: TalkLoRA) -> MoELoRA:
     """TalkLoRA (any T) as an input-router MoELoRA of the same total rank: W_g = W_r (T ⊗ I) A."""
+    require_instance("t", t, TalkLoRA)
     m = talklora_to_moelora(t)
     c = m.config
     cfg = MoELoRAConfig(
@@ -132,6 +140,7 @@ def talklora_to_input_moelora(t: TalkLoRA) -> MoELoRA:
 @torch.no_grad()
 def comol_to_moelora(c_: CoMoL) -> MoELoRA:
     """CoMoL as a MoELoRA with N experts of rank r: A_i = A, B_i = B M_i; router W_c (latent) or W_g (input)."""
+    require_instance("c_", c_, CoMoL)
     c = c_.config
     N, r = c.num_cores, c.rank
     kind = "latent" if c.core_router else "input"
@@ -151,6 +160,7 @@ def comol_to_moelora(c_: CoMoL) -> MoELoRA:
 @torch.no_grad()
 def comol_to_lora(c_: CoMoL, atol: float = 0.0) -> LoRA:
     """CoMoL with N = 1 or all cores equal (within atol) as LoRA: A, B' = B M_1."""
+    require_instance("c_", c_, CoMoL)
     c = c_.config
     _blocks_equal(c_.cores, "CoMoL cores M_i", atol)
     return _lora(c_.A.weight, c_.B.weight @ c_.cores[0], c.scale)
@@ -159,6 +169,7 @@ def comol_to_lora(c_: CoMoL, atol: float = 0.0) -> LoRA:
 @torch.no_grad()
 def moelora_to_lora(mo: MoELoRA, atol: float = 0.0) -> LoRA:
     """MoELoRA with E = 1 or identical experts (within atol) as LoRA of rank r_e: A_1, B_1."""
+    require_instance("mo", mo, MoELoRA)
     c = mo.config
     _blocks_equal(
         mo.A.weight.unflatten(0, (c.num_experts, c.expert_rank)), "MoELoRA expert A_i", atol
@@ -174,6 +185,7 @@ def moelora_to_lora(mo: MoELoRA, atol: float = 0.0) -> LoRA:
 @torch.no_grad()
 def hydralora_to_lora(hy: HydraLoRA, atol: float = 0.0) -> LoRA:
     """HydraLoRA with equal heads (within atol) as LoRA: A, B_1."""
+    require_instance("hy", hy, HydraLoRA)
     c: HydraLoRAConfig = hy.config
     _blocks_equal(
         hy.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1),
@@ -195,6 +207,10 @@ def input_router_witness(
     """
     from .errors import ConfigError
 
+    for name, v in (("in_features", in_features), ("out_features", out_features),
+                    ("num_experts", num_experts), ("expert_rank", expert_rank)):  # fmt: skip
+        require_int(name, v)
+    require_seed("seed", seed)
     r = num_experts * expert_rank
     if num_experts < 2:
         raise ConfigError(
@@ -211,4 +227,37 @@ def input_router_witness(
     cfg = MoELoRAConfig(in_features, out_features, num_experts, expert_rank, "input")
     out = MoELoRA(cfg, dtype=torch.float64)
     out.randomize_(seed)
+    return out
+
+
+@torch.no_grad()
+def moelora_to_comol(mo: MoELoRA) -> CoMoL:
+    """A MoELoRA with N experts of rank r_e as a CoMoL of rank r = N·r_e (block-selector cores).
+
+    A = [A_1; ...; A_N], B = [B_1 ... B_N], M_i = the r x r block selector with I_{r_e} in diagonal
+    block i (so B M_i A = B_i A_i), and the router unchanged: a latent router (W_r reads A x) becomes
+    CoMoL's core router W_c = W_r, an input router becomes the router on x, W_g. Then
+    Δ = s B (Σ g_i M_i) A x = s Σ g_i B_i A_i x: CoMoL contains MoE-LoRA with per-expert rank r/N.
+    """
+    if not isinstance(mo, MoELoRA):
+        raise ReductionError(f"mo={type(mo).__name__}: expected a MoELoRA")
+    c = mo.config
+    N, d, r = c.num_experts, c.expert_rank, c.rank
+    cfg = CoMoLConfig(
+        in_features=c.in_features,
+        out_features=c.out_features,
+        rank=r,
+        num_cores=N,
+        core_router=c.router == "latent",
+        top_k=c.top_k,
+        scale=c.scale,
+    )
+    out = CoMoL(cfg, dtype=mo.A.weight.dtype, device=mo.A.weight.device)
+    out.A.weight.copy_(mo.A.weight)
+    out.B.weight.copy_(mo.B.weight)
+    selectors = torch.zeros_like(out.cores)  # (N, r, r)
+    idx = torch.arange(r, device=selectors.device)
+    selectors[idx // d, idx, idx] = 1.0  # M_i = diag(0, ..., I_{r_e} (block i), ..., 0)
+    out.cores.copy_(selectors)
+    _router_weight(out).copy_(_router_weight(mo))
     return out

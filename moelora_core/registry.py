@@ -6,7 +6,7 @@ from typing import Any
 
 from .adapter import Adapter
 from .comol import CoMoL, CoMoLConfig
-from .errors import ConfigError
+from .errors import ArgumentTypeError, ConfigError
 from .hydralora import HydraLoRA, HydraLoRAConfig
 from .lora import LoRA, LoRAConfig
 from .moelora import MoELoRA, MoELoRAConfig
@@ -23,6 +23,8 @@ ARCHITECTURES: dict[str, tuple[type[Adapter], type[Any]]] = {
 
 def architecture(name: str) -> tuple[type[Adapter], type[Any]]:
     """(class, config class) for a registered name; ConfigError naming the known ones otherwise."""
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"architecture={name!r}: expected one of {sorted(ARCHITECTURES)}")
     try:
         return ARCHITECTURES[name]
     except KeyError:

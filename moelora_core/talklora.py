@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import sparse
 from . import symbols as S
 from .adapter import Adapter, weighted_heads
 from .errors import (
@@ -34,7 +35,23 @@ from .errors import (
     require_positive_int,
     require_top_k,
 )
-from .maps import BlockDiagonal, Dense, HeadLayout, Init, KronIdentity, LinearMap, SoftmaxRouter
+from .maps import (
+    INIT_NAMES,
+    BlockDiagonal,
+    Dense,
+    HeadLayout,
+    Init,
+    KronIdentity,
+    LinearMap,
+    SoftmaxRouter,
+)
+from .validate import (
+    checked_construction,
+    require_bool,
+    require_choice,
+    require_layer_size,
+    require_shared,
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,10 @@ class TalkLoRAConfig:
             )
         require_top_k(self.top_k, self.num_experts, "num_experts")
         require_finite_float("scale", self.scale)
+        require_bool("share_b", self.share_b)
+        require_choice("talk_init", self.talk_init, INIT_NAMES)
+        r, E, n, m = self.rank, self.num_experts, self.in_features, self.out_features
+        require_layer_size(repr(self), r * (n + m) + r * r // E + E * E + E * r)
 
     @property
     def head_dim(self) -> int:
@@ -78,6 +99,9 @@ class TalkLoRA(Adapter):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        dtype, device = checked_construction(config, TalkLoRAConfig, dtype, device)
+        if config.share_b and b is not None:
+            require_shared("b", b, (config.out_features, config.rank), dtype, device)
         super().__init__()
         c = self.config = config
         E, r, d = c.num_experts, c.rank, c.head_dim
@@ -120,6 +144,7 @@ class TalkLoRA(Adapter):
         device: torch.device | str | None = None,
     ) -> Dense:
         """The B = [B_1 ... B_E] (m x r) that layers of one module type share."""
+        dtype, device = checked_construction(config, TalkLoRAConfig, dtype, device)
         return Dense(
             config.out_features, config.rank, "zeros", name="B", dtype=dtype, device=device
         )
@@ -134,6 +159,8 @@ class TalkLoRA(Adapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         assert self.router is not None
+        if sparse.use_sparse(self.router, x):
+            return sparse.talklora_forward(self, x)
         c = self.config
         h = F.linear(x, self.A.weight)  # (..., r)
         # One small matmul gives the expert heads K_i h_i and the logits W_r (T ⊗ I) h: the r x r

@@ -47,6 +47,8 @@ def _run(args: argparse.Namespace, profile: str) -> int:
         rep = check_claim(claim)
         reports.append(rep)
         print(rep.line(), flush=True)
+        if rep.raised:  # verdict error: its one-line summary (the traceback is in --json)
+            print(f"      error: {rep.raised}")
         if not rep.holds and rep.counterexample:
             print(f"      counterexample: {rep.counterexample}\n      {rep.detail}")
     bad = [r for r in reports if not r.as_expected]

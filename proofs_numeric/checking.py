@@ -6,6 +6,13 @@ active Hypothesis profile and returns a `ClaimReport`: holds or refuted, cases t
 seen, seconds, and, for a refuted claim, the shrunk counterexample (the smallest failing instance
 Hypothesis found, printed so that it can be rebuilt).
 
+A case that raises (outside Hypothesis's own reject/assume) is not a refutation: the claim gets the
+verdict *error* with a one-line summary naming the exception and the file and line it came from
+(`ClaimReport.raised`, the traceback in `ClaimReport.trace`), and it never satisfies
+`expect="refuted"`. A claim may carry a second strategy, `search`: when the random phase finds no
+counterexample, an adversarial phase runs on it (`Claim.search`, budget `profiles.search_budget`), and
+a violation found there is shrunk and reported like any other (`ClaimReport.phase`).
+
 Each claim may declare `expect="refuted"`: a mutated twin (a wrong embedding, a formula missing a term,
 a too-small bound) or a documented false statement. The suite then asserts that the checker refutes it,
 so that no checker can pass everything.
@@ -20,8 +27,10 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 import torch
@@ -29,9 +38,17 @@ from hypothesis import given, settings
 from hypothesis.errors import Flaky, HypothesisException
 from hypothesis.strategies import SearchStrategy
 
+from moelora_core.errors import MoELoRAError
+
 T = TypeVar("T")
 Expect = Literal["holds", "refuted"]
 EXACT_TOL = 1e-10
+_PACKAGE = Path(__file__).resolve().parent
+
+
+class ClaimError(MoELoRAError):
+    """A claim cannot be evaluated on a valid instance (a formula symbol with no value, a bound that is
+    not a number, a predicate of the wrong type): the verdict is *error*, not *refuted*."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,8 @@ class Claim(Generic[T]):
     spec: str = ""  # where the claim comes from (e.g. "SPEC claim 1")
     max_examples: int | None = None  # overrides the profile (e.g. for an expensive claim)
     describe: Callable[[T], str] = field(default=repr)
+    search: SearchStrategy[T] | None = None  # the adversarial phase's instances (None: no search)
+    search_examples: int | None = None  # overrides `profiles.search_budget`
 
 
 @dataclass
@@ -100,17 +119,23 @@ class ClaimReport:
     counterexample_error: float | None = None
     detail: str = ""
     twin_of: str | None = None
+    raised: str = ""  # verdict error: "<Type>: <message> (file:line)", one line
+    trace: str = ""  # verdict error: the traceback, printed after `raised`
+    phase: str = ""  # refuted or error: "random" or "search", the phase that found it
+    search_cases: int = 0  # of `cases`, those of the adversarial phase
 
     @property
     def as_expected(self) -> bool:
-        return self.holds == (self.expect == "holds")
+        return not self.raised and self.holds == (self.expect == "holds")
 
     @property
     def verdict(self) -> str:
+        if self.raised:
+            return "error"
         return "holds" if self.holds else "refuted"
 
     def line(self) -> str:
-        mark = "ok " if self.as_expected else "BAD"
+        mark = "ERR" if self.raised else "ok " if self.as_expected else "BAD"
         exp = "" if self.expect == "holds" else " (expected refuted)"
         return (
             f"{mark} {self.name:<44} {self.verdict:<8}{exp:<20} cases={self.cases:<5} "
@@ -130,53 +155,126 @@ class _Refuted(AssertionError):
     pass
 
 
-def check_claim(claim: Claim[T], *, max_examples: int | None = None) -> ClaimReport:
-    """Run `claim` under the active Hypothesis profile (see `profiles.load_profile`)."""
-    cases = 0
-    max_err = 0.0
-    tol = math.nan
-    failing: list[tuple[T, Outcome]] = []
+class _Errored(Exception):
+    pass
+
+
+def where_raised(exc: BaseException) -> str:
+    """'file:line' of the deepest traceback frame outside this package, Hypothesis and torch (the
+    user's code when it is theirs), else the deepest frame."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    lib = ("hypothesis", "torch", "sympy", "site-packages", "/lib/python")
+    own = [f for f in frames if not Path(f.filename).resolve().is_relative_to(_PACKAGE)]
+    ext = [f for f in own if not any(k in f.filename for k in lib)]
+    chosen = ext or own or list(frames)
+    return f"{chosen[-1].filename}:{chosen[-1].lineno}" if chosen else "?"
+
+
+def summarise(exc: BaseException) -> str:
+    """One line: the exception type, its first message line, and where it was raised (not for a
+    `ClaimError`, whose message names the declaration's problem)."""
+    msg = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {msg[0] if msg else ''}"
+    return text if isinstance(exc, ClaimError) else f"{text} ({where_raised(exc)})"
+
+
+@dataclass
+class _Run:
+    """What one phase of `check_claim` saw."""
+
+    cases: int = 0  # instances tried before the first failure (shrinking runs excluded)
+    max_err: float = 0.0
+    tol: float = math.nan
+    failed: bool = False
+    failing: list[tuple[Any, Outcome]] = field(default_factory=list)
+    errors: list[tuple[Any, BaseException]] = field(default_factory=list)
+
+
+def _phase(claim: Claim[T], strategy: SearchStrategy[T], n: int, run: _Run) -> str:
+    """Run `claim.case` on `n` instances of `strategy`; '' if none failed, else the Hypothesis error."""
 
     def one(example: T) -> None:
-        nonlocal cases, max_err, tol
-        cases += 1
         try:
             out = claim.case(example)
-        except Exception as e:  # an exception is a refutation too, reported with its message
-            out = Outcome(math.inf, tol if math.isfinite(tol) else 0.0, f"{type(e).__name__}: {e}")
-        tol = out.tolerance
-        max_err = max(max_err, out.error) if math.isfinite(out.error) else math.inf
+        except HypothesisException:
+            raise  # reject() / assume(): Hypothesis draws another instance (not a tried case)
+        except Exception as e:
+            run.cases += not run.failed
+            run.failed = True
+            run.errors.append((example, e))
+            raise _Errored(summarise(e)) from e
+        run.cases += not run.failed  # shrinking runs (after the first failure) are not counted
+        run.tol = out.tolerance
+        run.max_err = max(run.max_err, out.error) if math.isfinite(out.error) else math.inf
         if not out.ok:
-            failing.append((example, out))
+            run.failed = True
+            run.failing.append((example, out))
             raise _Refuted(out.detail)
 
+    # deadline off: a claim's cases are slow by nature, and a missed deadline is no counterexample
+    config = settings(settings.default, max_examples=n, deadline=None, report_multiple_bugs=False)
+    try:
+        config(given(strategy)(one))()
+    except (_Refuted, _Errored, Flaky, HypothesisException, AssertionError) as e:
+        return f"{type(e).__name__}: {e}".strip().splitlines()[0]
+    return ""
+
+
+def check_claim(claim: Claim[T], *, max_examples: int | None = None) -> ClaimReport:
+    """Run `claim` under the active Hypothesis profile (see `profiles.load_profile`): the random phase,
+    then, if it found nothing and the claim has a `search` strategy, the adversarial phase."""
+    from .profiles import search_budget
+
     n = max_examples or claim.max_examples or settings().max_examples
-    runner = settings(settings.default, max_examples=n)(given(claim.strategy)(one))
+    run, phase = _Run(), "random"
     start = time.perf_counter()
-    holds = True
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: a thread pool costs far more than it saves
     try:
-        runner()
-    except (_Refuted, Flaky, HypothesisException, AssertionError):
-        holds = False
+        failure = _phase(claim, claim.strategy, n, run)
+        random_cases = run.cases
+        if not failure and claim.search is not None:
+            phase = "search"
+            failure = _phase(claim, claim.search, claim.search_examples or search_budget(n), run)
     finally:
         torch.set_num_threads(threads)
-    seconds = time.perf_counter() - start
     report = ClaimReport(
-        claim.name,
-        claim.statement,
-        claim.expect,
-        holds,
-        cases,
-        max_err,
-        tol,
-        seconds,
-        twin_of=claim.twin_of,
-    )
-    if not holds and failing:
-        example, out = failing[-1]  # Hypothesis re-runs the shrunk example last
-        report.counterexample = claim.describe(example)
+        claim.name, claim.statement, claim.expect, not failure, run.cases, run.max_err, run.tol,
+        time.perf_counter() - start, twin_of=claim.twin_of,
+        phase=phase if failure else "", search_cases=run.cases - random_cases,
+    )  # fmt: skip
+    if run.errors:
+        example, exc = run.errors[-1]  # Hypothesis re-runs the shrunk example last
+        report.raised, report.max_error = summarise(exc), math.inf
+        report.trace = "".join(traceback.format_exception(exc)).rstrip()
+        report.counterexample = _describe(claim, example)
+    elif run.failing:
+        example, out = run.failing[-1]
+        report.counterexample = _describe(claim, example)
         report.counterexample_error = out.error
         report.detail = out.detail
+    elif failure:  # Hypothesis stopped without a failing case (no instance could be drawn, ...)
+        report.raised = failure
     return report
+
+
+def _describe(claim: Claim[T], example: T) -> str:
+    try:
+        return claim.describe(example)
+    except Exception as e:  # describing must not hide the failure it describes
+        return f"{example!r} (describing it raised {summarise(e)})"
+
+
+__all__ = [
+    "EXACT_TOL",
+    "Claim",
+    "ClaimError",
+    "ClaimReport",
+    "Expect",
+    "Outcome",
+    "check_claim",
+    "exact",
+    "rel_error",
+    "summarise",
+    "where_raised",
+]

@@ -15,7 +15,18 @@ import torch
 from torch.func import jacrev, vmap
 
 from moelora_core.adapter import Adapter
-from moelora_core.errors import input_checks
+from moelora_core.errors import ShapeError, check_input, input_checks
+from moelora_core.validate import require_instance, require_real
+
+
+def require_points(adapter: object, points: object, name: str = "points") -> None:
+    """An Adapter and points (K >= 1, n) of its dtype and device, finite (the adapter's check)."""
+    a = require_instance("adapter", adapter, Adapter)
+    x = check_input(points, a.in_features, a.reference, name)
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise ShapeError(
+            f"{name}.shape={tuple(x.shape)}: expected (K, {a.in_features}) with K >= 1"
+        )
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ def analytic_jacobian(adapter: Adapter, x: torch.Tensor) -> torch.Tensor:
     P_i are `expert_matrices()`. Exact for soft routers; a top-k router is piecewise this (with g and
     the softmax Jacobian restricted to the kept experts) away from ties.
     """
+    require_points(adapter, x, "x")
     P = adapter.expert_matrices()  # (E, m, n)
     g = adapter.routing(x)
     if g is None:
@@ -58,7 +70,20 @@ def autograd_jacobian(adapter: Adapter, x: torch.Tensor) -> torch.Tensor:
 
 def dependence_rank(adapter: Adapter, points: torch.Tensor, rtol: float = 1e-9) -> DependenceRank:
     """Rank of [J(x_1); ...; J(x_K)] for points (K, n), singular values > rtol·σ_max (soft routers)."""
-    J = analytic_jacobian(adapter, points).detach()  # (K, m, n)
+    require_points(adapter, points)
+    require_real("rtol", rtol, positive=True)
+    J = analytic_jacobian(adapter, points).detach().double()  # (K, m, n); svd in float64
     s = torch.linalg.svdvals(J.reshape(-1, J.shape[-1]))
     rank = int((s > rtol * s[0]).sum()) if s[0] > 0 else 0
+    return DependenceRank(rank, tuple(float(v) for v in s), rtol)
+
+
+def output_rank(outputs: torch.Tensor, rtol: float = 1e-9) -> DependenceRank:
+    """Dimension of the span of output vectors (..., m): the *output directions* a map reaches.
+
+    An adapter `Δ(x) = Σ_i g_i(x) B_i (...)` has every output in Σ_i col(B_i); CoMoL and a layer-shared
+    TalkLoRA have every output (of every layer) in col(B), of dimension <= r. Outputs at many points
+    spanning more than r dimensions (singular-value gap) certify that no such adapter produced them."""
+    s = torch.linalg.svdvals(outputs.detach().reshape(-1, outputs.shape[-1]))
+    rank = int((s > rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
     return DependenceRank(rank, tuple(float(v) for v in s), rtol)

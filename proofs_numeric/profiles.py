@@ -6,6 +6,7 @@ is `ci`, so that `pytest -m theorems` is reproducible.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,3 +57,16 @@ def using_profile(name: str | None) -> Iterator[str]:
         yield load_profile(name)
     finally:
         settings.load_profile(previous)
+
+
+# The adversarial phase's budget: a fraction of the random phase's cases (at least `SEARCH_MIN`).
+SEARCH_FRACTION = {"dev": 0.3, "ci": 0.3, "thorough": 0.25}
+SEARCH_MIN = 8
+
+
+def search_budget(random_cases: int) -> int:
+    """Cases of the adversarial phase of a claim whose random phase ran `random_cases`."""
+    from hypothesis import settings as current
+
+    fraction = SEARCH_FRACTION.get(current.get_current_profile_name(), 0.3)
+    return max(SEARCH_MIN, math.ceil(fraction * random_cases))

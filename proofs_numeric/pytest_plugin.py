@@ -1,19 +1,23 @@
-"""pytest plugin (entry point `moelora_verify`): the Hypothesis profile option, and user-defined variants'
-claims collected as `theorems` tests.
+"""pytest plugin (entry point `moelora_verify`): user-defined variants' claims collected as `theorems`
+tests, checked under the same profile and printed with the same report as `moelora verify`.
 
-* `pytest --moelora-profile thorough` selects the profile used by `check_claim` (default:
-  $HYPOTHESIS_PROFILE or `ci`).
+* Profile of variant claims: `--moelora-profile NAME`, else $HYPOTHESIS_PROFILE, else `ci`. It applies
+  to variant claims (items and the `verify_variant` fixture) only; `--moelora-profile-all` also loads
+  it for every other Hypothesis test of the run. Claim checks never use Hypothesis' deadline.
 * Variant files are collected as one test item per declared claim, marked `theorems`: files named
   `moelora_variant_*.py` or `*_variant.py` that pytest visits (in `testpaths` or given on the command
   line) and that define `VARIANT`/`VARIANTS`, plus every path given with `--moelora-variant PATH`
   (repeatable) or listed in the ini option `moelora_variants`. A file that cannot be loaded is a
   collection error whose message names the file and the problem.
+* A claim not as declared fails its item with the CLI's report (a refutation's counterexample and
+  snippet; an error's one-line summary, then its traceback).
 * The fixture `verify_variant(target, max_examples=None, assert_ok=True)` checks a variant (a path, a
   module name or a `Variant`) inside an ordinary test and returns its `VariantReport`s.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +25,12 @@ from typing import Any
 import pytest
 
 from .checking import Claim, ClaimReport
-from .profiles import PROFILES, load_profile
+from .profiles import DEFAULT_PROFILE, PROFILES, load_profile, using_profile
 
 _CONFIGURED = pytest.StashKey[
     set[str]
 ]()  # resolved paths named by --moelora-variant / moelora_variants
+_PROFILE = pytest.StashKey[str]()  # the profile variant claims run under
 THEOREMS_HELP = "theorems: computational checks of the papers' claims (fast; run with -m theorems)"
 
 
@@ -35,7 +40,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--moelora-profile",
         default=None,
         choices=sorted(PROFILES),
-        help="Hypothesis profile for claim checks: dev, ci (default, derandomised) or thorough.",
+        help="Hypothesis profile for variant claims: dev, ci or thorough "
+        "(default: $HYPOTHESIS_PROFILE, else ci).",
+    )
+    group.addoption(
+        "--moelora-profile-all",
+        action="store_true",
+        default=False,
+        help="Also load the --moelora-profile for every other Hypothesis test of the run.",
     )
     group.addoption(
         "--moelora-variant",
@@ -52,16 +64,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def variant_profile(config: pytest.Config) -> str:
+    """The profile variant claims run under: --moelora-profile, $HYPOTHESIS_PROFILE, or ci."""
+    chosen = config.getoption("--moelora-profile", default=None)
+    chosen = chosen or os.environ.get("HYPOTHESIS_PROFILE") or DEFAULT_PROFILE
+    if chosen not in PROFILES:
+        raise pytest.UsageError(
+            f"HYPOTHESIS_PROFILE={chosen!r}: expected one of {sorted(PROFILES)} for variant claims"
+        )
+    return str(chosen)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    profile = config.getoption("--moelora-profile", default=None)
-    if profile is not None:
-        load_profile(profile)
+    config.stash[_PROFILE] = variant_profile(config)
+    if config.getoption("--moelora-profile-all", default=False):
+        load_profile(config.stash[_PROFILE])
     config.addinivalue_line("markers", THEOREMS_HELP)  # user repositories with --strict-markers
     given: list[str] = config.getoption("--moelora-variant", default=[]) or []
     paths = [Path(p).resolve() for p in given]
-    if (
-        config.args_source != pytest.Config.ArgsSource.ARGS
-    ):  # ini variants join a plain `pytest` run
+    if config.args_source != pytest.Config.ArgsSource.ARGS:  # ini variants join a plain `pytest`
         paths += [Path(p).resolve() for p in config.getini("moelora_variants") or []]
     for p in paths:
         if not p.exists():
@@ -117,8 +138,21 @@ class VariantFile(pytest.File):
                 yield VariantItem.from_parent(self, name=claim.name, claim=claim, variant=v)
 
 
+def failure_text(rep: ClaimReport) -> str:
+    """The head line of a failed item, then the CLI's report (with the traceback of an error)."""
+    from .variants import format_report
+
+    if rep.verdict == "error":
+        head = f"{rep.name}: error: {rep.raised}"
+    elif rep.expect == "refuted":
+        head = f"{rep.name}: declared to be refuted, but held on {rep.cases} cases"
+    else:
+        head = f"{rep.name}: {rep.statement}"
+    return "\n".join([head, *format_report(rep, traceback=True)])
+
+
 class VariantItem(pytest.Item):
-    """One claim of a variant, checked by `check_claim` under the active profile."""
+    """One claim of a variant, checked by `check_claim` under the variant profile."""
 
     def __init__(self, *, claim: Claim[Any], variant: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -128,7 +162,8 @@ class VariantItem(pytest.Item):
     def runtest(self) -> None:
         from .variants import check_variant_claim
 
-        report = check_variant_claim(self.variant, self.claim)
+        with using_profile(self.config.stash[_PROFILE]):
+            report = check_variant_claim(self.variant, self.claim)
         self.user_properties.append(("claim_report", report.to_dict()))
         if not report.as_expected:
             raise VariantClaimFailed(report)
@@ -138,16 +173,8 @@ class VariantItem(pytest.Item):
         excinfo: pytest.ExceptionInfo[BaseException],
         style: Any = None,
     ) -> str:
-        from .variants import format_report
-
         if isinstance(excinfo.value, VariantClaimFailed):
-            rep = excinfo.value.report
-            head = (
-                f"{rep.name}: declared to be refuted, but held on {rep.cases} cases"
-                if rep.expect == "refuted"
-                else f"{rep.name}: {rep.statement}"
-            )
-            return "\n".join([head, *format_report(rep)])
+            return failure_text(excinfo.value.report)
         return str(super().repr_failure(excinfo))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
@@ -155,21 +182,25 @@ class VariantItem(pytest.Item):
 
 
 @pytest.fixture
-def verify_variant() -> Callable[..., list[Any]]:
+def verify_variant(request: pytest.FixtureRequest) -> Callable[..., list[Any]]:
     """`verify_variant(target, max_examples=None, assert_ok=True)` -> list of `VariantReport`.
 
     `target`: a variant file, a directory, a dotted module name, or a `Variant`. With `assert_ok`, the
-    test fails (with every refuted claim's counterexample) unless every claim came out as declared."""
-    from .variants import Variant, format_report, load_variants, run_variant
+    test fails (with every refuted claim's counterexample, every error's summary) unless every claim
+    came out as declared. Runs under the variant profile."""
+    from .variants import Variant, load_variants, run_variant
+
+    profile = request.config.stash.get(_PROFILE, DEFAULT_PROFILE)
 
     def run(target: Any, max_examples: int | None = None, assert_ok: bool = True) -> list[Any]:
         variants = [target] if isinstance(target, Variant) else load_variants(target)
-        results = [run_variant(v, max_examples=max_examples) for v in variants]
+        with using_profile(profile):
+            results = [run_variant(v, max_examples=max_examples) for v in variants]
         if assert_ok:
             bad = [r for res in results for r in res.reports if not r.as_expected]
             if bad:
-                lines = [line for r in bad for line in format_report(r)]
-                pytest.fail("claims not as declared:\n" + "\n".join(lines), pytrace=False)
+                text = "\n".join(failure_text(r) for r in bad)
+                pytest.fail("claims not as declared:\n" + text, pytrace=False)
         return results
 
     return run

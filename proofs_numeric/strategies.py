@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoLConfig
+from moelora_core.errors import ArgumentTypeError
 from moelora_core.hydralora import HydraLoRAConfig
 from moelora_core.lora import LoRAConfig
 from moelora_core.maps import Init
@@ -54,7 +55,7 @@ def build_random(config: Any, seed: int, **kwargs: Any) -> Adapter:
     for cls, cfg_cls in ARCHITECTURES.values():
         if isinstance(config, cfg_cls):
             return cls(config, dtype=DTYPE, **kwargs).randomize_(seed)
-    raise TypeError(f"config={config!r}: expected one of the registered config types")
+    raise ArgumentTypeError(f"config={config!r}: expected one of the registered config types")
 
 
 def _dims(lo: int) -> st.SearchStrategy[int]:

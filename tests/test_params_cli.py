@@ -163,3 +163,58 @@ def test_llama3_8b_on_meta() -> None:
     assert res["total_trainable"] == sum(
         32 * closed_form("comol", n, m, 16, 8, {})[0] for n, m in shapes.values()
     )
+
+
+# ----- the config-only path (known model types, no torch) against the meta model ----------------------
+def _without_seconds(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != "seconds"}
+
+
+@pytest.mark.parametrize(
+    ("arch", "opts"), CASES, ids=[f"{a}-{'-'.join(map(str, o.values()))}" for a, o in CASES]
+)
+def test_config_path_equals_meta_model(arch: str, opts: dict[str, Any]) -> None:
+    fast = run_json(TINY, arch, 8, 4, *flags(opts), "--targets", TARGETS + ",gate_proj,up_proj")
+    meta = run_json(
+        TINY, arch, 8, 4, *flags(opts), "--targets", TARGETS + ",gate_proj,up_proj", "--meta"
+    )
+    assert _without_seconds(fast) == _without_seconds(meta)
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}]
+)
+@pytest.mark.parametrize("model_type", ["llama", "mistral"])
+def test_config_path_model_types(tmp_path: Path, model_type: str, extra: dict[str, Any]) -> None:
+    cfg = json.loads(TINY.read_text())
+    cfg.update({"model_type": model_type, "architectures": None, **extra})
+    if model_type == "mistral":
+        cfg = {k: v for k, v in cfg.items() if k not in ("attention_bias", "mlp_bias")}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    fast = run_json(tmp_path, "moelora", 8, 4, "--top-k", "2")
+    meta = run_json(tmp_path, "moelora", 8, 4, "--top-k", "2", "--meta")
+    assert _without_seconds(fast) == _without_seconds(meta)
+
+
+def test_config_path_llama3_8b_and_unknown_falls_back() -> None:
+    fast = run_json(LLAMA3_8B, "talklora", 16, 8, "--shared-b")
+    meta = run_json(LLAMA3_8B, "talklora", 16, 8, "--shared-b", "--meta")
+    assert _without_seconds(fast) == _without_seconds(meta)
+    bad = CliRunner().invoke(
+        app, ["params", "--config", str(TINY), "--arch", "talklora", "--rank", "6"]
+    )
+    assert bad.exit_code == 2 and "rank=6" in bad.output  # the meta path's error (6 % 4 != 0)
+
+
+def test_params_known_type_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from typer.testing import CliRunner; from experiments.cli import app; "
+        f"r = CliRunner().invoke(app, ['params', '--config', {str(LLAMA3_8B)!r}, '--json']); "
+        "assert r.exit_code == 0, r.output; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

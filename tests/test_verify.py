@@ -4,22 +4,28 @@ one-line errors for malformed variant files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sympy as sp
 import torch
+from hypothesis import settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from experiments.cli import app
+from moelora_core.errors import ConfigError
 from moelora_core.lora import LoRA, LoRAConfig
 from proofs_numeric.checking import Claim
+from proofs_numeric.profiles import using_profile
 from proofs_numeric.variants import (
     Variant,
     VariantError,
@@ -32,11 +38,13 @@ from proofs_numeric.variants import (
     lipschitz_bound,
     load_variant,
     load_variants,
+    mac_formula,
     param_formula,
     reduces_to,
     run_variant,
     satisfies,
 )
+from proofs_numeric.variants.search import ascend
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 TRUE_FILE, FALSE_FILE = EXAMPLES / "adamole_variant.py", EXAMPLES / "false_claim_variant.py"
@@ -76,7 +84,7 @@ def test_false_example_claims(claim: Claim[Any]) -> None:
     assert report.counterexample is not None and report.detail
     shrunk = f"in_features=1, out_features=1, {FALSE_CLAIMS[claim.name]}, expert_rank=1"
     assert shrunk in report.counterexample, report.counterexample
-    assert "rebuild: adapter, x = load_variant(" in report.counterexample
+    assert "rebuild:\n    from proofs_numeric.variants import load_variant" in report.counterexample
     if claim.name == "mola_top2.top2_gate_lipschitz":
         assert "g(x) jumps between a and b, so no finite bound holds" in report.detail
 
@@ -251,7 +259,10 @@ class _WrongOut(LoRA):
             lambda c: 3,
             "build(LoRAConfig(in_features=1, out_features=2, rank=1, scale=1.0)) returned int",
         ),
-        (_WrongOut, "Δ(x) has shape (2, 1) for x of shape (2, 1); expected (2, 2) (out_features)"),
+        (
+            _WrongOut,
+            "Δ(x) has shape (2, 1) for x of shape (2, 1); expected (2, 2) (the batch axes, then out_features)",
+        ),
     ],
 )
 def test_preflight_names_what_is_wrong(build: Any, message: str) -> None:
@@ -400,3 +411,210 @@ def test_counterexample_rebuilds() -> None:
     a2, x2 = load_variant(str(TRUE_FILE), "adamole").rebuild(cfg, seed=3, input_seed=4, batch=(2,))
     assert torch.equal(x1, x2) and torch.equal(a1(x1), a2(x2))
     assert v is MOLA and math.isfinite(float(a1(x1).detach().sum()))
+
+
+# ----- errors are not refutations -------------------------------------------------------------------
+
+
+def _lora_variant(*claims: Any, **kwargs: Any) -> Variant:
+    shapes = kwargs.pop("shapes", {"in_features": (1, 3), "out_features": (1, 3), "rank": (1, 2)})
+    return Variant("t", build=kwargs.pop("build", LoRA), config=LoRAConfig, shapes=shapes,
+                   claims=list(claims), **kwargs)  # fmt: skip
+
+
+def _raises(a: Any) -> float:
+    raise ZeroDivisionError("boom")
+
+
+def test_a_raising_bound_is_an_error_even_when_refuted_is_expected() -> None:
+    v = _lora_variant(param_formula("r*(n + m)"))
+    decl = lipschitz_bound(_raises, of=lambda a, x: a(x), expect="refuted")
+    (report,) = run_variant(_lora_variant(decl), max_examples=5).reports
+    assert report.verdict == "error" and not report.as_expected and report.line().startswith("ERR")
+    assert (
+        report.raised.startswith("ZeroDivisionError: boom (") and "test_verify.py:" in report.raised
+    )
+    assert "Traceback" in report.trace and report.cases == 1
+    assert run_variant(v, max_examples=5).ok
+
+
+def test_undeclared_symbol_and_bad_predicate_are_errors() -> None:
+    decls = [
+        param_formula("r*(n + m) + K", expect="refuted"),
+        satisfies("returns_text", lambda a, x: "yes", expect="refuted"),
+    ]
+    for report in run_variant(_lora_variant(*decls), max_examples=5).reports:
+        assert report.verdict == "error", report.line()
+    assert (
+        "no value for symbol(s) ['K']"
+        in run_variant(_lora_variant(decls[0]), max_examples=5).reports[0].raised
+    )
+
+
+def test_builder_config_errors_are_redrawn_and_other_exceptions_are_errors(tmp_path: Path) -> None:
+    def picky(c: LoRAConfig) -> LoRA:
+        if c.rank == 2:
+            raise ConfigError("rank=2: refused")
+        return LoRA(c)
+
+    report = run_variant(_lora_variant(param_formula("r*(n + m)"), build=picky), max_examples=20)
+    assert report.ok  # rank-2 configs were redrawn, not counted as refutations
+    path = tmp_path / "keyerror_variant.py"
+    path.write_text(KEYERROR)
+    result = runner.invoke(app, ["verify", str(path)])
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert "raised KeyError: 'rank' (" in result.stderr and f"{path}:" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+KEYERROR = textwrap.dedent(
+    """
+    from dataclasses import dataclass
+    from moelora_core.lora import LoRA, LoRAConfig
+    from proofs_numeric.variants import Variant, param_formula
+
+    @dataclass(frozen=True)
+    class Cfg(LoRAConfig):
+        def __post_init__(self):
+            if self.rank > 1:
+                raise KeyError("rank")
+
+    VARIANT = Variant("k", build=LoRA, config=Cfg, claims=[param_formula("r*(n + m)")],
+                      shapes={"in_features": 1, "out_features": 1, "rank": 2})
+    """
+)
+
+
+# ----- the adversarial phase ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("declare", [param_formula, mac_formula])
+def test_formula_search_reaches_extreme_sizes(declare: Any) -> None:
+    """A formula right on the declared ranges but wrong beyond n = 16 is refuted at x16 / x256 sizes
+    (counted on the meta device); the right formula holds there too."""
+    decls = declare("r*(n + m)"), declare("r*(Min(n, 16) + m)")
+    right, wrong = run_variant(_lora_variant(*decls)).reports
+    assert right.holds and right.search_cases > 0
+    assert wrong.verdict == "refuted" and wrong.phase == "search"
+    text = wrong.counterexample or ""
+    assert "meta=True" in text and "in_features=48" in text
+
+
+def test_ascent_climbs_a_differentiable_margin() -> None:
+    rare = load_variant(EXAMPLES / "rare_weights_variant.py")
+    cfg = rare.module.MoELoRAConfig(in_features=2, out_features=2, num_experts=4, expert_rank=1)
+    a, x = rare.rebuild(cfg, seed=0)
+    margin = lambda xv: rare.module.interfere_little(a, xv)  # noqa: E731
+    before = float(margin(x).detach())
+    assert ascend(a, x, margin, 32) == 32
+    assert before < 0 < float(margin(x).detach())  # holds at the random draw, violated after ascent
+
+
+def test_each_tensor_has_its_own_stream() -> None:
+    """Changing n redraws A only: B (m x r) keeps its values, so a witness survives shrinking n."""
+    v = _lora_variant(param_formula("r*(n + m)"))
+    small, large = (
+        v.instance(LoRAConfig(in_features=n, out_features=2, rank=1), 5) for n in (1, 3)
+    )
+    assert torch.equal(small.B.weight, large.B.weight)
+    assert not torch.equal(small.A.weight[:, :1], large.A.weight[:, :1])
+
+
+def test_cases_count_tried_instances_not_shrinking_runs() -> None:
+    (report,) = run_variant(_lora_variant(param_formula("r*n", expect="refuted"))).reports
+    assert report.verdict == "refuted" and report.cases == 1
+
+
+def test_reduction_failure_names_delta_and_routing_with_both_values() -> None:
+    (report,) = run_variant(
+        Variant("twin", build=ada.AdaMoLE, shapes=ADAMOLE.shapes,
+                claims=[reduces_to("moelora", embed=ada.as_input_moelora)]), max_examples=30,
+    ).reports  # fmt: skip
+    assert report.verdict == "refuted"
+    assert re.search(
+        r"Δ\(x\): relative error \S+, largest at \[\d+, \d+\]: variant \S+ vs MoELoRA via as_input_moelora \S+",
+        report.detail,
+    ), report.detail
+    assert "routing g(x): relative error" in report.detail
+
+
+def test_counterexample_snippet_runs_as_pasted(capsys: pytest.CaptureFixture[str]) -> None:
+    (report,) = run_variant(MOLA, only=["switch_loss_at_least_one"]).reports
+    text = report.counterexample or ""
+    snippet = textwrap.dedent(text[text.index("rebuild:") + len("rebuild:") :])
+    exec(compile(snippet, "<pasted>", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.startswith("Outcome(error=") and f"{report.counterexample_error!r}" in out
+
+
+# ----- regimes and declarations -----------------------------------------------------------------------
+
+
+def test_formula_names_are_symbols_not_sympy_constants() -> None:
+    with pytest.raises(VariantError, match="imaginary unit I"):
+        param_formula(sp.I * sp.Symbol("n"))
+    decl = complexity("I*n + n", "n*I", "n I")  # I, a symbol of the formula: Θ holds
+    (report,) = run_variant(_lora_variant(decl)).reports
+    assert report.holds, report.detail
+    with pytest.raises(VariantError, match="expected an inequality"):
+        complexity("r", "r", assume="r + n")
+
+
+def test_complexity_assumptions() -> None:
+    holds = complexity("r*n + r**2", "r*n", "r n", assume="r <= n")
+    fails = complexity("r*n + r**2", "r*n", "r n")
+    reports = run_variant(_lora_variant(holds, fails)).reports
+    assert [r.verdict for r in reports] == ["holds", "refuted"]
+    assert "assuming r <= n" in reports[0].statement
+    with pytest.raises(VariantError, match="state its regime with assume="):
+        complexity("r*n", "r*n", where=lambda c: True)
+
+
+def test_layer_count_and_config_fields_are_formula_symbols() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Stacked(LoRAConfig):
+        num_layers: int = 1
+
+    class StackedLoRA(LoRA):
+        def num_trainable_params(self) -> int:
+            return self.config.num_layers * super().num_trainable_params()
+
+    v = Variant("stack", build=StackedLoRA, config=Stacked, claims=[
+        param_formula("L*r*(n + m)"), param_formula("num_layers*rank*(in_features + m)")],
+        shapes={"in_features": (1, 3), "out_features": 2, "rank": 1, "num_layers": (1, 4)})  # fmt: skip
+    assert all(r.holds for r in run_variant(v, max_examples=10).reports)
+
+
+class _Flattens(LoRA):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).reshape(-1, self.out_features)  # drops the batch axes
+
+
+def test_preflight_checks_several_batch_shapes() -> None:
+    v = Variant("flat", build=_Flattens, config=LoRAConfig, claims=[param_formula("r*(n + m)")],
+                shapes={"in_features": 2, "out_features": 2, "rank": 1})  # fmt: skip
+    with pytest.raises(
+        VariantError, match=re.escape("for x of shape (2, 3, 2); expected (2, 3, 2)")
+    ):
+        v.preflight()
+
+
+def test_bounded_region_lipschitz() -> None:
+    """x -> ‖x‖² is 2R-Lipschitz on the ball of radius R, and on no larger region."""
+    square = lambda a, x: x.square().sum(-1, keepdim=True)  # noqa: E731
+    decls = [
+        lipschitz_bound(lambda a: 2 * 3.0, of=square, radius=3.0),
+        lipschitz_bound(lambda a: 2 * 3.0, of=square),
+    ]
+    reports = run_variant(_lora_variant(*decls), max_examples=10).reports
+    assert [r.verdict for r in reports] == ["holds", "refuted"]
+    assert 0.99 < reports[0].max_error <= 1 + 1e-9
+
+
+def test_slow_claims_never_hit_a_deadline() -> None:
+    settings.register_profile("tight_deadline", deadline=1, max_examples=3, database=None)
+    slow = satisfies("slow", lambda a, x: time.sleep(0.01) is None, max_examples=3)
+    with using_profile("ci"):
+        settings.load_profile("tight_deadline")
+        (report,) = run_variant(_lora_variant(slow)).reports
+    assert report.holds, report.line() + report.raised

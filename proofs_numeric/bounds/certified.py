@@ -36,9 +36,25 @@ from torch import Tensor
 from moelora_core.adapter import Adapter
 from moelora_core.maps import BlockDiagonal, Dense, Identity, KronIdentity, LinearMap
 from moelora_core.talklora import TalkLoRA
+from moelora_core.validate import require_instance
 
-from .domain import Domain, NoRouterError
-from .spectral import F64, SOFTMAX_LIP, SpectralNorm, centring, certify, spectral_norm
+from .domain import Domain, NoRouterError, require_routed
+from .rigorous import (
+    Enclosure,
+    centre_rows,
+    exact,
+    exact_t,
+    frob_upper,
+    half_up,
+    matmul,
+    norm_upper,
+    normalise,
+    scale_up,
+    scale_up_t,
+    sub,
+    up,
+)
+from .spectral import F64, certify, spectral_norm
 
 RANK_RTOL = 1e-9  # relative singular-value threshold for rank(Π L)
 ALIGN_TOL = 1e-9  # pair alignment below 1 − ALIGN_TOL: the centred bound is not attained
@@ -130,10 +146,32 @@ def pair_alignment(PL: Tensor, centred_norm: float) -> tuple[float, tuple[int, i
     return min(a, 1.0), (i, j)
 
 
+def dense_chain(factors: Sequence[LinearMap]) -> list[Tensor]:
+    """The non-identity factors as dense matrices, innermost first ([I] for only identities)."""
+    mats = [f.dense() for f in factors if not isinstance(f, Identity)]
+    return mats or [torch.eye(factors[0].in_features, dtype=F64)]
+
+
+def chain_enclosure(mats: Sequence[Tensor], *, centred: bool) -> tuple[Enclosure, int]:
+    """Enclosure of 2^-e (Π) M_K ⋯ M_1 (matrices innermost first) and e: each factor scaled exactly
+    by a power of 2, the outermost one's rows centred before any product (no cancellation), then
+    multiplied outermost first with the rounding of every product enclosed (rigorous.py)."""
+    scaled = [normalise(M) for M in mats]
+    top = exact(scaled[-1][0])
+    enc = centre_rows(top) if centred else top
+    for M, _ in reversed(scaled[:-1]):
+        enc = matmul(enc, exact_t(M))
+    return enc, sum(e for _, e in scaled)
+
+
+def certified_norm(enc: Enclosure, e: int) -> float:
+    """An upper bound on ‖M‖₂ for every member M of 2^e · enc (CertificateError on overflow)."""
+    return certify(scale_up(float(norm_upper(enc)), e))
+
+
 def bounds_for(factors: Sequence[LinearMap]) -> RouterBounds:
-    """Certified forms for v ↦ softmax(F_K ⋯ F_1 v)."""
-    L = effective_matrix(factors)  # (E, in)
-    E = L.shape[0]
+    """Certified forms for v ↦ softmax(F_K ⋯ F_1 v), upper bounds on the exact real values for the
+    float weights (docs/bounds.md, "Why the certified numbers are upper bounds in floating point")."""
     norms: dict[str, float] = {}
     methods: dict[str, str] = {}
     prod = 1.0
@@ -144,22 +182,28 @@ def bounds_for(factors: Sequence[LinearMap]) -> RouterBounds:
         s = spectral_norm(W, factor_name(f))
         key = factor_name(f.talk) if isinstance(f, KronIdentity) else factor_name(f)
         norms[key], methods[key] = s.upper, s.method
-        prod *= s.upper
-    PL = centring(E) @ L
-    sl = spectral_norm(L, "L")
-    sv = torch.linalg.svdvals(PL)  # E values (E x in, E small): the norm and the rank at once
-    sc = SpectralNorm(float(sv[0]), certify(float(sv[0])), "svd")
-    methods["L"], methods["ΠL"] = sl.method, sc.method
-    rank = int((sv > RANK_RTOL * sv[0]).sum()) if sc.lower > 0 else 0
-    a, pair = pair_alignment(PL, sc.lower)
+        prod = up(prod * s.upper)
+    mats = dense_chain(factors)
+    L_enc, e = chain_enclosure(mats, centred=False)
+    C_enc, _ = chain_enclosure(mats, centred=True)
+    E = C_enc.mid.shape[0]
+    product = certify(half_up(prod))  # ½ ∏ ‖F_k‖₂
+    logit_norm = min(certified_norm(L_enc, e), 2 * product)  # ‖L‖₂ <= ∏‖F_k‖₂
+    centred_norm = min(certified_norm(C_enc, e), logit_norm)  # ‖ΠL‖₂ <= ‖L‖₂
+    methods["L"], methods["ΠL"] = "enclosure", "enclosure"
+    PL = C_enc.mid  # 2^-e Π L to rounding (rank and alignment are scale-free)
+    sv = torch.linalg.svdvals(PL)  # E values (E small): the norm and the rank at once
+    top = float(sv[0]) if sv.numel() else 0.0
+    rank = int((sv > RANK_RTOL * top).sum()) if top > 0 else 0
+    a, pair = pair_alignment(PL, top)
     return RouterBounds(
         num_experts=E,
-        product=certify(SOFTMAX_LIP * prod),
-        effective=SOFTMAX_LIP * sl.upper,
-        centred=SOFTMAX_LIP * sc.upper,
+        product=product,
+        effective=half_up(logit_norm),
+        centred=half_up(centred_norm),
         factor_norms=norms,
-        logit_norm=sl.upper,
-        centred_norm=sc.upper,
+        logit_norm=logit_norm,
+        centred_norm=centred_norm,
         centred_rank=rank,
         pair_alignment=a,
         best_pair=pair,
@@ -167,13 +211,35 @@ def bounds_for(factors: Sequence[LinearMap]) -> RouterBounds:
     )
 
 
+def router_terms(L: Tensor | Sequence[LinearMap]) -> tuple[float, float, Enclosure, int]:
+    """Certified ½‖L‖₂, ‖Π L‖₂ and the enclosure (with exponent e) of 2^-e Π L, from the logit
+    map's factors (rows centred before any product) or from L itself, taken as exact."""
+    mats = [L] if isinstance(L, Tensor) else dense_chain(L)
+    L_enc, e = chain_enclosure(mats, centred=False)
+    C_enc, _ = chain_enclosure(mats, centred=True)
+    logit_norm = certified_norm(L_enc, e)
+    return half_up(logit_norm), min(certified_norm(C_enc, e), logit_norm), C_enc, e
+
+
+def pair_distances(C: Enclosure, e: int) -> Tensor:
+    """Certified D_k = max_j ‖l_k − l_j‖₂ (E,) from the enclosure of 2^-e Π L (rows l_k − l̄)."""
+    diff = sub(
+        Enclosure(C.mid.unsqueeze(1), C.rad.unsqueeze(1)),
+        Enclosure(C.mid.unsqueeze(0), C.rad.unsqueeze(0)),
+    )  # (E, E, n)
+    norms = frob_upper(Enclosure(diff.mid.unsqueeze(-2), diff.rad.unsqueeze(-2)))  # (E, E)
+    return scale_up_t(norms.max(dim=1).values, e)
+
+
 def router_bounds(adapter: Adapter) -> RouterBounds:
     """Bounds on the Lipschitz constant of x ↦ g(x)."""
+    adapter = require_routed(adapter)
     return bounds_for(logit_factors(adapter))
 
 
 def head_bounds(adapter: Adapter) -> RouterBounds | None:
     """Bounds on the Lipschitz constant of h ↦ g for a latent router (None for an input router)."""
+    adapter = require_routed(adapter)
     factors = logit_factors(adapter)
     if not is_latent(factors):
         return None
@@ -201,23 +267,33 @@ class TalkBounds:
 
 
 def talk_bounds(t: TalkLoRA) -> TalkBounds:
+    require_routed(require_instance("t", t, TalkLoRA))
     T = t.T.weight.detach().to("cpu", F64)  # (E, E)
     E, d = t.num_experts, t.config.head_dim
     W = t.router.logits.dense().detach().to("cpu", F64) if t.router is not None else None
     if W is None:
         raise NoRouterError("TalkLoRA without a router")
-    talk_norm = spectral_norm(T, "T").lower  # exact (E x E, svdvals)
+    talk_norm = spectral_norm(T, "T").lower  # ‖T‖₂ as measured (compared with 1)
     att = torch.linalg.vector_norm(T, dim=0)  # (E,) column norms ‖T e_j‖₂
     w_norm = spectral_norm(W, "W_r").upper
-    # columns of head j of W_r (T ⊗ I_d): Σ_i T_ij W_r[:, head i] -> (E_out, E_heads, d)
-    H = torch.einsum("oid,ij->ojd", W.unflatten(1, (E, d)), T)
-    PH = torch.einsum("po,ojd->jpd", centring(E), H)  # (heads, E_out, d)
-    per_head = torch.linalg.matrix_norm(PH, ord=2) if d > 0 else torch.zeros(E, dtype=F64)
+    Ts, et = normalise(T)
+    Ws, ew = normalise(W)
+    att_up = frob_upper(exact_t(Ts.T.unsqueeze(-1)))  # (E,) certified 2^-et ‖T e_j‖₂
+    # head j of Π W_r (T ⊗ I_d) = (Π W_r)((T e_j) ⊗ I_d): centre W_r's rows first, then multiply
+    K = torch.einsum("ij,ab->jiab", Ts, torch.eye(d, dtype=F64)).reshape(E, E * d, d)
+    C = centre_rows(exact(Ws))  # (E_out, E d)
+    H = matmul(Enclosure(C.mid.unsqueeze(0), C.rad.unsqueeze(0)), exact_t(K))  # (heads, E_out, d)
+    per_head = norm_upper(H) if d > 0 else torch.zeros(E, dtype=F64)
+    head_product = [certify(half_up(up(w_norm * scale_up(float(v), et)))) for v in att_up]
+    head_centred = [
+        min(certify(half_up(scale_up(float(v), ew + et))), hp)
+        for v, hp in zip(per_head, head_product, strict=True)
+    ]
     return TalkBounds(
         talk_norm=talk_norm,
         attenuation=[float(v) for v in att],
-        head_product=[certify(SOFTMAX_LIP * w_norm * float(v)) for v in att],
-        head_centred=[certify(SOFTMAX_LIP * float(v)) for v in per_head],
+        head_product=head_product,
+        head_centred=head_centred,
         amplifies=talk_norm > 1.0,
     )
 

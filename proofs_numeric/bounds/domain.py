@@ -19,6 +19,7 @@ from torch import Tensor
 
 from moelora_core.adapter import Adapter
 from moelora_core.errors import (
+    ArgumentTypeError,
     ConfigError,
     DTypeDeviceError,
     MoELoRAError,
@@ -26,6 +27,7 @@ from moelora_core.errors import (
     ShapeError,
     require_positive_int,
 )
+from moelora_core.validate import require_real
 
 DomainKind = Literal["unconstrained", "ball", "points"]
 
@@ -55,39 +57,49 @@ class Domain:
         return f"balls of radius {self.radius:g} around {self.num_points} centre(s)"
 
 
-def require_routed(adapter: object) -> Adapter:
-    """The adapter, if it is a moelora_core Adapter with a router; project errors otherwise."""
+def require_adapter(adapter: object) -> Adapter:
+    """A moelora_core Adapter whose parameters hold finite values (not on the meta device)."""
     if not isinstance(adapter, Adapter):
-        raise ConfigError(
+        raise ArgumentTypeError(
             f"adapter={type(adapter).__name__}: expected a moelora_core.adapter.Adapter instance"
         )
-    if adapter.router is None or adapter.router_logit_map() is None:
-        raise NoRouterError(
-            f"adapter={type(adapter).__name__}: has no router; router bounds need a routed adapter "
-            "(MoELoRA, HydraLoRA, TalkLoRA, CoMoL)"
-        )
     for name, p in adapter.named_parameters():
+        if p.device.type == "meta":
+            raise DTypeDeviceError(
+                f"adapter parameter {name}: on the meta device; expected parameters with values"
+            )
         if not bool(torch.isfinite(p).all()):
             raise NonFiniteError(f"adapter parameter {name}: non-finite values; expected finite")
     return adapter
 
 
-def require_radius(radius: object) -> float | None:
+def require_routed(adapter: object) -> Adapter:
+    """The adapter, if it is a moelora_core Adapter with a router; project errors otherwise."""
+    adapter = require_adapter(adapter)
+    if adapter.router is None or adapter.router_logit_map() is None:
+        raise NoRouterError(
+            f"adapter={type(adapter).__name__}: has no router; router bounds need a routed adapter "
+            "(MoELoRA, HydraLoRA, TalkLoRA, CoMoL)"
+        )
+    return adapter
+
+
+def require_radius(radius: object, dtype: torch.dtype | None = None) -> float | None:
+    """None or a finite real R >= 0; with the adapter's dtype, also R <= sqrt(largest value), so
+    that points of the balls and their logits stay representable."""
     if radius is None:
         return None
-    if isinstance(radius, bool) or not isinstance(radius, int | float) or not math.isfinite(radius):
-        raise ConfigError(f"radius={radius!r}: expected None or a finite real number >= 0")
-    if radius < 0:
-        raise ConfigError(f"radius={radius!r}: expected >= 0")
-    return float(radius)
+    R = require_real("radius", radius, minimum=0.0)
+    if dtype is not None and math.sqrt(torch.finfo(dtype).max) < R:
+        raise ConfigError(
+            f"radius={radius!r}: expected <= {math.sqrt(torch.finfo(dtype).max):.3g} = "
+            f"sqrt(largest {dtype}) for an adapter in {dtype}"
+        )
+    return R
 
 
 def require_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{name}={value!r}: expected a finite real number > 0")
-    if value <= 0:
-        raise ConfigError(f"{name}={value!r}: expected > 0")
-    return float(value)
+    return require_real(name, value, positive=True)
 
 
 def require_inputs(adapter: Adapter, inputs: object) -> Tensor | None:

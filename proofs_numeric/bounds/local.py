@@ -43,8 +43,9 @@ O(N Ek n) for N centres. For other adapters the dense `expert_matrices()` are fa
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -53,20 +54,35 @@ from torch import Tensor
 
 from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoL
-from moelora_core.errors import ConfigError, MoELoRAError, input_checks
+from moelora_core.errors import ConfigError, MoELoRAError, ShapeError, input_checks
 from moelora_core.hydralora import HydraLoRA
+from moelora_core.maps import Identity, LinearMap
 from moelora_core.moelora import MoELoRA
 from moelora_core.talklora import TalkLoRA
+from moelora_core.validate import require_finite, require_instance, require_real, require_tensor
 
-from .spectral import (
-    F64,
-    SOFTMAX_LIP,
-    centring,
-    certify,
-    gram_pair_norm,
-    lambda_max_upper,
-    psd_sqrt,
+from .certified import pair_distances, router_terms
+from .domain import require_adapter
+from .rigorous import (
+    Enclosure,
+    centre_rows,
+    exact,
+    exact_t,
+    frob_upper,
+    gram_pair_upper,
+    hadamard,
+    half_up,
+    matmul,
+    normalise,
+    poly_up,
+    scale,
+    scale_up,
+    scale_up_t,
+    softmax_error,
+    sym_lmax_upper,
+    up,
 )
+from .spectral import F64, SOFTMAX_LIP, certify, up_sqrt
 
 DENSE_FALLBACK_MAX = 4096  # E·min(m, n) allowed for the dense fallback factorisation
 FACTOR_CHECK_RTOL = 1e-6  # factors vs the adapter's own Δ on probe inputs (float32 adapters)
@@ -80,6 +96,16 @@ class ExpertFactors:
     V: Tensor
     source: str
     shared_v: bool = False  # all V_i equal (HydraLoRA, CoMoL): ΔW(x) = (Σ_i g_i U_i) V
+    U_rad: Tensor | None = None  # |U_exact − U| <= U_rad (U computed from the weights); None: exact
+
+    @cached_property
+    def scaled(self) -> tuple[Enclosure, Tensor, int]:
+        """(U', V', e) with U_i V_i = 2^e U'_i V'_i: U (with its rounding) and V scaled by exact
+        powers of 2 (the radius rounded upwards), so that Gram products stay in range."""
+        rad = torch.zeros_like(self.U) if self.U_rad is None else self.U_rad
+        Us, eu = normalise(self.U)
+        Vs, ev = normalise(self.V)
+        return Enclosure(Us, scale_up_t(rad, -eu) if eu else rad), Vs, eu + ev
 
     @property
     def num_experts(self) -> int:
@@ -90,22 +116,26 @@ class ExpertFactors:
         return self.U @ self.V
 
     @cached_property
-    def grams(self) -> tuple[Tensor, Tensor]:
-        """G_U = U_catᵀ U_cat and G_V = V_st V_stᵀ (Ek x Ek each), computed once."""
+    def grams(self) -> tuple[Enclosure, Enclosure]:
+        """Enclosures of G_U = U'_catᵀ U'_cat and G_V = V'_st V'_stᵀ (Ek x Ek each) for the scaled
+        factors (`scaled`: the norms built from them are 2^-e times the true ones), computed once."""
         E, m, k = self.U.shape
-        Ucat = self.U.permute(1, 0, 2).reshape(m, E * k)  # (m, Ek)
+        Ue, V, _ = self.scaled
+        Ucat = Enclosure(*(t.permute(1, 0, 2).reshape(m, E * k) for t in (Ue.mid, Ue.rad)))
+        ones = torch.ones(E, E, dtype=F64)
         if self.shared_v:
-            GV = torch.kron(
-                torch.ones(E, E, dtype=F64, device=self.V.device), self.V[0] @ self.V[0].T
-            )
+            V0 = exact(V[0])
+            g = matmul(V0, V0.T)
+            GV = Enclosure(torch.kron(ones, g.mid), torch.kron(ones, g.rad))
         else:
-            Vst = self.V.reshape(E * k, -1)  # (Ek, n)
-            GV = Vst @ Vst.T
-        return Ucat.T @ Ucat, GV
+            Vst = exact(V.reshape(E * k, -1))  # (Ek, n)
+            GV = matmul(Vst, Vst.T)
+        return matmul(Ucat.T, Ucat), GV
 
 
 def expert_factors(adapter: Adapter) -> ExpertFactors:
     """Low-rank factors of the expert maps P_i from the architecture's parameters."""
+    adapter = require_adapter(adapter)
     with torch.no_grad():
         return _factors(adapter)
 
@@ -116,22 +146,24 @@ def _factors(a: Adapter) -> ExpertFactors:
         c = a.config
         U = (
             a.B.weight.detach()
-            .to(F64)
+            .to("cpu", F64)
             .unflatten(1, (c.num_experts, c.expert_rank))
             .permute(1, 0, 2)
         )
         V = a.A.weight.detach().to("cpu", F64).unflatten(0, (c.num_experts, c.expert_rank))
-        return ExpertFactors(c.scale * U, V, "moelora")
+        Us = scale(exact(U), c.scale)
+        return ExpertFactors(Us.mid, V, "moelora", U_rad=Us.rad)
     if isinstance(a, HydraLoRA):
         h = a.config
         U = (
             a.B.weight.detach()
-            .to(F64)
+            .to("cpu", F64)
             .unflatten(1, (h.num_experts, h.expert_rank))
             .permute(1, 0, 2)
         )
         V = a.A.weight.detach().to("cpu", F64).expand(h.num_experts, -1, -1)
-        return ExpertFactors(h.scale * U, V, "hydralora", shared_v=True)
+        Us = scale(exact(U), h.scale)
+        return ExpertFactors(Us.mid, V, "hydralora", shared_v=True, U_rad=Us.rad)
     if isinstance(a, TalkLoRA):
         t = a.config
         Bh = (
@@ -140,16 +172,15 @@ def _factors(a: Adapter) -> ExpertFactors:
             .unflatten(1, (t.num_experts, t.head_dim))
             .permute(1, 0, 2)
         )
-        U = Bh @ a.K.weight.detach().to("cpu", F64)  # (E, m, d): B_i K_i
+        Us = scale(matmul(exact(Bh), exact(a.K.weight)), t.scale)  # (E, m, d): s B_i K_i
         V = a.A.weight.detach().to("cpu", F64).unflatten(0, (t.num_experts, t.head_dim))
-        return ExpertFactors(t.scale * U, V, "talklora")
+        return ExpertFactors(Us.mid, V, "talklora", U_rad=Us.rad)
     if isinstance(a, CoMoL):
         o = a.config
-        U = torch.einsum(
-            "mi,nij->nmj", a.B.weight.detach().to("cpu", F64), a.cores.detach().to("cpu", F64)
-        )  # (N, m, r)
+        B = exact(a.B.weight).mid.unsqueeze(0)  # (1, m, r)
+        Us = scale(matmul(exact_t(B), exact(a.cores)), o.scale)  # (N, m, r): s B M_i
         V = a.A.weight.detach().to("cpu", F64).expand(o.num_cores, -1, -1)
-        return ExpertFactors(o.scale * U, V, "comol", shared_v=True)
+        return ExpertFactors(Us.mid, V, "comol", shared_v=True, U_rad=Us.rad)
     P = a.expert_matrices().detach().to("cpu", F64)  # (E, m, n)
     E, m, n = P.shape
     if E * min(m, n) > DENSE_FALLBACK_MAX:
@@ -167,9 +198,17 @@ def _factors(a: Adapter) -> ExpertFactors:
 def check_factors(adapter: Adapter, f: ExpertFactors, probes: int = 4, seed: int = 0) -> float:
     """Relative error of Σ_i g_i(x) U_i V_i x against the adapter's Δ(x) on random probes.
 
-    Raises MoELoRAError above FACTOR_CHECK_RTOL (float32) / 1e-10 (float64): the factors the bound
-    is computed from must be the maps the adapter applies.
+    Raises MoELoRAError above FACTOR_CHECK_RTOL (float32) / 1e-10 (float64), plus the effect of the
+    adapter's own rounding of the logits (γ·|F_K|⋯|F_1||x| per logit moves g by at most as much, and
+    Δ by E times that times max_i |P_i x|: large for near-tie routers with a big common component):
+    the factors the bound is computed from must be the maps the adapter applies. A float16/bfloat16/
+    float32 adapter is compared through a float64 copy (same weights, exactly converted), so half
+    precision is not refused for its own rounding.
     """
+    require_adapter(adapter)
+    require_instance("f", f, ExpertFactors)
+    if adapter.reference.dtype != F64:
+        adapter = copy.deepcopy(adapter).to(F64)
     ref = adapter.reference
     gen = torch.Generator(device="cpu").manual_seed(seed)
     scales = torch.logspace(-1, 1, probes, dtype=F64).unsqueeze(-1)
@@ -182,8 +221,21 @@ def check_factors(adapter: Adapter, f: ExpertFactors, probes: int = 4, seed: int
     z = torch.einsum("ekn,bn->bek", f.V, X)  # (probes, E, k): V_i x
     Px = torch.einsum("emk,bek->bem", f.U, z)  # (probes, E, m): P_i x
     ours = torch.einsum("be,bem->bm", gw, Px)
-    err = float((ours - delta).abs().max()) / (1.0 + float(delta.abs().max()))
+    scale = 1.0 + float(delta.abs().max())
+    err = float((ours - delta).abs().max()) / scale
     tol = 1e-10 if ref.dtype == F64 else FACTOR_CHECK_RTOL * 10
+    lm = adapter.router_logit_map()
+    if g is not None and lm is not None:
+        zabs = X.abs().T  # (n, probes): |F_K| ⋯ |F_1| |x|, the scale of the logits' rounding
+        dims = 0
+        for fac in lm.factors():
+            if isinstance(fac, Identity):
+                continue
+            W = fac.dense().detach().to("cpu", F64)
+            zabs, dims = W.abs() @ zabs, dims + W.shape[1]
+        eps = torch.finfo(ref.dtype).eps
+        noise = 4 * gw.shape[1] * dims * eps * float(zabs.max()) * float(Px.abs().max())
+        tol += noise / scale
     if err > tol:
         raise MoELoRAError(
             f"expert factors of {type(adapter).__name__}: relative error {err:.2e} against the "
@@ -202,39 +254,66 @@ class StackNorms:
     stack_centred: float
 
 
-def _gram_blocks(f: ExpertFactors) -> tuple[Tensor, Tensor]:
-    return f.grams
+def _block(e: Enclosure, E: int, k: int) -> Enclosure:
+    """(Ek, Ek) -> (E, E, k, k) blocks, and the diagonal ones as (E, k, k)."""
+    return Enclosure(*(t.view(E, k, E, k).permute(0, 2, 1, 3) for t in (e.mid, e.rad)))
 
 
 def stack_norms(f: ExpertFactors) -> StackNorms:
+    """Certified ‖P_i‖₂, ‖𝒫‖₂, ‖𝒫_c‖₂ as sqrt(λ_max(G_U C)) (rigorous.gram_pair_upper), with
+    C_ij = Q_ij V_i V_jᵀ: Q = I per block, 1 for 𝒫, E·Π = E·I − 11ᵀ (integers, exact) for 𝒫_c."""
+    require_instance("f", f, ExpertFactors)
     E, _, k = f.U.shape
-    GU, GV = _gram_blocks(f)
-    GU4, GV4 = GU.view(E, k, E, k), GV.view(E, k, E, k)
+    GU, GV = f.grams
     idx = torch.arange(E)
-    per = gram_pair_norm(GU4[idx, :, idx, :], GV4[idx, :, idx, :])  # (E,) ‖U_i V_i‖₂
-    eye = torch.eye(E, dtype=F64, device=GU.device)
-    Pi = centring(E, device=GU.device)
-    block = torch.kron(eye, torch.ones(k, k, dtype=F64, device=GU.device))
-    stack = gram_pair_norm(GU, block * GV)
-    stack_c = gram_pair_norm(GU, torch.kron(Pi, torch.ones(k, k, dtype=F64, device=GU.device)) * GV)
+    bu, bv = _block(GU, E, k), _block(GV, E, k)
+    diag_u = Enclosure(bu.mid[idx, idx], bu.rad[idx, idx])
+    diag_v = Enclosure(bv.mid[idx, idx], bv.rad[idx, idx])
+    e = f.scaled[2]
+    per = scale_up_t(up_sqrt(gram_pair_upper(diag_u, diag_v)), e)  # (E,) ‖U_i V_i‖₂
+    eye = torch.eye(E, dtype=F64)
+    ones = torch.ones(k, k, dtype=F64)
+    stack = scale_up_t(up_sqrt(gram_pair_upper(GU, hadamard(GV, torch.kron(eye, ones)))), e)
+    if f.shared_v:  # P_i − P̄ = (U_i − Ū) V: centre the U_i first (no cancellation)
+        Ue, _, _ = f.scaled
+        m = Ue.mid.shape[1]
+        Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
+        Ucat = Enclosure(
+            *(t.view(E, m, k).permute(1, 0, 2).reshape(m, E * k) for t in (Uc.mid, Uc.rad))
+        )
+        lam_c = float(gram_pair_upper(matmul(Ucat.T, Ucat), hadamard(GV, torch.kron(eye, ones))))
+    else:
+        EPi = torch.kron(E * eye - torch.ones(E, E, dtype=F64), ones)
+        lam_c = up(float(gram_pair_upper(GU, hadamard(GV, EPi))) / E)
+    stack_c = min(scale_up(up(math.sqrt(lam_c)), e), float(stack))  # ‖𝒫(Π⊗I)‖₂ <= ‖𝒫‖₂
     experts = [certify(float(v)) for v in per]
-    return StackNorms(max(experts), experts, certify(float(stack)), certify(float(stack_c)))
+    return StackNorms(max(experts), experts, certify(float(stack)), certify(stack_c))
 
 
 def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Tensor:
-    """‖Y_c(x)‖₂ = ‖[(P_1 − P̄) x … (P_E − P̄) x]‖₂ per row of X (N, n), float64, (N,)."""
-    E, _, k = f.U.shape
-    GU, _ = _gram_blocks(f)
-    GU4 = GU.view(E, k, E, k)
-    Pi = centring(E, device=GU.device)
+    """Certified ‖Y_c(x)‖₂ = ‖[(P_1 − P̄) x … (P_E − P̄) x]‖₂ per row of X (N, n), float64, (N,):
+    ‖Y_c‖₂² = λ_max(Π Yᵀ Y Π) with Yᵀ Y = Zᵀ G_U Z, Z = blockdiag(V_i x) (Ek x E), all enclosed.
+    A shared V centres the U_i first (then Yᵀ Y is already centred: no cancellation)."""
+    E, m, k = f.U.shape
+    Ue, Vs, e = f.scaled
+    V = exact(Vs[:1] if f.shared_v else Vs)  # (E or 1, k, n)
+    if f.shared_v:  # (P_i − P̄) x = (U_i − Ū)(V x)
+        Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
+        Ucat = Enclosure(*(t.view(E, m, k).permute(1, 0, 2).reshape(m, E * k) for t in Uc.pair))
+        G = matmul(Ucat.T, Ucat)  # (Ek, Ek)
+    else:
+        G = f.grams[0]
+    eye = torch.eye(E, dtype=F64)
     out = []
     for X_ in X.to("cpu", F64).split(chunk):
-        if f.shared_v:  # one V for all experts: V x once
-            z = (X_ @ f.V[0].T).unsqueeze(1).expand(-1, E, -1)  # (b, E, k)
-        else:
-            z = torch.einsum("ekn,bn->bek", f.V, X_)  # (b, E, k): V_i x
-        YtY = torch.einsum("bek,ekfl,bfl->bef", z, GU4, z)  # (b, E, E)
-        out.append(lambda_max_upper(Pi @ YtY @ Pi).sqrt())
+        z = matmul(V, exact_t(X_.T.unsqueeze(0).contiguous()))  # (E or 1, k, b): V_i x
+        zb = [t.permute(2, 0, 1).expand(-1, E, -1) for t in z.pair]  # (b, E, k)
+        # Z = blockdiag(z_1 … z_E): (b, Ek, E), exact copies and zeros
+        Z = Enclosure(*((t.unsqueeze(-1) * eye[:, None, :]).reshape(-1, E * k, E) for t in zb))
+        YtY = matmul(Z.T, matmul(G, Z))  # (b, E, E)
+        if not f.shared_v:
+            YtY = centre_rows(centre_rows(YtY).T)  # Π Yᵀ Y Π
+        out.append(scale_up_t(up_sqrt(sym_lmax_upper(YtY)), e))
     return torch.cat(out) if out else torch.zeros(0, dtype=F64)
 
 
@@ -243,26 +322,29 @@ REFINE_CHUNK = 64
 
 
 def mixed_norm_fn(f: ExpertFactors) -> Callable[[Tensor], Tensor] | None:
-    """G (b, E) -> ‖ΔW‖₂ = ‖Σ_i g_i P_i‖₂ per row, float64 (None when Ek x Ek is too large)."""
-    E, _, k = f.U.shape
-    GU, GV = _gram_blocks(f)
-    GU4 = GU.view(E, k, E, k)
+    """G (b, E) -> certified ‖ΔW‖₂ = ‖Σ_i g_i P_i‖₂ per row for the float weights g, float64 (None
+    when Ek x Ek is too large): λ_max(G_g C) by rigorous.gram_pair_upper."""
+    E, m, k = f.U.shape
+    GU, GV = f.grams
     if f.shared_v:  # (Σ g_i U_i) V: k x k per row
-        SV = psd_sqrt(f.V[0] @ f.V[0].T)
+        Ue, Vs, e = f.scaled
+        Uflat = Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k))
+        V0 = exact(Vs[0])
+        CV = matmul(V0, V0.T)
 
         def shared(g: Tensor) -> Tensor:
-            Gram = torch.einsum("bi,bj,ikjl->bkl", g, g, GU4)  # (b, k, k) = U_gᵀ U_g
-            return lambda_max_upper(SV @ Gram @ SV).sqrt()
+            Ug = matmul(exact(g), Uflat)  # (b, m k): Σ_i g_i U_i
+            Ug = Enclosure(Ug.mid.view(-1, m, k), Ug.rad.view(-1, m, k))
+            return scale_up_t(up_sqrt(gram_pair_upper(matmul(Ug.T, Ug), CV)), e)
 
         return shared
     if E * k > MIXED_MAX:
         return None
-    SU = psd_sqrt(GU)
 
     def general(g: Tensor) -> Tensor:
-        w = g.repeat_interleave(k, dim=-1)  # (b, Ek): g ⊗ 1_k
-        C = GV * (w.unsqueeze(-1) * w.unsqueeze(-2))  # D_g GV D_g
-        return lambda_max_upper(SU @ C @ SU).sqrt()
+        w = exact(g).mid.repeat_interleave(k, dim=-1)  # (b, Ek): g ⊗ 1_k (exact copies)
+        C = hadamard(hadamard(GV, w.unsqueeze(-1)), w.unsqueeze(-2))  # D_g GV D_g
+        return scale_up_t(up_sqrt(gram_pair_upper(GU, C)), f.scaled[2])
 
     return general
 
@@ -296,39 +378,58 @@ class LocalBounds:
 
 
 def local_bounds(
-    f: ExpertFactors, centres: Tensor, radius: float, L: Tensor
+    f: ExpertFactors, centres: Tensor, radius: float, L: Tensor | Sequence[LinearMap]
 ) -> tuple[LocalBounds, Tensor]:
-    """The three local bounds (max over centres) and K_adapt per centre (N,); L: (E, n) float64.
-    All of it runs on the CPU in float64 (the centres are copied there)."""
+    """The three local bounds (max over centres) and K_adapt per centre (N,). L: the router's logit
+    map, as its factors (innermost first; certified without forming L) or as an (E, n) matrix taken
+    as exact. Everything is an upper bound on the exact real value (rigorous.py), on the CPU."""
+    require_instance("f", f, ExpertFactors)
+    radius = require_real("radius", radius, minimum=0.0)
+    require_finite("centres", require_tensor("centres", centres, ndim=2))
+    n = f.V.shape[-1]
+    if isinstance(L, Tensor):
+        require_finite("L", require_tensor("L", L, ndim=2))
+        L_shape, L_ok = tuple(L.shape), tuple(L.shape) == (f.num_experts, n)
+    else:
+        L_shape = (L[-1].out_features, L[0].in_features) if len(L) else ()
+        L_ok = L_shape == (f.num_experts, n)
+    if centres.shape[1] != n or not L_ok or centres.shape[0] == 0:
+        raise ShapeError(
+            f"centres.shape={tuple(centres.shape)}, L.shape={L_shape}: expected (N >= 1, {n}) "
+            f"and ({f.num_experts}, {n})"
+        )
     sn = stack_norms(f)
-    E = L.shape[0]
-    PL = centring(E, device=L.device) @ L
-    eff = SOFTMAX_LIP * certify(float(torch.linalg.matrix_norm(L, ord=2)))
-    cen_norm = certify(float(torch.linalg.matrix_norm(PL, ord=2)))
-    cen = SOFTMAX_LIP * cen_norm
+    eff, cen_norm, C_enc, e = router_terms(L)
+    cen = half_up(cen_norm)
     X = centres.detach().to("cpu", F64)
-    cn = torch.linalg.vector_norm(X, dim=-1)  # (N,)
+    cn = frob_upper(exact_t(X.unsqueeze(-2)))  # (N,) certified ‖c_k‖
     yc = centred_response_norms(f, X)  # (N,)
-    spec = sn.expert_max + eff * sn.stack * (cn + radius)
-    tight = sn.expert_max + cen * (yc + radius * sn.stack_centred)
-    # adaptive: routing at the centres in float64, p_k e^{D_k R} capped at ½
-    P = torch.softmax(X @ L.T, dim=-1)  # (N, E)
-    G = PL @ PL.T
-    D = (G.diagonal().unsqueeze(0) + G.diagonal().unsqueeze(1) - 2 * G).clamp_min(0).sqrt()
-    growth = torch.exp(torch.clamp(D.max(dim=1).values * radius, max=700.0))  # (E,)
-    jac = torch.clamp((P * growth).max(dim=-1).values, max=SOFTMAX_LIP)  # (N,)
-    rest = cen_norm * jac * (yc + radius * sn.stack_centred)  # router term per centre
-    adaptive = sn.expert_max + rest  # valid per centre; refined below where it can matter
+    R = float(radius)
+    spec = poly_up(sn.expert_max + eff * sn.stack * (cn + R))
+    tight = torch.minimum(poly_up(sn.expert_max + cen * (yc + R * sn.stack_centred)), spec)
+    # adaptive: the routing at the centres, enclosed (softmax ignores the mean logit: Π L suffices)
+    Z = matmul(exact_t(X), C_enc.T)  # (N, E): 2^-e Π L x
+    Z = Enclosure(scale_up_t(Z.mid.abs(), e) * Z.mid.sign(), scale_up_t(Z.rad, e))
+    P, p_up, dp = softmax_error(Z)  # float softmax, upper bounds on p and on ‖p − p̂‖₁
+    DR = poly_up(pair_distances(C_enc, e) * R)  # (E,) D_k R
+    growth = torch.exp(DR.clamp(max=700.0)) * (1 + 8 * 2.0**-53)  # exp to 2 ulp
+    jac = poly_up(p_up * growth).masked_fill(DR > 700.0, SOFTMAX_LIP)
+    jac = jac.max(dim=-1).values.clamp(max=SOFTMAX_LIP)  # (N,)
+    rest = poly_up(cen_norm * jac * (yc + R * sn.stack_centred))  # router term per centre
+    # valid per centre (each form bounds the same constant, so the smallest is kept); refined below
+    adaptive = torch.minimum(poly_up(sn.expert_max + rest), tight)
     mixed = mixed_norm_fn(f)
     if mixed is not None:
         # refine ‖ΔW(c_k)‖₂ in chunks, largest bound first, until no unrefined centre can beat the
-        # best refined one (refined <= unrefined, so the maximum is then exact)
+        # best refined one (refined <= unrefined, so the maximum is then exact); the float routing
+        # p̂ is off the exact one by ‖p − p̂‖₁, so ‖ΔW‖ <= ‖Σ p̂_i P_i‖ + ‖p − p̂‖₁ max_i ‖P_i‖
         best = -math.inf
         for chunk in torch.argsort(adaptive, descending=True).split(REFINE_CHUNK):
             if float(adaptive[chunk[0]]) <= best:
                 break
-            m = mixed(P[chunk]) * (1 + 1e-12) + cen * radius * sn.stack_centred
-            adaptive[chunk] = torch.clamp(m, max=sn.expert_max) + rest[chunk]
+            m = poly_up(mixed(P[chunk]) + dp[chunk] * sn.expert_max + cen * R * sn.stack_centred)
+            refined = poly_up(torch.clamp(m, max=sn.expert_max) + rest[chunk])
+            adaptive[chunk] = torch.minimum(refined, tight[chunk])
             best = max(best, float(adaptive[chunk].max()))
     rep = LocalBounds(
         radius=radius,

@@ -30,6 +30,7 @@ from torch import Tensor
 from moelora_core.adapter import Adapter
 from moelora_core.errors import ConfigError, input_checks
 from moelora_core.talklora import TalkLoRA
+from moelora_core.validate import require_bool, require_seed
 
 from .certified import (
     RouterBounds,
@@ -52,6 +53,7 @@ from .domain import (
 )
 from .empirical import Probe, Region, jacobians, search
 from .local import LocalBounds, check_factors, expert_factors, local_bounds
+from .rigorous import CertificateError
 from .searches import (
     delta_fn,
     head_fn,
@@ -284,6 +286,7 @@ def layer_report(
     a top-k discontinuity witness; threads: torch's intra-op threads for the duration of the report
     (None: unchanged; 1 avoids OpenMP barrier stalls when other processes hold the cores).
     """
+    require_bool("local", local)
     if threads is not None:
         require_count("threads", threads)
     with _torch_threads(threads):
@@ -322,13 +325,13 @@ def _layer_report(
     t_start = time.perf_counter()
     a = require_routed(adapter)
     X = require_inputs(a, inputs)
-    R = require_radius(radius)
+    R = require_radius(radius, a.reference.dtype)
     require_count("samples", samples)
     require_count("iterations", iterations)
     require_count("ascent_steps", ascent_steps, 0)
     require_count("pair_steps", pair_steps, 0)
     require_count("local_samples", local_samples)
-    require_count("seed", seed, 0)
+    require_seed("seed", seed)
     eps = require_positive("epsilon", epsilon)
     domain = make_domain(X, R)
     ref = a.reference
@@ -340,9 +343,12 @@ def _layer_report(
     w64 = work if dtype == F64 else _frozen_copy(a, F64)
     factors = logit_factors(work)
     latent = is_latent(factors)
-    rb = bounds_for(factors)
-    hb = bounds_for(factors[1:]) if latent else None
-    tb = talk_bounds(work) if isinstance(work, TalkLoRA) else None
+    try:
+        rb = bounds_for(factors)
+        hb = bounds_for(factors[1:]) if latent else None
+        tb = talk_bounds(work) if isinstance(work, TalkLoRA) else None
+    except CertificateError as err:
+        return _uncertified(a, latent, domain, dtype, str(err), t_start)
     L = effective_matrix(factors)  # (E, n) float64
     E = rb.num_experts
     assert a.router is not None
@@ -370,7 +376,11 @@ def _layer_report(
         talk=tb,
         iterations={"power": iterations, "ascent": ascent_steps, "pairs": pair_steps},
     )
-    centres = X if X is not None else (torch.zeros(1, a.in_features, dtype=dtype) if R else None)
+    centres = (
+        X
+        if X is not None
+        else (torch.zeros(1, a.in_features, dtype=dtype) if R is not None else None)
+    )
     if centres is not None:
         centres = centres.to(device)
 
@@ -444,7 +454,55 @@ def _layer_report(
             )
     rep.seconds = time.perf_counter() - t_start
     rep.timings = timings
+    check_consistent(rep)
     return rep
+
+
+def _uncertified(
+    a: Adapter, latent: bool, domain: Domain, dtype: torch.dtype, reason: str, t_start: float
+) -> LayerBoundReport:
+    """The report when no certificate can be made: every bound None, the reason in `notes`."""
+    assert a.router is not None
+    rep = LayerBoundReport(
+        arch=_arch_name(a, latent),
+        router="latent" if latent else "input",
+        num_experts=a.router.num_experts,
+        in_features=a.in_features,
+        out_features=a.out_features,
+        top_k=a.router.top_k,
+        dtype=str(dtype).replace("torch.", ""),
+        domain=domain,
+        upper_product=None,
+        upper_effective=None,
+        upper_centred=None,
+        lower=None,
+        lower_jacobian=None,
+        lower_pairs=None,
+        norms={},
+        router_map=None,
+        notes=[f"no certificate: {reason}"],
+    )
+    rep.seconds = time.perf_counter() - t_start
+    return rep
+
+
+def check_consistent(rep: LayerBoundReport) -> None:
+    """Every searched lower bound is at most its certified upper bound, else CertificateError (a
+    certified value below a value actually attained would be a refuted certificate)."""
+    pairs: list[tuple[str, float | None, float | None]] = [("router", rep.lower, rep.upper)]
+    if rep.head is not None:
+        pairs.append(("head map", rep.head.lower, rep.head.upper))
+    if rep.talk is not None and rep.talk_head_lower is not None:
+        heads = zip(rep.talk_head_lower, rep.talk.head_centred, strict=True)
+        pairs.extend((f"talk head {j}", lo_j, up_j) for j, (lo_j, up_j) in enumerate(heads))
+    if rep.local is not None:
+        pairs.append(("local Δ", rep.local.lower, rep.local.adaptive))
+    for name, lo, up in pairs:
+        if lo is not None and up is not None and not lo <= up:  # also catches NaN
+            raise CertificateError(
+                f"{rep.arch}: {name} certified upper bound {up!r} is below the searched lower "
+                f"bound {lo!r}; the certificate is refuted"
+            )
 
 
 def _latent_domain(
@@ -541,7 +599,11 @@ def _local_report(
         rep.notes.append(f"no local bound on Δ: {e}")
         return None
     check_factors(work, fac, seed=seed)
-    lb, per_centre = local_bounds(fac, centres, R, effective_matrix(logit_factors(work)))
+    try:
+        lb, per_centre = local_bounds(fac, centres, R, logit_factors(work))
+    except CertificateError as e:
+        rep.notes.append(f"no local bound on Δ: no certificate: {e}")
+        return None
     timings["local_certified"] = time.perf_counter() - t
     t = time.perf_counter()
     k = min(local_samples, centres.shape[0])

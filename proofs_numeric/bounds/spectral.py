@@ -24,11 +24,13 @@ Q (p x k); with B = Qᵀ M and the explicitly computed residual R = M − Q B,
 ‖B‖₂ is exact (k x q, small), ‖R‖_F is computed, not estimated: the upper end holds for any Q, and
 iterating only makes it tighter (for a matrix of rank <= k the residual is rounding noise).
 
-Every certified upper bound is multiplied by (1 + CERT_RTOL) to cover float64 rounding of the SVD and
-Gram products (dimension <= 1e5 gives relative rounding < 1e-10). Norms obtained from a Gram matrix
-(σ² = λ_max(G)) also get an absolute margin GRAM_ATOL x ‖G‖_F on λ before the square root, because
-the Gram route turns a rounding error of ~dim·eps·‖G‖ on λ into one of sqrt(dim·eps·‖G‖) on a
-singular value near 0.
+Rounding. The upper ends are rigorous upper bounds on the exact real norm of the float matrix: the
+Gram matrix, the eigen-decomposition's residual and every product are enclosed with their rounding
+errors (rigorous.py; docs/bounds.md, "Why the certified numbers are upper bounds in floating point"),
+so no backward-stability constant of svd/eigh is assumed. Each certified value is then raised by the
+relative allowance CERT_RTOL = 2⁻⁴⁰ (≈ 9e-13), which is not part of the proof: it keeps a correct
+report's certified numbers above float64 re-evaluations of the searched lower bounds, which err by
+a few ulp times the dimension.
 """
 
 from __future__ import annotations
@@ -39,18 +41,34 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from moelora_core.errors import NonFiniteError, ShapeError
+from moelora_core.errors import ArgumentTypeError, NonFiniteError, ShapeError
+from moelora_core.validate import require_simplex, require_tensor
+
+from .rigorous import (
+    CertificateError,
+    exact,
+    exact_t,
+    frob_upper,
+    gram_pair_upper,
+    matmul,
+    norm_upper,
+    normalise,
+    scale_up,
+    sub,
+    up,
+)
 
 SOFTMAX_LIP = 0.5  # sup_p ‖diag(p) − ppᵀ‖₂
 CLASSICAL_SOFTMAX_LIP = 1.0  # the textbook constant, kept for the refuted twins
-CERT_RTOL = 1e-10
-GRAM_ATOL = 1e-12  # absolute margin (x the Gram's scale) on eigenvalues from Gram products
+CERT_RTOL = 2.0**-40  # final relative allowance above the rigorous bound (see the docstring)
 EXACT_MAX_DIM = 1024
 F64 = torch.float64
+NORM_MAX_ENTRY = 1e150  # larger entries: ‖M‖₂ or the Gram routes (squares) could overflow float64
 
 
 def softmax_jacobian(p: Tensor) -> Tensor:
-    """J(p) = diag(p) − p pᵀ, (..., E) -> (..., E, E)."""
+    """J(p) = diag(p) − p pᵀ, (..., E) -> (..., E, E); p: rows on the probability simplex."""
+    require_simplex("p", p)
     return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
 
 
@@ -62,8 +80,15 @@ def centring(E: int, *, dtype: torch.dtype = F64, device: torch.device | None = 
 
 
 def certify(value: float) -> float:
-    """Inflate an upper bound computed in float64 by the rounding margin CERT_RTOL."""
-    return value * (1.0 + CERT_RTOL)
+    """Raise a rigorous upper bound by the allowance CERT_RTOL (rounded upwards; 0 stays 0)."""
+    return up(up(value * (1.0 + CERT_RTOL))) if value != 0.0 else 0.0
+
+
+def rigorous_norm(M: Tensor) -> float:
+    """A rigorous upper bound on ‖M‖₂ for the float matrix M (rigorous.norm_upper, scaled by an
+    exact power of 2 to keep intermediates in range)."""
+    A, e = normalise(M)
+    return scale_up(float(norm_upper(exact(A))), e)
 
 
 @dataclass(frozen=True)
@@ -82,10 +107,18 @@ class SpectralNorm:
 
 
 def _check_matrix(M: Tensor, name: str) -> Tensor:
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"name={name!r}: expected a str")
     if not isinstance(M, Tensor) or M.dim() != 2:
         shape = tuple(M.shape) if isinstance(M, Tensor) else type(M).__name__
         raise ShapeError(f"{name}.shape={shape}: expected a 2-D matrix")
+    require_tensor(name, M)
     A = M.detach().to("cpu", F64)
+    if A.numel() and math.isfinite(float(A.abs().max())) and float(A.abs().max()) > NORM_MAX_ENTRY:
+        raise CertificateError(
+            f"{name}: max |entry| = {float(A.abs().max()):.3g}; expected <= {NORM_MAX_ENTRY:g}: "
+            "beyond it the norm and its certification margin could overflow float64"
+        )
     if not math.isfinite(float(A.sum())) and not bool(torch.isfinite(A).all()):
         raise NonFiniteError(f"{name}: non-finite entries; expected a finite matrix")
     return A
@@ -111,13 +144,17 @@ def subspace_norm(M: Tensor, k: int = 16, iterations: int = 4, seed: int = 0) ->
         Z = torch.linalg.qr(A.T @ Q).Q  # (q, k)
         Y = A @ Z
     Q = torch.linalg.qr(Y).Q  # (p, k)
-    B = Q.T @ A  # (k, q)
-    R = A - Q @ B
-    defect = float(torch.linalg.matrix_norm(Q.T @ Q - torch.eye(k, dtype=F64, device=A.device)))
-    q_norm = math.sqrt(1.0 + defect)
-    b = float(torch.linalg.svdvals(B)[0])
-    upper = certify(q_norm * b + float(torch.linalg.matrix_norm(R)))
-    return SpectralNorm(b / q_norm, upper, "subspace", iterations)
+    # rigorous: B = QᵀM and R = M − QB enclosed, ‖Q‖₂² <= 1 + ‖QᵀQ − I‖_F enclosed
+    As, e = normalise(A)
+    B = matmul(exact_t(Q.T.contiguous()), exact_t(As))  # (k, q)
+    R = sub(exact_t(As), matmul(exact_t(Q), B))
+    eye = torch.eye(k, dtype=F64)
+    defect = float(frob_upper(sub(matmul(exact_t(Q.T.contiguous()), exact_t(Q)), exact_t(eye))))
+    q_norm = up(math.sqrt(up(1.0 + defect)))
+    b = float(norm_upper(B))
+    upper = certify(scale_up(up(up(q_norm * b) + float(frob_upper(R))), e))
+    b_est = float(torch.linalg.svdvals(Q.T @ A)[0])
+    return SpectralNorm(b_est / q_norm, upper, "subspace", iterations)
 
 
 def spectral_norm(M: Tensor, name: str = "M", *, seed: int = 0) -> SpectralNorm:
@@ -125,7 +162,7 @@ def spectral_norm(M: Tensor, name: str = "M", *, seed: int = 0) -> SpectralNorm:
     A = _check_matrix(M, name)
     if min(A.shape, default=0) <= EXACT_MAX_DIM:
         s = exact_norm(A, name)
-        return SpectralNorm(s, certify(s), "svd")
+        return SpectralNorm(s, max(certify(rigorous_norm(A)), s), "svd")
     return subspace_norm(A, seed=seed)
 
 
@@ -142,21 +179,14 @@ def lambda_max(S: Tensor) -> Tensor:
     return out
 
 
-def lambda_max_upper(M: Tensor, scale: Tensor | None = None) -> Tensor:
-    """λ_max of symmetric (batched) M plus the rounding margin GRAM_ATOL x scale (default ‖M‖_F).
-
-    A Gram route squares the values: eigvalsh's absolute error ~ dim·eps·‖M‖ is negligible next to
-    a large λ_max but not next to a tiny one, so the margin is absolute, and sqrt(λ + margin) stays
-    an upper bound even when the true singular value is 0 (it then reads ~1e-6 x the scale).
-    """
-    s = torch.linalg.matrix_norm(M) if scale is None else scale
-    out: Tensor = torch.linalg.eigvalsh(M)[..., -1].clamp_min(0.0) + GRAM_ATOL * s
-    return out
-
-
 def gram_pair_norm(GU: Tensor, C: Tensor) -> Tensor:
-    """Upper bound on ‖U D‖₂ given UᵀU = GU and D Dᵀ = C: sqrt(λ_max(C^{1/2} GU C^{1/2}) + margin),
-    margin GRAM_ATOL ‖C‖_F ‖GU‖_F (batched, float64)."""
-    S = psd_sqrt(C)
-    scale = torch.linalg.matrix_norm(C) * torch.linalg.matrix_norm(GU)
-    return lambda_max_upper(S @ GU @ S, scale).sqrt()
+    """Rigorous upper bound on ‖U D‖₂ given the float matrices GU = UᵀU and C = D Dᵀ (taken as exact,
+    PSD): sqrt(λ_max(GU C)) via rigorous.gram_pair_upper (batched, float64)."""
+    return up_sqrt(gram_pair_upper(exact(GU), exact(C)))
+
+
+def up_sqrt(x: Tensor) -> Tensor:
+    """Elementwise sqrt rounded upwards (sqrt is correctly rounded, one step up covers it)."""
+    r = x.clamp_min(0.0).sqrt()
+    out: Tensor = torch.nextafter(r, torch.full_like(r, math.inf))
+    return out

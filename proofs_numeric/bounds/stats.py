@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from moelora_core.errors import NonFiniteError, ShapeError
+from moelora_core.validate import require_tensor
 
 from .domain import RoutingWeightsError
 
@@ -56,6 +57,7 @@ def routing_stats(g: Tensor) -> RoutingStats:
         raise ShapeError(f"g.shape={tuple(g.shape)}: expected (tokens, E) with tokens, E >= 1")
     if not (g.dtype.is_floating_point):
         raise ShapeError(f"g.dtype={g.dtype}: expected a floating-point tensor")
+    require_tensor("g", g)
     x = g.detach().reshape(-1, g.shape[-1]).to(torch.float64)
     if not bool(torch.isfinite(x).all()):
         raise NonFiniteError("g: non-finite routing weights (NaN or inf); expected finite")

@@ -21,22 +21,29 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from moelora_core.errors import require_positive_int
+from moelora_core.errors import ConfigError
+from moelora_core.validate import require_int, require_real, require_seed
 
 from .spectral import F64
 
 WILSON_Z = 2.5758293035489  # two-sided 99%
+MAX_TALK_E = 4096  # an E x E talking matrix; E is 4 in the reference code
+MAX_DRAW_ELEMENTS = 2**26  # draws x E x E: 256 MiB of float32 (512 MiB once in float64)
 
 
 def averaging_talk(E: int, a: float) -> Tensor:
-    """T_a = (1 − a) I + (a/E) 11ᵀ (E x E, float64)."""
-    require_positive_int("E", E)
+    """T_a = (1 − a) I + (a/E) 11ᵀ (E x E, float64), a ∈ [0, 1]."""
+    require_int("E", E, 1, MAX_TALK_E)
+    a = require_real("a", a, minimum=0.0)
+    if a > 1:
+        raise ConfigError(f"a={a!r}: expected a real number in [0, 1] (an averaging weight)")
     return (1 - a) * torch.eye(E, dtype=F64) + (a / E) * torch.ones(E, E, dtype=F64)
 
 
 def sharpening_talk(E: int, a: float) -> Tensor:
-    """(1 + a) I − (a/E) 11ᵀ: the mutated twin of `averaging_talk` (norm 1 + a)."""
-    require_positive_int("E", E)
+    """(1 + a) I − (a/E) 11ᵀ: the mutated twin of `averaging_talk` (norm 1 + a), a >= 0."""
+    require_int("E", E, 1, MAX_TALK_E)
+    a = require_real("a", a, minimum=0.0)
     return (1 + a) * torch.eye(E, dtype=F64) - (a / E) * torch.ones(E, E, dtype=F64)
 
 
@@ -46,8 +53,9 @@ def reference_init_talk(E: int, draws: int, seed: int) -> Tensor:
     Same generator stream as calling kaiming_uniform_ on one (E, E) tensor per draw, in order
     (checked in the tests): entries U(−1/√E, 1/√E), row-major.
     """
-    require_positive_int("E", E)
-    require_positive_int("draws", draws)
+    require_int("E", E, 1, MAX_TALK_E)
+    require_int("draws", draws, 1, MAX_DRAW_ELEMENTS // (E * E))
+    require_seed("seed", seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     bound = 1.0 / math.sqrt(E)
     return torch.empty(draws, E, E, dtype=torch.float32).uniform_(-bound, bound, generator=gen)
@@ -79,6 +87,8 @@ def wilson(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
 
 def reference_init_amplification(E: int, draws: int = 20000, seed: int = 0) -> Amplification:
     """Fraction of kaiming-uniform (a = √5) talking matrices with ‖T‖₂ > 1."""
+    require_int("E", E, 1, MAX_TALK_E)
+    require_int("draws", draws, 1, MAX_DRAW_ELEMENTS // (E * E))
     T = reference_init_talk(E, draws, seed).to(F64)
     norms = torch.linalg.matrix_norm(T, ord=2)  # (draws,)
     hits = int((norms > 1.0).sum())

@@ -25,8 +25,17 @@ import torch
 from torch import Tensor
 
 from moelora_core.adapter import Adapter
-from moelora_core.errors import input_checks
+from moelora_core.errors import ShapeError, input_checks
+from moelora_core.maps import topk_mask
+from moelora_core.validate import (
+    require_finite,
+    require_int,
+    require_real,
+    require_seed,
+    require_tensor,
+)
 
+from .domain import require_routed
 from .spectral import F64, centring
 
 BISECTIONS = 200
@@ -62,9 +71,8 @@ class TopKWitness:
 
 
 def _kept(L: Tensor, X: Tensor, k: int) -> Tensor:
-    """(N, E) bool: the k largest logits of each row (ties by index, as torch.topk)."""
-    idx = torch.topk(X @ L.T, k, dim=-1).indices
-    return torch.zeros(X.shape[0], L.shape[0], dtype=torch.bool).scatter(1, idx, True)
+    """(N, E) bool: the k largest logits of each row (ties to the lowest index, as the router's gate)."""
+    return topk_mask(X @ L.T, k)
 
 
 def _bisect(
@@ -120,6 +128,18 @@ def topk_witness(
     adapter: Adapter, L: Tensor, k: int, epsilon: float, seed: int = 0, starts: int = 4
 ) -> TopKWitness | None:
     """A discontinuity witness for the top-k router with float64 logit map L (E x n)."""
+    adapter = require_routed(adapter)
+    require_finite("L", require_tensor("L", L, ndim=2))
+    if L.shape != (adapter.num_experts, adapter.in_features) or L.dtype != F64:
+        raise ShapeError(
+            f"L: shape={tuple(L.shape)}, dtype={L.dtype}; expected ({adapter.num_experts}, "
+            f"{adapter.in_features}) float64, the adapter's logit map"
+        )
+    require_int("k", k, 1, adapter.num_experts)
+    require_real("epsilon", epsilon, positive=True)
+    require_seed("seed", seed)
+    require_int("starts", starts, 0)
+    L = L.cpu()
     E, n = L.shape
     PL = centring(E) @ L
     G = PL @ PL.T
