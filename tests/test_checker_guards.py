@@ -88,7 +88,7 @@ def test_an_exception_or_a_failing_case_refutes_a_claim() -> None:
         raise ValueError("boom")
 
     report = check_claim(Claim("raises", "a case that raises", st.just(0), raises))
-    assert not report.holds and "boom" in report.detail
+    assert not report.holds and "boom" in report.raised
     failing = check_claim(Claim("fails", "a failing case", st.just(0), lambda _: Outcome(1, 0.5)))
     assert not failing.holds and failing.counterexample is not None
 
