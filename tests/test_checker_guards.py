@@ -239,3 +239,13 @@ def test_witness_rejects_boundary_cases(n: int, m: int, E: int, r_e: int) -> Non
 def test_witness_accepts_the_smallest_valid_case() -> None:
     w = R.input_router_witness(5, 2, 2, 2)
     assert sp.Integer(w.config.num_experts * w.config.expert_rank) < w.in_features
+
+
+def test_theta_comparison_separates_n_r_from_n_n() -> None:
+    """N·r and N·n agree on the diagonal path only: the decision and the path refuter separate them."""
+    from proofs_numeric.complexity import same_theta, theta_path_refuter
+
+    vs = [S.N, S.r, S.n]
+    assert not same_theta(S.N * S.r, S.N * S.n, vs)
+    assert same_theta(S.N * S.r + S.r, S.N * S.r, vs)
+    assert theta_path_refuter(S.N * S.r, S.N * S.n, vs) is not None
