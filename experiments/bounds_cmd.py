@@ -1,9 +1,13 @@
 """`moelora bounds RUN_OR_ADAPTER_DIR`: measure bounds on an already trained checkpoint.
 
 Accepts a demo run directory (`runs/NAME`, every `<arch>/adapter/` in it), one architecture's directory
-(`runs/NAME/<arch>`), or an adapter directory written by `save_adapters`. The base model is the one named
-in the adapter config (`extra.base_model`, overridable with --model); `extra.model_kind` says how to
-rebuild it: "mean_pool_classifier" (the demo's), "causal_lm" (`moelora train`), else a plain AutoModel.
+(`runs/NAME/<arch>`), an adapter directory written by `save_adapters`, or a PEFT adapter directory
+(`save_pretrained` of LoRA or of a routed method of `peft_methods`, e.g. `moelora train`'s
+`out/adapter`). The base model is the one the adapter names (`extra.base_model`; for PEFT,
+`moelora_run.json`'s `base_model`, else `base_model_name_or_path`), overridable with --model;
+`extra.model_kind` says how to rebuild a toolkit checkpoint's base: "mean_pool_classifier" (the
+demo's), "causal_lm", else a plain AutoModel. --device, --dtype, --device-map and --load-in-4bit place
+the base (`loading.Placement`); the measurements themselves run in float64 on the CPU.
 
 Inputs, in order of precedence: --text (repeatable), --data (an LLM-Adapters .json/.jsonl file, whose
 prompt + output texts are used, or a .txt file with one text per line), the demo task's held-out texts
@@ -24,10 +28,13 @@ from torch import nn
 from moelora_core.errors import ConfigError, MoELoRAError
 from proofs_numeric.jsonio import write_json_atomic
 
-from .checkpoint import ADAPTER_CONFIG, load_adapters, read_config
+from . import options as opt
+from .checkpoint import ADAPTER_CONFIG, CheckpointError, load_adapters, read_config
 from .data import load_records
-from .inject import adapted_layers
+from .durable import read_json
+from .loading import Placement, from_pretrained, load_tokenizer
 from .measure import capture_inputs, measure_model
+from .peft_bridge import is_peft_dir, measurable_layers
 from .tasks import MeanPoolClassifier, load_encoder, text_batches, vader_task
 
 
@@ -60,8 +67,13 @@ def adapter_dirs(path: str | Path) -> list[tuple[str, Path]]:
     return [(d.parent.name, d) for d in found]
 
 
-def load_checkpoint(directory: Path, model_override: str | None = None) -> Loaded:
-    """Rebuild the base model named in the adapter config, inject and load the adapters (eval mode)."""
+def load_checkpoint(
+    directory: Path, model_override: str | None = None, placement: Placement | None = None
+) -> Loaded:
+    """Rebuild the base model named by the adapter, load the adapters (eval mode)."""
+    placement = placement or Placement(device="cpu", dtype="float32")
+    if is_peft_dir(directory):
+        return load_peft_checkpoint(directory, model_override, placement)
     config = read_config(directory)
     extra = config.get("extra", {})
     base = model_override or extra.get("base_model")
@@ -75,19 +87,53 @@ def load_checkpoint(directory: Path, model_override: str | None = None) -> Loade
         model: nn.Module = MeanPoolClassifier(
             encoder, int(extra["hidden"]), int(extra.get("num_labels", 2))
         )
+        model.to(placement.torch_device)
     else:
-        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-        from .tasks import resolve_model
+        from transformers import AutoModel, AutoModelForCausalLM
 
         cls = AutoModelForCausalLM if kind == "causal_lm" else AutoModel
-        model = cls.from_pretrained(resolve_model(base))
-        tok = AutoTokenizer.from_pretrained(resolve_model(base))
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
+        model = from_pretrained(cls, base, placement)
+        tok = load_tokenizer(base)
     load_adapters(model, directory)
     model.eval()
     return Loaded(model, tok, config)
+
+
+def load_peft_checkpoint(
+    directory: Path, model_override: str | None, placement: Placement
+) -> Loaded:
+    """Base model + PEFT adapter (`PeftModel.from_pretrained`), with the run's metadata if present."""
+    import transformers
+    from peft import PeftModel
+
+    from . import peft_methods  # noqa: F401  (registers the routed PEFT methods)
+    from .train_cmd import RUN_INFO
+
+    config = read_json(directory / ADAPTER_CONFIG)
+    info = read_json(directory / RUN_INFO) if (directory / RUN_INFO).is_file() else {}
+    base = model_override or info.get("base_model") or config.get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(
+            f"{directory / ADAPTER_CONFIG}: names no base model (base_model_name_or_path); "
+            "pass --model PATH_OR_NAME"
+        )
+    cls_name = (config.get("auto_mapping") or {}).get("base_model_class") or ""
+    cls = getattr(transformers, cls_name, None) or transformers.AutoModelForCausalLM
+    model = from_pretrained(cls, str(base), placement)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(directory))
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{directory}: the PEFT adapter does not load onto {base!r} ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0][:200]})"
+        ) from None
+    peft_model.eval()
+    spec = {
+        "peft_type": config.get("peft_type"),
+        **{k: config.get(k) for k in ("r", "target_modules")},
+    }
+    extra = {"max_length": info.get("max_length", 32), "base_model": str(base)}
+    return Loaded(peft_model, load_tokenizer(str(base)), {"spec": spec, "extra": extra})
 
 
 def texts_from(data: str | None, text: list[str] | None) -> tuple[list[str], str] | None:
@@ -138,7 +184,7 @@ def measure_checkpoint(
     """Capture the adapted layers' inputs on `texts` and measure every layer."""
     if max_length is None:
         max_length = int(loaded.config.get("extra", {}).get("max_length", 32))
-    layers = adapted_layers(loaded.model)
+    layers = measurable_layers(loaded.model)
     batches = text_batches(loaded.tokenizer, texts, max_length)
     inputs = capture_inputs(loaded.model, batches, max_tokens=max_tokens, layers=layers)
     return {"spec": loaded.config["spec"], "layers": measure_model(inputs, layers, seed=seed)}
@@ -155,12 +201,13 @@ def run_bounds(
     max_length: int | None = None,
     max_tokens: int = 512,
     seed: int = 0,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
     """Measure every checkpoint found at `path`; write JSON if asked; return {label: result}."""
     given = texts_from(data, text)
     out: dict[str, Any] = {}
     for label, directory in adapter_dirs(path):
-        loaded = load_checkpoint(directory, model)
+        loaded = load_checkpoint(directory, model, placement)
         chosen, source = inputs_for(loaded, given, texts, seed)
         result = measure_checkpoint(
             loaded, chosen, max_length=max_length, max_tokens=max_tokens, seed=seed
@@ -186,7 +233,13 @@ def bounds_command(
         None, "--max-length", help="Tokens per text (default: the checkpoint's, else 32)."
     ),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Hidden states kept per layer."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random inputs and the bound search."),
+    device: str = opt.DEVICE,
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Base model dtype: auto, float32, bfloat16 or float16."
+    ),
+    device_map: str | None = opt.DEVICE_MAP,
+    load_in_4bit: bool = opt.LOAD_IN_4BIT,
 ) -> None:
     """Measure router bounds, noise amplification and routing statistics of a trained checkpoint."""
     from rich.console import Console
@@ -194,9 +247,12 @@ def bounds_command(
     from .report import bounds_table
 
     try:
+        placement = Placement(
+            device=device, dtype=dtype, device_map=device_map, load_in_4bit=load_in_4bit
+        )
         results = run_bounds(
             path, data=data, text=text, json_out=json_out, model=model, texts=texts, max_length=max_length,
-            max_tokens=max_tokens, seed=seed,
+            max_tokens=max_tokens, seed=seed, placement=placement,
         )  # fmt: skip
     except MoELoRAError as e:
         typer.echo(f"error: {e}", err=True)

@@ -22,8 +22,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from moelora_core.errors import ConfigError, MoELoRAError, ShapeError
+from moelora_core.errors import ConfigError, ShapeError
 
+from .durable import CheckpointError, fsync_dir
 from .inject import AdaptedLinear, AdapterSpec, adapted_layers, inject_adapters, remove_adapters
 
 __all__ = [
@@ -44,10 +45,6 @@ FORMAT = "moelora-verify-adapter"
 VERSION = 1
 SHARED = "__shared__."
 BASE = "__base__."
-
-
-class CheckpointError(MoELoRAError):
-    """An adapter checkpoint does not fit the model (keys, shapes, architecture) or cannot be read."""
 
 
 def _layer_keys(layer: AdaptedLinear, shared_done: set[str]) -> dict[str, nn.Parameter]:
@@ -94,6 +91,7 @@ def _atomic_write(path: Path, write: Any) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself survives a crash
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -140,7 +138,9 @@ def save_adapters(
 def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(directory) / ADAPTER_CONFIG
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text ({e})") from None
     except FileNotFoundError:
         raise CheckpointError(
             f"{path}: not found; expected a directory written by save_adapters"
@@ -168,15 +168,25 @@ def _read_tensors(directory: Path, spec: AdapterSpec) -> dict[str, Tensor]:
     path = directory / ADAPTER_WEIGHTS
     if not path.exists():
         raise CheckpointError(f"{path}: not found; expected the weights beside {ADAPTER_CONFIG}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        saved = meta.get("spec")
-        if saved is not None and json.loads(saved) != spec.to_dict():
-            raise CheckpointError(
-                f"{path}: its spec {saved} differs from {ADAPTER_CONFIG}'s {spec.to_dict()} "
-                "(files from two different saves)"
-            )
-        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a Mapping)
+    except Exception as e:  # SafetensorError, OSError: a truncated or foreign file
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); the file is damaged"
+        ) from None
+    saved = meta.get("spec")
+    try:
+        differs = saved is not None and json.loads(saved) != spec.to_dict()
+    except json.JSONDecodeError:
+        differs = True
+    if differs:
+        raise CheckpointError(
+            f"{path}: its spec {saved} differs from {ADAPTER_CONFIG}'s {spec.to_dict()} "
+            "(files from two different saves)"
+        )
+    return tensors
 
 
 def _head(items: list[str], limit: int = 24) -> str:
@@ -228,15 +238,25 @@ def load_adapter_state(
     what: str = "checkpoint",
     origin: Mapping[str, str] | None = None,
 ) -> None:
-    """Check `state` (checkpoint keys) against the model's adapters, then copy it in (casting dtype)."""
+    """Check `state` (checkpoint keys) against the model's adapters, then copy it in (casting dtype).
+
+    Transactional: if a copy fails, the values copied so far are restored.
+    """
     params = _targets(model, state)
     expected = {k: tuple(p.shape) for k, p in params.items()}
     check_state(expected, {k: tuple(v.shape) for k, v in state.items()}, what=what, origin=origin)
-    for key, value in state.items():
-        p = params[key]
-        p.copy_(value.to(device=p.device, dtype=p.dtype))
-        if key.startswith(BASE):
-            p.requires_grad_(True)
+    backup = {k: (params[k].detach().clone(), params[k].requires_grad) for k in state}
+    try:
+        for key, value in state.items():
+            p = params[key]
+            p.copy_(value.to(device=p.device, dtype=p.dtype))
+            if key.startswith(BASE):
+                p.requires_grad_(True)
+    except BaseException:
+        for key, (old, flag) in backup.items():
+            params[key].copy_(old)
+            params[key].requires_grad_(flag)
+        raise
 
 
 def load_adapters(
@@ -280,7 +300,7 @@ def load_adapters(
             )
     try:
         load_adapter_state(model, state, what=what)
-    except CheckpointError:
+    except BaseException:
         if injected:
             remove_adapters(model)
             for p in model.parameters():

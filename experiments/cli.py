@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 LAZY: dict[str, tuple[str, str]] = {
     "params": ("params", "params_command"),
     "verify": ("verify_cmd", "verify_command"),
-    "train": ("train", "train_command"),
+    "train": ("train_cmd", "train_command"),
     "demo": ("demo", "demo_command"),
     "bounds": ("bounds_cmd", "bounds_command"),
 }
@@ -95,6 +95,18 @@ def claims(
     from proofs_numeric.__main__ import main
 
     raise typer.Exit(main(["--profile", profile, *(["--json", json_out] if json_out else [])]))
+
+
+@app.command(
+    "study",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def study(ctx: typer.Context) -> None:
+    """Seeds x architectures x tasks x budgets: train, measure, paired statistics (--help for options)."""
+    from moelora_experiments.study.cli import main
+
+    raise typer.Exit(main(list(ctx.args)))
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def load_records(path: str | Path, limit: int | None = None) -> list[Record]:
 def load_hf_records(name: str, split: str = "train", limit: int | None = None) -> list[Record]:
     """Records of a Hugging Face dataset with LLM-Adapters fields (needs `datasets` and a network)."""
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets
     except ImportError:
         raise DataError(
             f"dataset {name!r}: the 'datasets' package is not installed; install it, or pass a local "

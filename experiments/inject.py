@@ -1,4 +1,4 @@
-"""Model-level injection: wrap matching linear layers of any torch / transformers model with an adapter.
+r"""Model-level injection: wrap matching linear layers of any torch / transformers model with an adapter.
 
 Each matched layer becomes `AdaptedLinear`, computing
 
@@ -8,11 +8,14 @@ The *module type* of a layer is the target suffix it matched (e.g. "q_proj"); la
 share parameters across depth: TalkLoRA's `B = [B_1 ... B_E]` (`shared_b`, as in the TalkLoRA reference
 code) and CoMoL's `(A, B)` (`shared_ab`). With sharing, shapes within a type must agree (under GQA
 `k_proj` differs from `q_proj`, which is fine: they are different types; GPT-2's attention and MLP
-`c_proj` differ, which is not: target them by regex as different types).
+`c_proj` differ and share a suffix, so name the types with a regex group:
+`target_regex=r".*\.(attn\.c_proj|mlp\.c_proj)"` gives the types "attn.c_proj" and "mlp.c_proj", since
+a regex's first group, when it has one, is the module type).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -63,9 +66,19 @@ class AdapterSpec:
     scale: float = 1.0  # s = alpha / r
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
+        if not isinstance(self.arch, str) or self.arch not in ARCHITECTURES:
             raise ConfigError(f"arch={self.arch!r}: expected one of {sorted(ARCHITECTURES)}")
-        object.__setattr__(self, "targets", tuple(self.targets))
+        if isinstance(self.targets, str):  # a bare string would become its characters
+            raise ConfigError(
+                f"targets={self.targets!r}: expected a tuple of module-name suffixes, e.g. "
+                f"({self.targets!r},), not a string"
+            )
+        try:
+            object.__setattr__(self, "targets", tuple(self.targets))
+        except TypeError:
+            raise ConfigError(
+                f"targets={self.targets!r}: expected a tuple of module-name suffixes"
+            ) from None
         if not all(isinstance(t, str) and t for t in self.targets):
             raise ConfigError(f"targets={self.targets!r}: expected non-empty module-name suffixes")
         if bool(self.targets) == (self.target_regex is not None):
@@ -74,12 +87,15 @@ class AdapterSpec:
                 "expected exactly one of them (suffixes or one regex)"
             )
         if self.target_regex is not None:
+            if not isinstance(self.target_regex, str):
+                raise ConfigError(f"target_regex={self.target_regex!r}: expected a string")
             try:
                 re.compile(self.target_regex)
             except re.error as e:
                 raise ConfigError(
                     f"target_regex={self.target_regex!r}: not a valid regex ({e})"
                 ) from None
+        self._check_types()
         if self.router not in ("input", "latent"):
             raise ConfigError(f"router={self.router!r}: expected 'input' or 'latent'")
         if self.shared_b and self.arch != "talklora":
@@ -91,6 +107,21 @@ class AdapterSpec:
                 f"expert_rank={self.expert_rank!r} (rank={self.rank}, experts={self.experts}): "
                 "expected a per-expert rank >= 1 (set expert_rank, or rank >= experts)"
             )
+        core_config(self, 1, 1)  # the architecture's own checks (rank % E, top_k <= E, ...)
+
+    def _check_types(self) -> None:
+        for name in ("rank", "experts", "expert_rank", "top_k"):
+            v = getattr(self, name)
+            if v is None and name in ("expert_rank", "top_k"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name}={v!r}: expected an integer >= 1")
+        for name in ("core_router", "shared_b", "shared_ab"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected True or False")
+        s = self.scale
+        if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s):
+            raise ConfigError(f"scale={s!r}: expected a finite float")
 
     @property
     def resolved_expert_rank(self) -> int:
@@ -100,9 +131,15 @@ class AdapterSpec:
         )
 
     def matches(self, name: str) -> str | None:
-        """The module type `name` matches (the target suffix, or the regex match's last name part)."""
+        """The module type `name` matches: the target suffix; for a regex, its first group if it has one
+        (e.g. `.*\\.(attn\\.c_proj|mlp\\.c_proj)` gives 'attn.c_proj' and 'mlp.c_proj'), else the last
+        name part."""
         if self.target_regex is not None:
-            return name.rsplit(".", 1)[-1] if re.fullmatch(self.target_regex, name) else None
+            found = re.fullmatch(self.target_regex, name)
+            if found is None:
+                return None
+            group = found.group(1) if found.re.groups and found.group(1) else None
+            return group or name.rsplit(".", 1)[-1]
         for t in self.targets:
             if name == t or name.endswith("." + t):
                 return t
@@ -177,6 +214,29 @@ class AdaptedLinear(nn.Module):
 Shared = Dense | tuple[Dense, Dense]
 
 
+def core_config(spec: AdapterSpec, in_features: int, out_features: int) -> Any:
+    """The `moelora_core` config of `spec` for an `in_features -> out_features` layer."""
+    n, m, s, k = in_features, out_features, spec.scale, spec.top_k
+    if spec.arch == "lora":
+        return LoRAConfig(in_features=n, out_features=m, rank=spec.rank, scale=s)
+    if spec.arch in ("moelora", "hydralora"):
+        kw = dict(in_features=n, out_features=m, num_experts=spec.experts, top_k=k, scale=s)
+        r_e = spec.resolved_expert_rank
+        if spec.arch == "hydralora":
+            return HydraLoRAConfig(expert_rank=r_e, **kw)  # type: ignore[arg-type]
+        router: RouterKind = "latent" if spec.router == "latent" else "input"
+        return MoELoRAConfig(expert_rank=r_e, router=router, **kw)  # type: ignore[arg-type]
+    if spec.arch == "talklora":
+        return TalkLoRAConfig(
+            in_features=n, out_features=m, rank=spec.rank, num_experts=spec.experts, top_k=k,
+            scale=s, share_b=spec.shared_b,
+        )  # fmt: skip
+    return CoMoLConfig(
+        in_features=n, out_features=m, rank=spec.rank, num_cores=spec.experts,
+        core_router=spec.core_router, top_k=k, scale=s, share_ab=spec.shared_ab,
+    )  # fmt: skip
+
+
 def build_adapter(
     spec: AdapterSpec,
     in_features: int,
@@ -187,35 +247,20 @@ def build_adapter(
     device: torch.device | str | None = None,
 ) -> Adapter:
     """One adapter for an `in_features -> out_features` layer; `shared` is the module type's shared part."""
-    n, m = in_features, out_features
-    if spec.arch == "lora":
-        return LoRA(LoRAConfig(n, m, spec.rank, spec.scale), dtype=dtype, device=device)
-    if spec.arch == "moelora":
-        router: RouterKind = "latent" if spec.router == "latent" else "input"
-        mc = MoELoRAConfig(
-            n, m, spec.experts, spec.resolved_expert_rank, router, spec.top_k, spec.scale
-        )
-        return MoELoRA(mc, dtype=dtype, device=device)
-    if spec.arch == "hydralora":
-        hc = HydraLoRAConfig(n, m, spec.experts, spec.resolved_expert_rank, spec.top_k, spec.scale)
-        return HydraLoRA(hc, dtype=dtype, device=device)
-    if spec.arch == "talklora":
-        tc = TalkLoRAConfig(
-            n, m, spec.rank, spec.experts, spec.top_k, spec.scale, share_b=spec.shared_b
-        )
+    cfg = core_config(spec, in_features, out_features)
+    if isinstance(cfg, TalkLoRAConfig):
         b = shared if isinstance(shared, Dense) else None
-        if spec.shared_b and b is None:
-            b = TalkLoRA.shared_b(tc, dtype=dtype, device=device)
-        return TalkLoRA(tc, b=b, dtype=dtype, device=device)
-    if spec.arch == "comol":
-        cc = CoMoLConfig(
-            n, m, spec.rank, spec.experts, spec.core_router, spec.top_k, spec.scale, spec.shared_ab
-        )
+        if cfg.share_b and b is None:
+            b = TalkLoRA.shared_b(cfg, dtype=dtype, device=device)
+        return TalkLoRA(cfg, b=b, dtype=dtype, device=device)
+    if isinstance(cfg, CoMoLConfig):
         ab = shared if isinstance(shared, tuple) else None
-        if spec.shared_ab and ab is None:
-            ab = CoMoL.shared_ab(cc, dtype=dtype, device=device)
-        return CoMoL(cc, ab=ab, dtype=dtype, device=device)
-    raise ConfigError(f"arch={spec.arch!r}: expected one of {sorted(ARCHITECTURES)}")
+        if cfg.share_ab and ab is None:
+            ab = CoMoL.shared_ab(cfg, dtype=dtype, device=device)
+        return CoMoL(cfg, ab=ab, dtype=dtype, device=device)
+    cls = {LoRAConfig: LoRA, MoELoRAConfig: MoELoRA, HydraLoRAConfig: HydraLoRA}[type(cfg)]
+    adapter: Adapter = cls(cfg, dtype=dtype, device=device)
+    return adapter
 
 
 def _shared_part(adapter: Adapter) -> Shared | None:
@@ -247,7 +292,9 @@ def inject_adapters(
 ) -> dict[str, AdaptedLinear]:
     """Freeze every parameter of `model`, wrap every matching linear layer, return {name: AdaptedLinear}.
 
-    `dtype` / `device` of the adapters default to those of each base layer's weight. Raises ConfigError
+    Transactional: if anything fails, every replaced layer is put back and every `requires_grad` flag
+    restored, so the model is exactly as before. `dtype` / `device` of the adapters default to those of
+    each base layer's weight (float32 for a quantised base). Raises ConfigError
     (listing the available linear layers) if a target matches nothing, or if the model has adapters.
     """
     if adapted_layers(model):
@@ -267,8 +314,30 @@ def inject_adapters(
     unmatched = [t for t in spec.targets if all(t != mt for _, mt, _ in matches)]
     if unmatched:
         raise ConfigError(f"targets {unmatched} match no layer; {_available(model)}")
-    for p in model.parameters():
-        p.requires_grad_(False)
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    done: list[tuple[str, nn.Module]] = []
+    try:
+        for p, _ in grads:
+            p.requires_grad_(False)
+        return _wrap_all(model, spec, matches, done, dtype=dtype, device=device)
+    except BaseException:  # transactional: the model is exactly as before
+        for name, base in reversed(done):
+            _set_submodule(model, name, base)
+        for p, flag in grads:
+            p.requires_grad_(flag)
+        raise
+
+
+def _wrap_all(
+    model: nn.Module,
+    spec: AdapterSpec,
+    matches: list[tuple[str, str, nn.Module]],
+    done: list[tuple[str, nn.Module]],
+    *,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+) -> dict[str, AdaptedLinear]:
+    """Wrap every match; `done` records (name, base) of each replaced layer, for undoing."""
     shapes: dict[str, tuple[int, int]] = {}
     shared: dict[str, Shared | None] = {}
     out: dict[str, AdaptedLinear] = {}
@@ -283,16 +352,18 @@ def inject_adapters(
             )
         w = base.weight
         assert isinstance(w, Tensor)
+        floating = w.dtype.is_floating_point  # a quantised (uint8) base gets fp32 adapters
         adapter = build_adapter(
             spec,
             *feats,
             shared=shared.get(mtype),
-            dtype=dtype or w.dtype,
+            dtype=dtype or (w.dtype if floating else torch.float32),
             device=device or w.device,
         )
         shared.setdefault(mtype, _shared_part(adapter))
         layer = AdaptedLinear(base, adapter, name, mtype, spec)
         _set_submodule(model, name, layer)
+        done.append((name, base))
         out[name] = layer
     return out
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from moelora_core.adapter import Adapter
 from moelora_core.errors import input_checks
 from moelora_core.talklora import TalkLoRA
 
-from .inject import AdaptedLinear, adapted_layers
+from .peft_bridge import measurable_layers
 
 NOISE_SCALES = (0.01, 0.1, 0.5)
 
@@ -39,7 +40,7 @@ def capture_inputs(
     batches: Iterable[Mapping[str, Tensor]],
     *,
     max_tokens: int = 512,
-    layers: Mapping[str, AdaptedLinear] | None = None,
+    layers: Mapping[str, Any] | None = None,
 ) -> dict[str, Tensor]:
     """{layer name: X (N, n)}: the inputs of each adapted layer at the real tokens of `batches`.
 
@@ -47,7 +48,7 @@ def capture_inputs(
     tokens (else all). At most `max_tokens` rows are kept per layer (the first ones, in batch order).
     Inputs are returned in float64 on the CPU.
     """
-    targets = dict(layers if layers is not None else adapted_layers(model))
+    targets = dict(layers if layers is not None else measurable_layers(model))
     seen: dict[str, list[Tensor]] = {name: [] for name in targets}
     current: dict[str, Tensor] = {}
 
@@ -141,7 +142,28 @@ def measure_layer(
 
 
 def measure_model(
-    inputs: Mapping[str, Tensor], layers: Mapping[str, AdaptedLinear], *, seed: int = 0
+    inputs: Mapping[str, Tensor], layers: Mapping[str, Any], *, seed: int = 0
 ) -> dict[str, Any]:
     """{layer name: measure_layer(...)} for every layer that has captured inputs."""
     return {name: measure_layer(layers[name].adapter, X, seed=seed) for name, X in inputs.items()}
+
+
+def measure_adapted_model(
+    model: nn.Module | str | Path,
+    batches: Iterable[Mapping[str, Tensor]],
+    *,
+    max_tokens: int = 512,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Bounds of every adapted layer of a model at its real hidden states on `batches`.
+
+    `model` is a toolkit model (AdaptedLinear layers), a PEFT model (`PeftModel` of LoRA or of a routed
+    method), or a saved adapter directory (toolkit or PEFT; its base model is loaded on the CPU).
+    """
+    if isinstance(model, str | Path):
+        from .bounds_cmd import load_checkpoint
+
+        model = load_checkpoint(Path(model)).model
+    layers = measurable_layers(model)
+    inputs = capture_inputs(model, batches, max_tokens=max_tokens, layers=layers)
+    return measure_model(inputs, layers, seed=seed)

@@ -19,3 +19,13 @@ SHARED_B = typer.Option(
 SHARED_AB = typer.Option(
     False, "--shared-ab", help="CoMoL: share A, B across layers of one module type."
 )
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+DTYPE = typer.Option(
+    "auto", "--dtype", help="Base model dtype: auto, float32, bfloat16 or float16."
+)
+DEVICE_MAP = typer.Option(
+    None, "--device-map", help="from_pretrained device map, e.g. auto (spreads big models)."
+)
+LOAD_IN_4BIT = typer.Option(
+    False, "--load-in-4bit", help="4-bit NF4 base via bitsandbytes (CUDA GPU only)."
+)

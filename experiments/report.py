@@ -1,6 +1,6 @@
 """Reports of a demo run: summary tables (rich), `report.md` and PNG plots (matplotlib, Agg).
 
-Everything here reads the metrics dictionary that `experiments.demo.run_demo` writes to metrics.json
+Everything here reads the metrics dictionary that `moelora_experiments.demo.run_demo` writes to metrics.json
 (per architecture: spec, trainable counts, accuracy, training losses and, per adapted layer, the
 `measure.measure_layer` results); nothing is recomputed.
 """

@@ -176,7 +176,7 @@ def accuracy(
     return correct / len(pairs)
 
 
-def write_char_tokenizer(path: str | Path) -> Any:
+def write_char_tokenizer(path: str | Path, model_max_length: int = 64) -> Any:
     """Save a character-level WordPiece tokenizer (every lowercase letter, digit and ASCII punctuation
     mark is a token, so any text tokenises, one token per character) into `path`; returns it."""
     from transformers import AutoTokenizer
@@ -188,7 +188,11 @@ def write_char_tokenizer(path: str | Path) -> Any:
     for stale in ("tokenizer.json", "special_tokens_map.json", "added_tokens.json"):
         (out / stale).unlink(missing_ok=True)  # a previous tokenizer's files would take precedence
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 64}
+    config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": True,
+        "model_max_length": model_max_length,
+    }
     (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     tok = AutoTokenizer.from_pretrained(out)
     if len(tok) != len(vocab):
@@ -219,4 +223,33 @@ def write_tiny_bert(path: str | Path, hidden: int = 32, layers: int = 2, seed: i
         max_position_embeddings=64,
     )
     BertModel(cfg).save_pretrained(path)
+    return Path(path)
+
+
+def write_tiny_causal_lm(
+    path: str | Path, hidden: int = 32, layers: int = 2, seed: int = 0
+) -> Path:
+    """Save a randomly initialised Llama (width `hidden`, GQA, RoPE) with the character tokenizer.
+
+    For tests and examples of `moelora train` / `moelora bounds` without downloading a model.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tok = write_char_tokenizer(path, model_max_length=1024)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(path)
     return Path(path)

@@ -12,7 +12,10 @@ Checkpoints. Every `checkpoint_every` steps, at the end, and when SIGTERM / SIGI
 step in progress completes), `out_dir/checkpoints/step-NNNNNNN/` is written: `trainable.safetensors`,
 `optimizer.pt`, `scheduler.pt`, `rng-rank{k}.pt` (Python, NumPy, torch CPU and CUDA generator states of
 each process) and `state.json` (step, samples seen, epoch, losses, config). It is written to a hidden
-temporary directory and renamed into place (`os.replace`), so a checkpoint directory is always complete.
+temporary directory, fsynced (files and directories) and renamed into place (`os.replace`), so a
+checkpoint directory is always complete, even after a power loss; a temporary directory left by a kill
+is removed on the next save or resume. Resuming loads with `weights_only=True` (`durable.safe_torch_load`:
+a planted pickle cannot run code) and reports a damaged checkpoint as a `CheckpointError`.
 `train` resumes from the newest one; with the same config the result is bit-identical on CPU to a run
 that was never interrupted.
 """
@@ -20,7 +23,6 @@ that was never interrupted.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -36,12 +38,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import typer
 from torch import Tensor, nn
 
 from moelora_core.errors import ConfigError, MoELoRAError, input_checks
-
-from . import options as opt
 
 MakeBatch = Callable[[list[int]], dict[str, Tensor]]  # example indices -> batch of CPU tensors
 LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]  # (model, batch on device) -> scalar loss
@@ -53,7 +52,6 @@ _RESUME_KEYS = (
     "lr",
     "weight_decay",
     "warmup_steps",
-    "steps",
     "seed",
     "max_grad_norm",
 )
@@ -213,11 +211,14 @@ class _Run:
     def save(self, step: int, n: int) -> Path:
         from safetensors.torch import save_file
 
+        from .durable import publish_dir, remove_stale
+
         acc = self.acc
-        final = self.out / "checkpoints" / f"step-{step:07d}"
-        tmp = self.out / "checkpoints" / f".tmp-step-{step:07d}"
+        root = self.out / "checkpoints"
+        final = root / f"step-{step:07d}"
+        tmp = root / f".tmp-step-{step:07d}"
         if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_stale(root)  # left by a run killed while saving
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         torch.save(_rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
@@ -242,46 +243,64 @@ class _Run:
             (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         acc.wait_for_everyone()
         if acc.is_main_process:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            publish_dir(tmp, final)  # every file and both directories fsynced, then renamed
             for old in checkpoints(self.out)[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         return final
 
     def load(self, ckpt: Path, n: int) -> int:
-        from safetensors.torch import load_file
+        from .durable import CheckpointError, load_safetensors, read_json, safe_torch_load
 
-        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-        saved = state["config"]
+        state = read_json(ckpt / "state.json")
+        try:
+            saved, step = state["config"], int(state["step"])
+            world, count, losses = state["world_size"], state["num_examples"], state["losses"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"{ckpt / 'state.json'}: missing or invalid field ({e}); the checkpoint is damaged"
+            ) from None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{ckpt / 'state.json'}: config is not an object; damaged")
+        if self.cfg.steps < step:
+            raise ConfigError(
+                f"steps={self.cfg.steps} but checkpoint {ckpt} is at step {step}; expected steps >= "
+                f"{step} (a run can be extended, not shortened)"
+            )
         for key in _RESUME_KEYS:
             if saved.get(key) != getattr(self.cfg, key):
                 raise ConfigError(
                     f"{key}={getattr(self.cfg, key)!r} but checkpoint {ckpt} was written with {saved.get(key)!r}; "
                     "expected the same training config to resume (or a fresh --out directory)"
                 )
-        if state["world_size"] != self.acc.num_processes or state["num_examples"] != n:
+        if world != self.acc.num_processes or count != n:
             raise ConfigError(
-                f"checkpoint {ckpt}: world_size={state['world_size']}, num_examples={state['num_examples']}; "
+                f"checkpoint {ckpt}: world_size={world}, num_examples={count}; "
                 f"this run has {self.acc.num_processes} and {n}, expected equal to resume"
             )
-        weights = load_file(str(ckpt / "trainable.safetensors"))
+        weights = load_safetensors(ckpt / "trainable.safetensors")
         params = _trainable(self.acc.unwrap_model(self.model))
         if set(weights) != set(params):
             raise ConfigError(
                 f"checkpoint {ckpt}: trainable parameters {sorted(set(weights) ^ set(params))[:5]} differ; "
                 "expected the same model and adapter spec"
             )
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(weights[k].to(p.device, p.dtype))
-        self.opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-        self.sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-        _set_rng_state(
-            torch.load(ckpt / f"rng-rank{self.acc.process_index}.pt", weights_only=False)
-        )
-        self.losses = list(state["losses"])
-        return int(state["step"])
+        optim = safe_torch_load(ckpt / "optimizer.pt")
+        sched = safe_torch_load(ckpt / "scheduler.pt")
+        rng = safe_torch_load(ckpt / f"rng-rank{self.acc.process_index}.pt")
+        try:
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(weights[k].to(p.device, p.dtype))
+            self.opt.load_state_dict(optim)
+            self.sched.load_state_dict(sched)
+            _set_rng_state(rng)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"checkpoint {ckpt}: its optimizer, scheduler or RNG state does not fit ({e})"
+            ) from None
+        self.losses = [float(v) for v in losses]
+        return step
 
 
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -327,6 +346,11 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     model, opt = acc.prepare(model, opt)
     run = _Run(acc, model, opt, sched, cfg, out)
+    if acc.is_main_process:
+        from .durable import remove_stale
+
+        remove_stale(out / "checkpoints")  # temporary directories of a run killed while saving
+    acc.wait_for_everyone()
     ckpt = latest_checkpoint(out)
     start = run.load(ckpt, num_examples) if ckpt is not None else 0
     result = TrainResult(
@@ -385,148 +409,3 @@ def train(
     result.steps, result.losses, result.checkpoint = cfg.steps, run.losses, last
     result.seconds = time.perf_counter() - t0
     return result
-
-
-# ----- `moelora train`: adapters on a causal LM, instruction data in the LLM-Adapters format ----------
-
-
-def finetune_causal_lm(
-    model_name: str,
-    spec: Any,
-    cfg: TrainConfig,
-    out_dir: str | Path,
-    *,
-    data: str | None = None,
-    hf_dataset: str | None = None,
-    split: str = "train",
-    limit: int | None = None,
-    max_length: int = 256,
-    gradient_checkpointing: bool = False,
-) -> TrainResult:
-    """Fine-tune `spec` adapters on a causal LM (local dir or hub name) and save them to out/adapter.
-
-    The base model is loaded in bf16 when training in bf16 (else fp32); adapters are fp32. Loss on the
-    response tokens only (`data.tokenize_causal`). Resumes from out/train/checkpoints.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .checkpoint import save_adapters
-    from .data import collate_causal, load_hf_records, load_records, tokenize_causal
-    from .inject import inject_adapters, trainable_report
-    from .tasks import resolve_model
-
-    if (data is None) == (hf_dataset is None):
-        raise ConfigError(f"data={data!r}, hf_dataset={hf_dataset!r}: expected exactly one of them")
-    acc = make_accelerator(cfg.mixed_precision)
-    path = resolve_model(model_name)
-    tok = AutoTokenizer.from_pretrained(path)
-    records = load_records(data, limit) if data else load_hf_records(str(hf_dataset), split, limit)
-    examples = tokenize_causal(records, tok, max_length)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    torch.manual_seed(cfg.seed)
-    inject_adapters(model, spec, dtype=torch.float32)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    if acc.is_main_process:
-        rep = trainable_report(model)
-        print(
-            f"{len(examples)} examples; trainable {rep.total_trainable:,} ({rep.share_percent:.4f}% of base)"
-        )
-
-    def make_batch(indices: list[int]) -> dict[str, Tensor]:
-        return collate_causal([examples[i] for i in indices], pad_id)
-
-    def loss_fn(m: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        loss: Tensor = m(**batch).loss
-        return loss
-
-    out = Path(out_dir)
-    result = train(
-        model, len(examples), make_batch, loss_fn, cfg, out / "train", accelerator=acc, desc="train"
-    )
-    if acc.is_main_process:
-        extra = {
-            "base_model": model_name,
-            "model_kind": "causal_lm",
-            "data": data or f"hf:{hf_dataset}[{split}]",
-            "examples": len(examples),
-            "max_length": max_length,
-            "step": result.steps,
-        }
-        save_adapters(acc.unwrap_model(model), out / "adapter", spec, extra=extra)
-    acc.wait_for_everyone()
-    return result
-
-
-def train_command(
-    model: str = typer.Option(..., "--model", help="Causal LM: a local directory or a hub name."),
-    data: str | None = typer.Option(None, "--data", help="LLM-Adapters .json/.jsonl file."),
-    hf_dataset: str | None = typer.Option(
-        None, "--hf-dataset", help="Or a Hugging Face dataset name."
-    ),
-    split: str = typer.Option("train", "--split", help="Split of --hf-dataset."),
-    limit: int | None = typer.Option(None, "--limit", help="Use the first N records only."),
-    out: str = typer.Option(
-        "runs/train", "--out", help="Output directory (resumed if it has checkpoints)."
-    ),
-    arch: str = typer.Option(
-        "talklora", "--arch", help="lora, moelora, hydralora, talklora or comol."
-    ),
-    targets: str = typer.Option(
-        "q_proj,v_proj", "--targets", help="Comma-separated module-name suffixes."
-    ),
-    rank: int = opt.RANK,
-    experts: int = typer.Option(
-        4, "--experts", help="Experts E (MoE, TalkLoRA) or cores N (CoMoL)."
-    ),
-    expert_rank: int | None = opt.EXPERT_RANK,
-    router: str = opt.ROUTER,
-    top_k: int | None = opt.TOP_K,
-    core_router: bool = opt.CORE_ROUTER,
-    shared_b: bool = opt.SHARED_B,
-    shared_ab: bool = opt.SHARED_AB,
-    scale: float = typer.Option(1.0, "--scale", help="s = alpha / r."),
-    steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Per process and micro-batch."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step."),
-    lr: float = typer.Option(3e-4, "--lr"),
-    warmup: int = typer.Option(100, "--warmup", help="Linear warm-up steps."),
-    max_length: int = typer.Option(256, "--max-length", help="Tokens per example (truncated)."),
-    seed: int = typer.Option(0, "--seed"),
-    checkpoint_every: int = typer.Option(200, "--checkpoint-every"),
-    mixed_precision: str = typer.Option(
-        "auto", "--mixed-precision", help="auto, no, bf16 or fp16."
-    ),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
-) -> None:
-    """Fine-tune adapters on a causal LM (CPU, one GPU, or DDP under `accelerate launch`)."""
-    from .inject import AdapterSpec
-
-    try:
-        spec = AdapterSpec(
-            arch, tuple(t for t in targets.split(",") if t), None, rank, experts, expert_rank, router, top_k,
-            core_router, shared_b, shared_ab, scale,
-        )  # fmt: skip
-        cfg = TrainConfig(
-            steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=min(warmup, steps - 1),
-            seed=seed, checkpoint_every=checkpoint_every, mixed_precision=mixed_precision,
-        )  # fmt: skip
-        r = finetune_causal_lm(
-            model, spec, cfg, out, data=data, hf_dataset=hf_dataset, split=split, limit=limit,
-            max_length=max_length, gradient_checkpointing=gradient_checkpointing,
-        )  # fmt: skip
-    except TrainingInterrupted as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(130) from None
-    except MoELoRAError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    if not r.main_process:
-        return
-    final = f"{r.losses[-1]:.4f}" if r.losses else "n/a"
-    typer.echo(
-        f"{r.steps} steps (resumed from {r.resumed_from}), final loss {final}; adapters in {out}/adapter"
-    )

@@ -18,7 +18,7 @@ Storage: K is one block-diagonal map diag(K_1..K_E), B one `m x r` matrix [B_1 .
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import sympy as sp
 import torch
@@ -87,6 +87,18 @@ class TalkLoRAConfig:
         return self.rank // self.num_experts
 
 
+_TALK_ALIAS, _TALK_KEY = "talk.talk.weight", "T.weight"
+
+
+def _drop_talk_alias(module: nn.Module, state: dict[str, Any], prefix: str, meta: Any) -> None:
+    state.pop(prefix + _TALK_ALIAS, None)
+
+
+def _fill_talk_alias(module: nn.Module, state: dict[str, Any], prefix: str, *_: Any) -> None:
+    if prefix + _TALK_KEY in state:
+        state.setdefault(prefix + _TALK_ALIAS, state[prefix + _TALK_KEY])
+
+
 class TalkLoRA(Adapter):
     family: ClassVar[str] = "talklora"
     config: TalkLoRAConfig
@@ -113,7 +125,11 @@ class TalkLoRA(Adapter):
             E, d, d, "kaiming_uniform", name="K", dtype=dtype, device=device
         )  # diag(K_i)
         self.T = Dense(E, E, c.talk_init, name="T", dtype=dtype, device=device)  # talking module
-        self.talk = KronIdentity(self.T, d)  # T ⊗ I_d
+        self.talk = KronIdentity(self.T, d)  # T ⊗ I_d (holds the same Dense as self.T)
+        # T is reachable as `T` and as `talk.talk`: the state dict holds it once, as `T.weight`
+        # (safetensors refuses aliased tensors), and loading fills the alias from it.
+        self.register_state_dict_post_hook(_drop_talk_alias)  # type: ignore[no-untyped-call]
+        self.register_load_state_dict_pre_hook(_fill_talk_alias)  # type: ignore[no-untyped-call]
         self.router = SoftmaxRouter(
             Dense(E, r, "kaiming_uniform", name="W_r", dtype=dtype, device=device), c.top_k
         )

@@ -26,7 +26,9 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random BERT (config, weights, tokenizer) written once per session."""
-    from experiments.tasks import write_tiny_bert  # transformers: imported only when a test asks
+    from moelora_experiments.tasks import (
+        write_tiny_bert,  # transformers: imported only when a test asks
+    )
 
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.data import (
+from moelora_experiments.data import (
     IGNORE_INDEX,
     DataError,
     Record,
@@ -16,7 +16,7 @@ from experiments.data import (
     load_records,
     tokenize_causal,
 )
-from experiments.tasks import vader_task
+from moelora_experiments.tasks import vader_task
 
 RECORDS = [
     {
@@ -156,8 +156,19 @@ def test_truncation_drops_examples_without_supervised_tokens() -> None:
         tokenize_causal(recs[1:], tok, max_length=3)
 
 
-def test_hf_datasets_missing_or_offline_is_a_clear_error() -> None:
-    with pytest.raises(DataError, match="datasets"):
+def test_hf_datasets_missing_or_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import datasets
+
+    def offline(*args: object, **kw: object) -> None:
+        raise ConnectionError("Couldn't reach 'no-such-user/no-such-dataset' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)  # no network wait in the test
+    with pytest.raises(DataError, match=r"could not be loaded.*Offline\? Pass a local"):
+        load_hf_records("no-such-user/no-such-dataset")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # the package missing
+    with pytest.raises(DataError, match="'datasets' package is not installed"):
         load_hf_records("no-such-user/no-such-dataset")
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from experiments.cli import app
-from experiments.demo import DEMO_SPECS, DemoConfig, run_demo
-from experiments.report import soundness
 from moelora_core.errors import ConfigError
+from moelora_experiments.cli import app
+from moelora_experiments.demo import DEMO_SPECS, DemoConfig, run_demo
+from moelora_experiments.report import soundness
 
 
 def small(out: Path, model: Path, **kw: object) -> DemoConfig:

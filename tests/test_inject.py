@@ -19,7 +19,8 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from experiments.checkpoint import (
+from moelora_core import CoMoL, ConfigError, ShapeError, TalkLoRA
+from moelora_experiments.checkpoint import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     CheckpointError,
@@ -28,7 +29,7 @@ from experiments.checkpoint import (
     read_spec,
     save_adapters,
 )
-from experiments.inject import (
+from moelora_experiments.inject import (
     AdaptedLinear,
     AdapterSpec,
     adapted_layers,
@@ -36,7 +37,6 @@ from experiments.inject import (
     remove_adapters,
     trainable_report,
 )
-from moelora_core import CoMoL, ConfigError, ShapeError, TalkLoRA
 
 ARCHS = ("lora", "moelora", "hydralora", "talklora", "comol")
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
@@ -185,9 +185,15 @@ def test_sharing_needs_equal_shapes_within_a_type() -> None:
     with pytest.raises(ShapeError, match="c_proj"):
         inject_adapters(tiny_gpt2(), AdapterSpec("talklora", ("c_proj",), rank=8, shared_b=True))
     inject_adapters(tiny_gpt2(), AdapterSpec("talklora", ("c_proj",), rank=8))  # unshared: fine
-    spec = AdapterSpec("talklora", target_regex=r".*\.(attn|mlp)\.c_proj", rank=8, shared_b=True)
-    with pytest.raises(ShapeError):  # the regex's type is the last name part, still one type
+    spec = AdapterSpec("talklora", target_regex=r".*\.c_proj", rank=8, shared_b=True)
+    with pytest.raises(ShapeError):  # without a group the regex's type is the last name part
         inject_adapters(tiny_gpt2(), spec)
+    spec = AdapterSpec(
+        "talklora", target_regex=r".*\.(attn\.c_proj|mlp\.c_proj)", rank=8, shared_b=True
+    )
+    gpt = tiny_gpt2()
+    inject_adapters(gpt, spec)  # the first group names the type: two types, one shared B each
+    assert set(trainable_report(gpt).per_type) == {"attn.c_proj", "mlp.c_proj"}
 
 
 def test_no_match_lists_available_layers() -> None:
@@ -236,6 +242,15 @@ def test_spec_json_roundtrip_and_validation() -> None:
         AdapterSpec("moelora", ("q_proj",), rank=2, experts=4)
     with pytest.raises(ConfigError, match="wrong_key"):
         AdapterSpec.from_dict({"arch": "lora", "targets": ["q"], "wrong_key": 1})
+    with pytest.raises(ConfigError, match="not a string"):  # not the characters q,_,p,r,o,j
+        AdapterSpec("lora", targets="q_proj")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="rank=6"):  # the architecture's own check
+        AdapterSpec("talklora", ("q_proj",), rank=6, experts=4)
+    for bad in ({"rank": 2.5}, {"experts": True}, {"top_k": 0}, {"shared_b": "yes"}):
+        with pytest.raises(ConfigError):
+            AdapterSpec("talklora", ("q_proj",), **bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="scale"):
+        AdapterSpec("lora", ("q_proj",), scale=float("nan"))
 
 
 # ----- save / load -------------------------------------------------------------------------------

@@ -28,3 +28,14 @@ def test_failed_write_keeps_old_file(tmp_path: Path) -> None:
         write_json_atomic(p, cyclic)
     assert json.loads(p.read_text()) == {"a": 1}
     assert [q.name for q in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_result_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644

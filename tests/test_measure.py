@@ -10,17 +10,22 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from experiments.cli import app
-from experiments.demo import DemoConfig, run_demo
-from experiments.inject import AdapterSpec, inject_adapters
-from experiments.measure import amplification, capture_inputs, measure_layer, with_identity_talk
-from experiments.tasks import (
+from moelora_core import MoELoRA, MoELoRAConfig, TalkLoRA, TalkLoRAConfig
+from moelora_experiments.cli import app
+from moelora_experiments.demo import DemoConfig, run_demo
+from moelora_experiments.inject import AdapterSpec, inject_adapters
+from moelora_experiments.measure import (
+    amplification,
+    capture_inputs,
+    measure_layer,
+    with_identity_talk,
+)
+from moelora_experiments.tasks import (
     MeanPoolClassifier,
     load_encoder,
     text_batches,
     write_char_tokenizer,
 )
-from moelora_core import MoELoRA, MoELoRAConfig, TalkLoRA, TalkLoRAConfig
 
 
 def test_capture_returns_the_hidden_states_of_real_tokens(tiny: Path) -> None:
@@ -173,11 +178,9 @@ def test_train_then_bounds_on_a_causal_lm(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "3 steps (resumed from 0)" in r.output
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    assert (
-        config["extra"]["base_model"] == str(model_dir)
-        and config["extra"]["model_kind"] == "causal_lm"
-    )
-    assert len(config["layers"]) == 4  # q_proj and v_proj of 2 layers
+    assert config["peft_type"] == "COMOL"  # a PEFT adapter directory
+    info = json.loads((out / "adapter" / "moelora_run.json").read_text())
+    assert info["base_model"] == str(model_dir) and info["max_length"] == 256
     again = CliRunner().invoke(app, args)  # resuming a finished run trains nothing
     assert again.exit_code == 0 and "3 steps (resumed from 3)" in again.output
 
@@ -188,6 +191,7 @@ def test_train_then_bounds_on_a_causal_lm(tmp_path: Path) -> None:
     assert b.exit_code == 0, b.output
     res = json.loads(res_path.read_text())["out"]
     assert res["inputs"] == "random vocabulary tokens (synthetic)" and res["texts"] == 6
+    assert len(res["layers"]) == 4  # q_proj and v_proj of 2 layers
     for layer in res["layers"].values():
         assert layer["bounds"]["lower"] <= layer["bounds"]["upper_centred"]
         assert layer["routing"]["num_experts"] == 2

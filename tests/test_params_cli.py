@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from experiments.cli import app
+from moelora_experiments.cli import app
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 TINY = CONFIGS / "tiny-llama.json"
@@ -212,7 +212,7 @@ def test_params_known_type_imports_no_torch() -> None:
     import sys
 
     code = (
-        "import sys; from typer.testing import CliRunner; from experiments.cli import app; "
+        "import sys; from typer.testing import CliRunner; from moelora_experiments.cli import app; "
         f"r = CliRunner().invoke(app, ['params', '--config', {str(LLAMA3_8B)!r}, '--json']); "
         "assert r.exit_code == 0, r.output; "
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported'"

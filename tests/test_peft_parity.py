@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from experiments.inject import AdapterSpec, inject_adapters
+from moelora_experiments.inject import AdapterSpec, inject_adapters
 
 TOKENS = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))
 

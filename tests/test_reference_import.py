@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from experiments.checkpoint import CheckpointError
-from experiments.inject import adapted_layers
-from experiments.reference_import import (
+from moelora_experiments.checkpoint import CheckpointError
+from moelora_experiments.inject import adapted_layers
+from moelora_experiments.reference_import import (
     import_comol_reference,
     import_talklora_reference,
     read_state,

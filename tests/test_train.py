@@ -15,9 +15,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from experiments.inject import AdapterSpec, inject_adapters
-from experiments.tasks import MeanPoolClassifier
-from experiments.train import (
+from moelora_core.errors import ConfigError
+from moelora_experiments.inject import AdapterSpec, inject_adapters
+from moelora_experiments.tasks import MeanPoolClassifier
+from moelora_experiments.train import (
     TrainConfig,
     TrainingInterrupted,
     checkpoints,
@@ -25,7 +26,6 @@ from experiments.train import (
     stream_indices,
     train,
 )
-from moelora_core.errors import ConfigError
 
 N_EXAMPLES = 48
 
@@ -181,7 +181,7 @@ DDP_SCRIPT = textwrap.dedent(
     import sys, torch
     sys.path.insert(0, {tests!r})
     from test_train import tiny_model, make_batch, loss_fn, cfg
-    from experiments.train import train, make_accelerator
+    from moelora_experiments.train import train, make_accelerator
     acc = make_accelerator("no")
     model = tiny_model()
     r = train(model, 48, make_batch, loss_fn, cfg(steps=4, batch_size=4), {out!r}, accelerator=acc)

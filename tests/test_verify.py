@@ -21,9 +21,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from experiments.cli import app
 from moelora_core.errors import ConfigError
 from moelora_core.lora import LoRA, LoRAConfig
+from moelora_experiments.cli import app
 from proofs_numeric.checking import Claim
 from proofs_numeric.profiles import using_profile
 from proofs_numeric.variants import (

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from experiments.cli import app
+from moelora_experiments.cli import app
 from proofs_numeric.checking import check_claim
 from proofs_numeric.variants import load_variant
 

@@ -1,0 +1,154 @@
+"""PEFT configs for the routed architectures: LoRA-compatible fields plus each architecture's own.
+
+Every config speaks PEFT's LoRA vocabulary (`r`, `lora_alpha` with s = lora_alpha / r, `lora_dropout`,
+`target_modules` as names, a regex or "all-linear", `exclude_modules`, `layers_to_transform`,
+`layers_pattern`, `modules_to_save`, `bias="none"`) and adds its architecture's hyper-parameters:
+
+    MoELoRAPeftConfig     num_experts E, expert_rank r_e (default r // E), router "input" | "latent", top_k
+    HydraLoRAPeftConfig   num_experts E, expert_rank r_e (default r // E), top_k
+    TalkLoRAPeftConfig    num_experts E (r divisible by E), top_k, share_b, talk_init
+    CoMoLPeftConfig       num_experts = the number of cores N, core_router, top_k, share_ab
+
+`to_spec()` turns a config into the toolkit's `AdapterSpec`, so a PEFT layer builds its adapter with the
+same `build_adapter` as `inject_adapters`: one implementation of each architecture (`moelora_core`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from peft import PeftConfig
+
+from moelora_core.errors import ConfigError
+
+from .inject import AdapterSpec
+from .peft_types import peft_type
+
+__all__ = [
+    "CoMoLPeftConfig",
+    "HydraLoRAPeftConfig",
+    "MoELoRAPeftConfig",
+    "RoutedPeftConfig",
+    "TalkLoRAPeftConfig",
+]
+
+
+@dataclass
+class RoutedPeftConfig(PeftConfig):  # type: ignore[misc]
+    """Fields common to every routed architecture (PEFT's LoRA names and meanings)."""
+
+    arch: ClassVar[str] = ""
+    r: int = field(default=8, metadata={"help": "Total rank r (split into E heads where needed)."})
+    lora_alpha: float = field(default=8.0, metadata={"help": "Scale s = lora_alpha / r."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input x."})
+    num_experts: int = field(default=4, metadata={"help": "Experts E (CoMoL: cores N)."})
+    top_k: int | None = field(
+        default=None, metadata={"help": "Keep the k largest routing weights."}
+    )
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Module names, a regex (full match) or 'all-linear'."},
+    )
+    exclude_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Module names or a regex to leave out."}
+    )
+    layers_to_transform: list[int] | int | None = field(
+        default=None, metadata={"help": "Only these layer indexes."}
+    )
+    layers_pattern: list[str] | str | None = field(
+        default=None, metadata={"help": "Name of the layer list, with layers_to_transform."}
+    )
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Other modules trained and saved in full (e.g. a head)."}
+    )
+    bias: str = field(default="none", metadata={"help": "Only 'none' is supported."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = peft_type(self.arch)
+        if isinstance(self.target_modules, list | tuple | set):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, list | tuple | set):
+            self.exclude_modules = set(self.exclude_modules)
+        if self.bias != "none":
+            raise ConfigError(
+                f"bias={self.bias!r}: expected 'none' (routed adapters train no base bias)"
+            )
+        if isinstance(self.lora_dropout, bool) or not 0.0 <= float(self.lora_dropout) < 1.0:
+            raise ConfigError(f"lora_dropout={self.lora_dropout!r}: expected a float in [0, 1)")
+        self.to_spec()  # validates r, E, top_k, ... with the toolkit's own checks
+
+    @property
+    def scale(self) -> float:
+        return float(self.lora_alpha) / float(self.r)
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The architecture's own AdapterSpec fields."""
+        return {}
+
+    def to_spec(self) -> AdapterSpec:
+        """The toolkit's AdapterSpec with these hyper-parameters (targets: every module PEFT picked)."""
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ConfigError(f"r={self.r!r}: expected an integer >= 1")
+        return AdapterSpec(
+            arch=self.arch,
+            target_regex=".*",
+            rank=self.r,
+            experts=self.num_experts,
+            top_k=self.top_k,
+            scale=self.scale,
+            **self.spec_fields(),
+        )
+
+
+@dataclass
+class MoELoRAPeftConfig(RoutedPeftConfig):
+    """MoELoRA (MoLoRA): E LoRA experts of rank r_e, an input or latent softmax router."""
+
+    arch: ClassVar[str] = "moelora"
+    expert_rank: int | None = field(default=None, metadata={"help": "r_e (default r // E)."})
+    router: Literal["input", "latent"] = field(
+        default="input", metadata={"help": "Router reads x ('input') or A x ('latent')."}
+    )
+
+    def spec_fields(self) -> dict[str, Any]:
+        return {"expert_rank": self.expert_rank, "router": self.router}
+
+
+@dataclass
+class HydraLoRAPeftConfig(RoutedPeftConfig):
+    """HydraLoRA: one shared A of rank r_e, E heads B_i, an input router."""
+
+    arch: ClassVar[str] = "hydralora"
+    expert_rank: int | None = field(default=None, metadata={"help": "r_e (default r // E)."})
+
+    def spec_fields(self) -> dict[str, Any]:
+        return {"expert_rank": self.expert_rank}
+
+
+@dataclass
+class TalkLoRAPeftConfig(RoutedPeftConfig):
+    """TalkLoRA: heads of A x mixed by a talking module T for the router; optional layer-shared B."""
+
+    arch: ClassVar[str] = "talklora"
+    share_b: bool = field(
+        default=False, metadata={"help": "Share B by the layers of one module type."}
+    )
+
+    def spec_fields(self) -> dict[str, Any]:
+        return {"shared_b": self.share_b}
+
+
+@dataclass
+class CoMoLPeftConfig(RoutedPeftConfig):
+    """CoMoL: shared A, B and N cores mixed in the r x r core space; optional layer-shared A, B."""
+
+    arch: ClassVar[str] = "comol"
+    core_router: bool = field(default=True, metadata={"help": "Route on A x (else on x)."})
+    share_ab: bool = field(
+        default=False, metadata={"help": "Share A, B by the layers of one module type."}
+    )
+
+    def spec_fields(self) -> dict[str, Any]:
+        return {"core_router": self.core_router, "shared_ab": self.share_ab}
