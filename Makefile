@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 
-.PHONY: demo test test-fast theorems slow lint typecheck bench clean
+.PHONY: demo test test-fast theorems slow lint typecheck bench mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: lint typecheck
 
 slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# Mutation run (not part of `make test`): each mutant of tests/mutation/catalogue.toml against
+# `pytest -m theorems`; e.g. make mutation MUTATION_ARGS="--only exact_tol_loose --jobs 2".
+mutation: $(STAMP)
+	$(BIN)/python tests/mutation/run.py $(MUTATION_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/layers.py

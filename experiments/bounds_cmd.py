@@ -6,13 +6,14 @@ Accepts a run directory (`runs/NAME`, every `<arch>/adapter/` in it), one archit
 `out/adapter`). The base model is the one the adapter names (`extra.base_model`; for PEFT,
 `moelora_run.json`'s `base_model`, else `base_model_name_or_path`), overridable with --model;
 `extra.model_kind` says how to rebuild a toolkit checkpoint's base: "mean_pool_classifier" (frozen
-encoder, mean pooling, linear head), "causal_lm", else a plain AutoModel. --device, --dtype, --device-map and --load-in-4bit place
-the base (`loading.Placement`); the measurements themselves run in float64 on the CPU.
+encoder, mean pooling, linear head), "causal_lm", else a plain AutoModel. --device, --dtype,
+--device-map and --load-in-4bit place the base (`loading.Placement`); the measurements run in float64
+on that device (the CPU with --device-map), the certified enclosures always on the CPU.
 
 Inputs, in order of precedence: --text (repeatable), --data (an LLM-Adapters .json/.jsonl file, whose
 prompt + output texts are used, or a .txt file with one text per line), the VADER task's held-out texts
-for a mean-pool classifier trained on it (`extra.task`), else seeded random token sequences from the tokenizer's vocabulary (synthetic,
-labelled as such in the output).
+for a mean-pool classifier trained on it (`extra.task`), else seeded random token sequences from the
+tokenizer's vocabulary (synthetic, labelled as such in the output).
 """
 
 from __future__ import annotations
@@ -179,15 +180,29 @@ def inputs_for(
 
 
 def measure_checkpoint(
-    loaded: Loaded, texts: list[str], *, max_length: int | None, max_tokens: int, seed: int
+    loaded: Loaded,
+    texts: list[str],
+    *,
+    max_length: int | None,
+    max_tokens: int,
+    seed: int,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Capture the adapted layers' inputs on `texts` and measure every layer."""
+    """Capture the adapted layers' inputs on `texts` and measure every layer on `device`."""
     if max_length is None:
         max_length = int(loaded.config.get("extra", {}).get("max_length", 32))
     layers = measurable_layers(loaded.model)
     batches = text_batches(loaded.tokenizer, texts, max_length)
     inputs = capture_inputs(loaded.model, batches, max_tokens=max_tokens, layers=layers)
-    return {"spec": loaded.config["spec"], "layers": measure_model(inputs, layers, seed=seed)}
+    result = measure_model(inputs, layers, seed=seed, device=device)
+    return {"spec": loaded.config["spec"], "layers": result}
+
+
+def _measure_device(placement: Placement | None) -> torch.device:
+    """The measurements run where the base model is placed (one device), else on the CPU."""
+    if placement is None or placement.device_map is not None:
+        return torch.device("cpu")
+    return placement.torch_device
 
 
 def run_bounds(
@@ -210,8 +225,9 @@ def run_bounds(
         loaded = load_checkpoint(directory, model, placement)
         chosen, source = inputs_for(loaded, given, texts, seed)
         result = measure_checkpoint(
-            loaded, chosen, max_length=max_length, max_tokens=max_tokens, seed=seed
-        )
+            loaded, chosen, max_length=max_length, max_tokens=max_tokens, seed=seed,
+            device=_measure_device(placement),
+        )  # fmt: skip
         out[label] = {"directory": str(directory), "inputs": source, "texts": len(chosen), **result}
     if json_out:
         write_json_atomic(json_out, out)

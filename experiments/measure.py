@@ -83,9 +83,10 @@ def capture_inputs(
     return {name: torch.cat(v)[:max_tokens] for name, v in seen.items() if v}
 
 
-def float64_copy(adapter: Adapter) -> Adapter:
-    """A float64 CPU copy of an adapter (measurements in double precision; the original is untouched)."""
-    return copy.deepcopy(adapter).to(device="cpu", dtype=torch.float64)
+def float64_copy(adapter: Adapter, device: torch.device | str = "cpu") -> Adapter:
+    """A float64 copy of an adapter on `device` (measurements in double precision; the original is
+    untouched)."""
+    return copy.deepcopy(adapter).to(device=device, dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -101,7 +102,8 @@ def amplification(
     rms = X.norm(dim=-1, keepdim=True) / math.sqrt(X.shape[-1])  # (N, 1)
     out: dict[str, Any] = {}
     for eps in scales:
-        delta = eps * rms * torch.randn(X.shape, generator=gen, dtype=X.dtype)  # (N, n)
+        xi = torch.randn(X.shape, generator=gen, dtype=X.dtype).to(X.device)  # CPU stream
+        delta = eps * rms * xi  # (N, n)
         g1 = adapter.routing(X + delta)
         assert g1 is not None
         ratio = (g1 - g0).norm(dim=-1) / delta.norm(dim=-1)  # (N,)
@@ -118,13 +120,20 @@ def with_identity_talk(adapter: TalkLoRA) -> TalkLoRA:
 
 
 def measure_layer(
-    adapter: Adapter, X: Tensor, *, seed: int = 0, scales: Iterable[float] = NOISE_SCALES
+    adapter: Adapter,
+    X: Tensor,
+    *,
+    seed: int = 0,
+    scales: Iterable[float] = NOISE_SCALES,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Bounds, routing statistics and perturbation amplification of one layer at inputs X (N, n)."""
+    """Bounds, routing statistics and perturbation amplification of one layer at inputs X (N, n).
+    device: where the float64 copy, the searches and the amplification run (the certified parts
+    of the report always run on the CPU, in float64 enclosures)."""
     from proofs_numeric.bounds import layer_report, routing_stats
 
-    a = float64_copy(adapter)
-    X = X.to(torch.float64)
+    a = float64_copy(adapter, device)
+    X = X.to(device=a.reference.device, dtype=torch.float64)
     scales = tuple(scales)
     with input_checks(False):
         out: dict[str, Any] = {"arch": type(a).family, "tokens": int(X.shape[0])}
@@ -132,7 +141,7 @@ def measure_layer(
             layer_report(a, inputs=X, seed=seed).to_dict() if a.router is not None else None
         )
         g = a.routing(X)
-        out["routing"] = routing_stats(g).to_dict() if g is not None else None
+        out["routing"] = routing_stats(g.cpu()).to_dict() if g is not None else None
         out["amplification"] = amplification(a, X, scales, seed)
         if isinstance(a, TalkLoRA):
             out["amplification_identity_talk"] = amplification(
@@ -142,10 +151,17 @@ def measure_layer(
 
 
 def measure_model(
-    inputs: Mapping[str, Tensor], layers: Mapping[str, Any], *, seed: int = 0
+    inputs: Mapping[str, Tensor],
+    layers: Mapping[str, Any],
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """{layer name: measure_layer(...)} for every layer that has captured inputs."""
-    return {name: measure_layer(layers[name].adapter, X, seed=seed) for name, X in inputs.items()}
+    """{layer name: measure_layer(...)} for every layer that has captured inputs, on `device`."""
+    return {
+        name: measure_layer(layers[name].adapter, X, seed=seed, device=device)
+        for name, X in inputs.items()
+    }
 
 
 def measure_adapted_model(
@@ -154,8 +170,10 @@ def measure_adapted_model(
     *,
     max_tokens: int = 512,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Bounds of every adapted layer of a model at its real hidden states on `batches`.
+    """Bounds of every adapted layer of a model at its real hidden states on `batches` (the
+    measurements on `device`).
 
     `model` is a toolkit model (AdaptedLinear layers), a PEFT model (`PeftModel` of LoRA or of a routed
     method), or a saved adapter directory (toolkit or PEFT; its base model is loaded on the CPU).
@@ -166,4 +184,4 @@ def measure_adapted_model(
         model = load_checkpoint(Path(model)).model
     layers = measurable_layers(model)
     inputs = capture_inputs(model, batches, max_tokens=max_tokens, layers=layers)
-    return measure_model(inputs, layers, seed=seed)
+    return measure_model(inputs, layers, seed=seed, device=device)

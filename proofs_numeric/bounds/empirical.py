@@ -223,11 +223,13 @@ def jacobians(p: Probe, X: Tensor) -> Tensor:
 def top_singular(J: Tensor) -> tuple[Tensor, Tensor]:
     """σ_max of each J (N, k, d) and its unit top right singular vector, via the k x k Gram in
     float64 (rows with non-finite entries score 0: an overflowed point proves nothing)."""
-    ok = torch.isfinite(J).flatten(1).all(dim=1)  # (N,)
-    J64 = torch.where(ok[:, None, None], J, torch.zeros_like(J)).to(F64)
-    w, U = torch.linalg.eigh(J64 @ J64.transpose(-1, -2))  # (N, k), (N, k, k)
+    J64 = J.to(F64)
+    G = J64 @ J64.transpose(-1, -2)  # (N, k, k): non-finite iff J is (or its Gram overflows)
+    ok = torch.isfinite(G).flatten(1).all(dim=1)  # (N,)
+    w, U = torch.linalg.eigh(torch.where(ok[:, None, None], G, torch.zeros_like(G)))
     s = w[..., -1].clamp_min(0).sqrt()
     v = (U[..., -1].unsqueeze(-2) @ J64).squeeze(-2)  # (N, d): u_topᵀ J = σ vᵀ
+    v = torch.where(ok[:, None], v, torch.zeros_like(v))
     return s.to(J.dtype), unit(v).to(J.dtype)
 
 

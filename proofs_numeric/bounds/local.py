@@ -54,7 +54,13 @@ from torch import Tensor
 
 from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoL
-from moelora_core.errors import ConfigError, MoELoRAError, ShapeError, input_checks
+from moelora_core.errors import (
+    ConfigError,
+    MoELoRAError,
+    ShapeError,
+    checks_enabled,
+    input_checks,
+)
 from moelora_core.hydralora import HydraLoRA
 from moelora_core.maps import Identity, LinearMap
 from moelora_core.moelora import MoELoRA
@@ -68,13 +74,14 @@ from .rigorous import (
     centre_rows,
     exact,
     exact_t,
-    frob_upper,
     gram_pair_upper,
     hadamard,
     half_up,
     matmul,
+    matmul_floats,
     normalise,
     poly_up,
+    row_norms_upper,
     scale,
     scale_up,
     scale_up_t,
@@ -97,15 +104,57 @@ class ExpertFactors:
     source: str
     shared_v: bool = False  # all V_i equal (HydraLoRA, CoMoL): ΔW(x) = (Σ_i g_i U_i) V
     U_rad: Tensor | None = None  # |U_exact − U| <= U_rad (U computed from the weights); None: exact
+    core: tuple[Tensor, Tensor, float] | None = (
+        None  # CoMoL: (B (m, r), M (N, r, r), s), U_i = s B M_i
+    )
 
     @cached_property
+    def _scaling(self) -> tuple[Enclosure, Tensor, int, int]:
+        rad = torch.zeros_like(self.U) if self.U_rad is None else self.U_rad
+        Us, eu = normalise(self.U)
+        Vs, ev = normalise(self.V[:1] if self.shared_v else self.V)  # a shared V: one copy
+        Vs = Vs.expand_as(self.V)
+        return Enclosure(Us, scale_up_t(rad, -eu) if eu else rad), Vs, eu, ev
+
+    @property
     def scaled(self) -> tuple[Enclosure, Tensor, int]:
         """(U', V', e) with U_i V_i = 2^e U'_i V'_i: U (with its rounding) and V scaled by exact
         powers of 2 (the radius rounded upwards), so that Gram products stay in range."""
-        rad = torch.zeros_like(self.U) if self.U_rad is None else self.U_rad
-        Us, eu = normalise(self.U)
-        Vs, ev = normalise(self.V)
-        return Enclosure(Us, scale_up_t(rad, -eu) if eu else rad), Vs, eu + ev
+        Ue, Vs, eu, ev = self._scaling
+        return Ue, Vs, eu + ev
+
+    def core_parts(self, centred: bool) -> tuple[Enclosure, Enclosure, float] | None:
+        """CoMoL (U_i = s B M_i): (BᵀB, M, s) for the scaled U'_i = s (2^-e_u B) M_i, enclosed, with
+        M_i − M̄ when centred (then U'_i − Ū' = s (2^-e_u B)(M_i − M̄) exactly); None without the
+        factors or when 2^-e_u B is not exact."""
+        if self.core is None:
+            return None
+        B, M, s = self.core
+        eu = self._scaling[2]
+        B2 = torch.ldexp(B, torch.tensor(-eu, dtype=torch.int32))
+        if not torch.equal(torch.ldexp(B2, torch.tensor(eu, dtype=torch.int32)), B):
+            return None
+        N, r = M.shape[0], M.shape[-1]
+        Me = exact(M)
+        if centred:
+            Mc = centre_rows(Enclosure(*(t.reshape(N, r * r) for t in Me.pair)))
+            Me = Enclosure(*(t.view(N, r, r) for t in Mc.pair))
+        return matmul_floats(B2.T.contiguous(), B2), Me, s  # BᵀB: (r, r), the only m-long product
+
+    def _core_gram(self, centred: bool) -> Enclosure | None:
+        """G_U' = s² M_iᵀ (BᵀB) M_j (`core_parts`), (Ek, Ek), or None."""
+        parts = self.core_parts(centred)
+        if parts is None:
+            return None
+        GB, Me, s = parts
+        N, r = Me.mid.shape[0], Me.mid.shape[-1]
+        T = matmul(Me.T, GB)  # (N, r, r): M_iᵀ BᵀB
+        G4 = matmul(
+            Enclosure(*(t.unsqueeze(1) for t in T.pair)),
+            Enclosure(*(t.unsqueeze(0) for t in Me.pair)),
+        )  # (N_i, N_j, r_p, r_q)
+        G4 = scale(scale(G4, s), s)
+        return Enclosure(*(t.permute(0, 2, 1, 3).reshape(N * r, N * r) for t in G4.pair))
 
     @property
     def num_experts(self) -> int:
@@ -121,7 +170,6 @@ class ExpertFactors:
         factors (`scaled`: the norms built from them are 2^-e times the true ones), computed once."""
         E, m, k = self.U.shape
         Ue, V, _ = self.scaled
-        Ucat = Enclosure(*(t.permute(1, 0, 2).reshape(m, E * k) for t in (Ue.mid, Ue.rad)))
         ones = torch.ones(E, E, dtype=F64)
         if self.shared_v:
             V0 = exact(V[0])
@@ -130,7 +178,24 @@ class ExpertFactors:
         else:
             Vst = exact(V.reshape(E * k, -1))  # (Ek, n)
             GV = matmul(Vst, Vst.T)
-        return matmul(Ucat.T, Ucat), GV
+        GU = self._core_gram(False)
+        if GU is None:
+            Ucat = Enclosure(*(t.permute(1, 0, 2).reshape(m, E * k) for t in Ue.pair))
+            GU = matmul(Ucat.T, Ucat)
+        return GU, GV
+
+    @cached_property
+    def centred_gram(self) -> Enclosure:
+        """Enclosure of G_c = U'_cᵀ U'_c (Ek x Ek) for the centred scaled factors U'_i − Ū' (shared
+        V: P_i − P̄ = (U_i − Ū) V, centred before any product), computed once for all forms."""
+        core = self._core_gram(True)
+        if core is not None:
+            return core
+        E, m, k = self.U.shape
+        Ue, _, _ = self.scaled
+        Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
+        Ucat = Enclosure(*(t.view(E, m, k).permute(1, 0, 2).reshape(m, E * k) for t in Uc.pair))
+        return matmul(Ucat.T, Ucat)
 
 
 def expert_factors(adapter: Adapter) -> ExpertFactors:
@@ -180,7 +245,8 @@ def _factors(a: Adapter) -> ExpertFactors:
         B = exact(a.B.weight).mid.unsqueeze(0)  # (1, m, r)
         Us = scale(matmul(exact_t(B), exact(a.cores)), o.scale)  # (N, m, r): s B M_i
         V = a.A.weight.detach().to("cpu", F64).expand(o.num_cores, -1, -1)
-        return ExpertFactors(Us.mid, V, "comol", shared_v=True, U_rad=Us.rad)
+        core = (B[0], exact(a.cores).mid, o.scale)
+        return ExpertFactors(Us.mid, V, "comol", shared_v=True, U_rad=Us.rad, core=core)
     P = a.expert_matrices().detach().to("cpu", F64)  # (E, m, n)
     E, m, n = P.shape
     if E * min(m, n) > DENSE_FALLBACK_MAX:
@@ -265,6 +331,9 @@ def stack_norms(f: ExpertFactors) -> StackNorms:
     require_instance("f", f, ExpertFactors)
     E, _, k = f.U.shape
     GU, GV = f.grams
+    core = _core_stack_norms(f, Enclosure(GV.mid[:k, :k], GV.rad[:k, :k]))
+    if core is not None:
+        return core
     idx = torch.arange(E)
     bu, bv = _block(GU, E, k), _block(GV, E, k)
     diag_u = Enclosure(bu.mid[idx, idx], bu.rad[idx, idx])
@@ -275,13 +344,7 @@ def stack_norms(f: ExpertFactors) -> StackNorms:
     ones = torch.ones(k, k, dtype=F64)
     stack = scale_up_t(up_sqrt(gram_pair_upper(GU, hadamard(GV, torch.kron(eye, ones)))), e)
     if f.shared_v:  # P_i − P̄ = (U_i − Ū) V: centre the U_i first (no cancellation)
-        Ue, _, _ = f.scaled
-        m = Ue.mid.shape[1]
-        Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
-        Ucat = Enclosure(
-            *(t.view(E, m, k).permute(1, 0, 2).reshape(m, E * k) for t in (Uc.mid, Uc.rad))
-        )
-        lam_c = float(gram_pair_upper(matmul(Ucat.T, Ucat), hadamard(GV, torch.kron(eye, ones))))
+        lam_c = float(gram_pair_upper(f.centred_gram, hadamard(GV, torch.kron(eye, ones))))
     else:
         EPi = torch.kron(E * eye - torch.ones(E, E, dtype=F64), ones)
         lam_c = up(float(gram_pair_upper(GU, hadamard(GV, EPi))) / E)
@@ -290,31 +353,77 @@ def stack_norms(f: ExpertFactors) -> StackNorms:
     return StackNorms(max(experts), experts, certify(float(stack)), certify(stack_c))
 
 
+def _core_stack_norms(f: ExpertFactors, CV: Enclosure) -> StackNorms | None:
+    """CoMoL (P_i = s B M_i V): P_i P_iᵀ = s² B (M_i CV M_iᵀ) Bᵀ, CV = V Vᵀ, so ‖P_i‖₂² =
+    λ_max(BᵀB · s² M_i CV M_iᵀ), ‖𝒫‖₂² = λ_max(BᵀB · s² Σ_i M_i CV M_iᵀ) and ‖𝒫_c‖₂² the same with
+    M_i − M̄: r x r eigenproblems (rigorous.gram_pair_upper) instead of Ek x Ek. None when
+    `core_parts` is."""
+    parts, parts_c = f.core_parts(False), f.core_parts(True)
+    if not f.shared_v or parts is None or parts_c is None:
+        return None
+    e = f.scaled[2]
+    N = parts[1].mid.shape[0]
+    ones = exact_t(torch.ones(1, N, dtype=F64))
+
+    def grams(M: Enclosure, s: float) -> tuple[Enclosure, Enclosure]:
+        C = scale(scale(matmul(matmul(M, CV), M.T), s), s)  # (N, r, r): s² M_i CV M_iᵀ
+        flat = Enclosure(*(t.reshape(N, -1) for t in C.pair))
+        total = matmul(ones, flat)  # (1, r²): the enclosed sum over i
+        return C, Enclosure(*(t.view(C.mid.shape[1:]) for t in total.pair))
+
+    (GB, M, s), (_, Mc, _) = parts, parts_c
+    C, Csum = grams(M, s)
+    per = scale_up_t(up_sqrt(gram_pair_upper(GB, C)), e)  # (N,) ‖P_i‖₂
+    stack = scale_up_t(up_sqrt(gram_pair_upper(GB, Csum)), e)
+    _, Ccsum = grams(Mc, s)
+    stack_c = torch.minimum(scale_up_t(up_sqrt(gram_pair_upper(GB, Ccsum)), e), stack)
+    experts = [certify(float(v)) for v in per]
+    return StackNorms(max(experts), experts, certify(float(stack)), certify(float(stack_c)))
+
+
 def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Tensor:
     """Certified ‖Y_c(x)‖₂ = ‖[(P_1 − P̄) x … (P_E − P̄) x]‖₂ per row of X (N, n), float64, (N,):
-    ‖Y_c‖₂² = λ_max(Π Yᵀ Y Π) with Yᵀ Y = Zᵀ G_U Z, Z = blockdiag(V_i x) (Ek x E), all enclosed.
-    A shared V centres the U_i first (then Yᵀ Y is already centred: no cancellation)."""
-    E, m, k = f.U.shape
-    Ue, Vs, e = f.scaled
-    V = exact(Vs[:1] if f.shared_v else Vs)  # (E or 1, k, n)
-    if f.shared_v:  # (P_i − P̄) x = (U_i − Ū)(V x)
-        Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
-        Ucat = Enclosure(*(t.view(E, m, k).permute(1, 0, 2).reshape(m, E * k) for t in Uc.pair))
-        G = matmul(Ucat.T, Ucat)  # (Ek, Ek)
-    else:
-        G = f.grams[0]
-    eye = torch.eye(E, dtype=F64)
+    ‖Y_c‖₂² = λ_max(Π Yᵀ Y Π) with (Yᵀ Y)_ij = z_iᵀ (G_U)_ij z_j, z_i = V_i x (k), all enclosed.
+    The k x k blocks are contracted directly (the zeros of blockdiag(z_i) are never multiplied, so
+    each product has k terms, not Ek). A shared V centres the U_i first (then Yᵀ Y is already
+    centred: no cancellation)."""
+    E, _, k = f.U.shape
+    _, Vs, e = f.scaled
+    Vt = (Vs[:1] if f.shared_v else Vs).reshape(-1, Vs.shape[-1]).T  # (n, E'k), exact floats
+    G = f.centred_gram if f.shared_v else f.grams[0]  # (Ek, Ek), rows (i, p), columns (j, q)
+    Gj = Enclosure(*(t.view(E * k, E, k).permute(1, 0, 2) for t in G.pair))  # (E_j, Ek, k)
+    core = f.core_parts(True) if f.shared_v else None
     out = []
     for X_ in X.to("cpu", F64).split(chunk):
-        z = matmul(V, exact_t(X_.T.unsqueeze(0).contiguous()))  # (E or 1, k, b): V_i x
-        zb = [t.permute(2, 0, 1).expand(-1, E, -1) for t in z.pair]  # (b, E, k)
-        # Z = blockdiag(z_1 … z_E): (b, Ek, E), exact copies and zeros
-        Z = Enclosure(*((t.unsqueeze(-1) * eye[:, None, :]).reshape(-1, E * k, E) for t in zb))
-        YtY = matmul(Z.T, matmul(G, Z))  # (b, E, E)
+        b = X_.shape[0]
+        if core is not None:
+            out.append(scale_up_t(up_sqrt(sym_lmax_upper(_core_responses(core, X_, Vt))), e))
+            continue
+        zt = matmul_floats(X_, Vt)  # (b, E'k): (V_i x)ᵀ, E' = 1 for a shared V
+        z = Enclosure(*(t.T.reshape(-1, k, b).expand(E, k, b) for t in zt.pair))  # (E, k, b)
+        W = matmul(Gj, z)  # (E_j, Ek, b): (G_U)_{·j} z_j
+        Wb = Enclosure(
+            *(t.view(E, E, k, b).permute(3, 1, 2, 0) for t in W.pair)
+        )  # (b, E_i, k, E_j)
+        zb = Enclosure(*(t.permute(2, 0, 1).unsqueeze(-2) for t in z.pair))  # (b, E_i, 1, k)
+        YtY = matmul(zb, Wb)  # (b, E_i, 1, E_j)
+        YtY = Enclosure(*(t.squeeze(-2) for t in YtY.pair))  # (b, E, E)
         if not f.shared_v:
             YtY = centre_rows(centre_rows(YtY).T)  # Π Yᵀ Y Π
         out.append(scale_up_t(up_sqrt(sym_lmax_upper(YtY)), e))
     return torch.cat(out) if out else torch.zeros(0, dtype=F64)
+
+
+def _core_responses(core: tuple[Enclosure, Enclosure, float], X: Tensor, Vt: Tensor) -> Enclosure:
+    """CoMoL: Yᵀ Y (b, N, N) of the centred responses s B (M_i − M̄) z, z = V x, as
+    s² w_iᵀ (BᵀB) w_j with w_i = (M_i − M̄) z: r x r products per input, none m or Ek long."""
+    GB, Mc, s = core
+    z = matmul_floats(X, Vt).T  # (r, b): V x
+    w = matmul(Mc, z)  # (N, r, b)
+    u = matmul(GB, w)  # (N, r, b): BᵀB w_j
+    wb = Enclosure(*(t.permute(2, 0, 1) for t in w.pair))  # (b, N_i, r)
+    ub = Enclosure(*(t.permute(2, 1, 0) for t in u.pair))  # (b, r, N_j)
+    return scale(scale(matmul(wb, ub), s), s)
 
 
 MIXED_MAX = 128  # Ek above which ‖ΔW(x)‖₂ per centre (Ek x Ek eigenproblems) is not computed
@@ -324,18 +433,27 @@ REFINE_CHUNK = 64
 def mixed_norm_fn(f: ExpertFactors) -> Callable[[Tensor], Tensor] | None:
     """G (b, E) -> certified ‖ΔW‖₂ = ‖Σ_i g_i P_i‖₂ per row for the float weights g, float64 (None
     when Ek x Ek is too large): λ_max(G_g C) by rigorous.gram_pair_upper."""
-    E, m, k = f.U.shape
+    E, _, k = f.U.shape
     GU, GV = f.grams
     if f.shared_v:  # (Σ g_i U_i) V: k x k per row
-        Ue, Vs, e = f.scaled
-        Uflat = Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k))
+        _, Vs, e = f.scaled
         V0 = exact(Vs[0])
         CV = matmul(V0, V0.T)
+        # (Σ g_i U_i)ᵀ (Σ g_j U_j) = Σ_ij g_i g_j (G_U)_ij: the Gram blocks, (E², k²)
+        blocks = Enclosure(
+            *(t.view(E, k, E, k).permute(0, 2, 1, 3).reshape(E * E, k * k) for t in GU.pair)
+        )
 
         def shared(g: Tensor) -> Tensor:
-            Ug = matmul(exact(g), Uflat)  # (b, m k): Σ_i g_i U_i
-            Ug = Enclosure(Ug.mid.view(-1, m, k), Ug.rad.view(-1, m, k))
-            return scale_up_t(up_sqrt(gram_pair_upper(matmul(Ug.T, Ug), CV)), e)
+            ge = exact(g)
+            gg = matmul(
+                Enclosure(*(t.unsqueeze(-1) for t in ge.pair)),
+                Enclosure(*(t.unsqueeze(-2) for t in ge.pair)),
+            )
+            w = Enclosure(*(t.reshape(-1, E * E) for t in gg.pair))  # (b, E²): g_i g_j
+            Gg = matmul(w, blocks)  # (b, k²)
+            Gg = Enclosure(*(t.view(-1, k, k) for t in Gg.pair))
+            return scale_up_t(up_sqrt(gram_pair_upper(Gg, CV)), e)
 
         return shared
     if E * k > MIXED_MAX:
@@ -385,7 +503,9 @@ def local_bounds(
     as exact. Everything is an upper bound on the exact real value (rigorous.py), on the CPU."""
     require_instance("f", f, ExpertFactors)
     radius = require_real("radius", radius, minimum=0.0)
-    require_finite("centres", require_tensor("centres", centres, ndim=2))
+    require_tensor("centres", centres, ndim=2)
+    if checks_enabled():  # off inside layer_report (its inputs are checked); a non-finite centre
+        require_finite("centres", centres)  # would raise CertificateError below anyway
     n = f.V.shape[-1]
     if isinstance(L, Tensor):
         require_finite("L", require_tensor("L", L, ndim=2))
@@ -402,13 +522,13 @@ def local_bounds(
     eff, cen_norm, C_enc, e = router_terms(L)
     cen = half_up(cen_norm)
     X = centres.detach().to("cpu", F64)
-    cn = frob_upper(exact_t(X.unsqueeze(-2)))  # (N,) certified ‖c_k‖
+    cn = row_norms_upper(X)  # (N,) certified ‖c_k‖
     yc = centred_response_norms(f, X)  # (N,)
     R = float(radius)
     spec = poly_up(sn.expert_max + eff * sn.stack * (cn + R))
     tight = torch.minimum(poly_up(sn.expert_max + cen * (yc + R * sn.stack_centred)), spec)
     # adaptive: the routing at the centres, enclosed (softmax ignores the mean logit: Π L suffices)
-    Z = matmul(exact_t(X), C_enc.T)  # (N, E): 2^-e Π L x
+    Z = matmul_floats(X, C_enc.T)  # (N, E): 2^-e Π L x
     Z = Enclosure(scale_up_t(Z.mid.abs(), e) * Z.mid.sign(), scale_up_t(Z.rad, e))
     P, p_up, dp = softmax_error(Z)  # float softmax, upper bounds on p and on ‖p − p̂‖₁
     DR = poly_up(pair_distances(C_enc, e) * R)  # (E,) D_k R

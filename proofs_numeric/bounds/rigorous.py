@@ -114,6 +114,23 @@ def matmul(A: Enclosure, B: Enclosure) -> Enclosure:
     return Enclosure(mid, rad)
 
 
+def matmul_floats(A: Tensor, B: Tensor | Enclosure) -> Enclosure:
+    """`matmul(exact_t(A), B)` for a float64 CPU tensor A taken as exact (B exact too when given as
+    a tensor), without forming or scanning zero radii: the same bound, |A|(rad_B + γ_k|B|), and
+    the same support mask."""
+    k = A.shape[-1]
+    Bm, Br = (B, None) if isinstance(B, Tensor) else B.pair
+    mid = A @ Bm
+    aA, aB = A.abs(), Bm.abs()
+    r = gamma(k) * (aA @ aB) if Br is None else aA @ (Br + gamma(k) * aB)
+    rad = _bound(r, 2 * k + 2)
+    if not bool(r.all()):  # entries with no nonzero term are exactly 0 (no underflow allowance)
+        bsup = aB > 0 if Br is None else (aB + Br) > 0
+        support = ((aA > 0).to(F64) @ bsup.to(F64)) > 0
+        rad = rad.masked_fill(~support, 0.0)
+    return Enclosure(mid, rad)
+
+
 def sub(A: Enclosure, B: Enclosure) -> Enclosure:
     """Enclosure of A − B (one rounding per entry)."""
     mid = A.mid - B.mid  # non-finite: caught in the radius (u|mid|)
@@ -178,6 +195,13 @@ def frob_upper(A: Enclosure) -> Tensor:
         s = _bound((part * part).sum((-2, -1)), n + 2)
         out = up_t(out + up_t(s.sqrt()))
     return _finite(out, "Frobenius norm")
+
+
+def row_norms_upper(X: Tensor) -> Tensor:
+    """Upper bound on ‖x‖₂ for every row of a float64 CPU tensor X taken as exact (N, n) -> (N,):
+    `frob_upper` without the (zero) radius term."""
+    s = _bound((X * X).sum(-1), X.shape[-1] + 2)
+    return _finite(up_t(s.sqrt()), "row norm")
 
 
 def sym_lmax_upper(S: Enclosure) -> Tensor:

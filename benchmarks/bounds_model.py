@@ -1,0 +1,132 @@
+"""Model-scale bound report: `layer_report` on every adapted layer of a 1B-shaped model, timed.
+
+    .venv/bin/python benchmarks/bounds_model.py                      # TalkLoRA, 1024 inputs per layer
+    .venv/bin/python benchmarks/bounds_model.py --arch comol --json out.json
+
+The layer shapes come from a `transformers.LlamaConfig` (hidden 2048, intermediate 8192, 16 layers,
+32 heads, 8 key-value heads: q, o 2048 -> 2048, k, v 2048 -> 512, down 8192 -> 2048) instantiated on
+the meta device (no weights); each target gets a random adapter (r = 32, E = 8, B ~ N(0, 0.02²),
+as in benchmarks/bounds.py) and `--inputs` standard-normal probe rows, not hidden states of a trained
+run. Layers are measured one after the other on the CPU (float32 adapters; the certified parts run
+in float64 inside `layer_report`); the total wall time, the per-module-type sums and the slowest
+layer are printed, with the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from moelora_core import (
+    Adapter,
+    CoMoL,
+    CoMoLConfig,
+    HydraLoRA,
+    HydraLoRAConfig,
+    MoELoRA,
+    MoELoRAConfig,
+    TalkLoRA,
+    TalkLoRAConfig,
+)
+from proofs_numeric.bounds import layer_report
+from proofs_numeric.jsonio import write_json_atomic
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
+ARCHS = ("talklora", "moelora-latent", "moelora-input", "hydralora", "comol")
+
+
+def build(arch: str, n: int, m: int, r: int = 32, E: int = 8) -> Adapter:
+    """A random float32 adapter n -> m (r = 32 total rank, E = 8), B ~ N(0, 0.02²)."""
+    a: Adapter
+    if arch == "talklora":
+        a = TalkLoRA(TalkLoRAConfig(in_features=n, out_features=m, rank=r, num_experts=E))
+    elif arch in ("moelora-latent", "moelora-input"):
+        router: Literal["input", "latent"] = "latent" if arch == "moelora-latent" else "input"
+        a = MoELoRA(
+            MoELoRAConfig(
+                in_features=n, out_features=m, num_experts=E, expert_rank=r // E, router=router
+            )
+        )
+    elif arch == "hydralora":
+        a = HydraLoRA(
+            HydraLoRAConfig(in_features=n, out_features=m, num_experts=E, expert_rank=r // E)
+        )
+    else:
+        a = CoMoL(CoMoLConfig(in_features=n, out_features=m, rank=r, num_cores=E))
+    with torch.no_grad():
+        for name, p in a.named_parameters():
+            if name.startswith("B."):
+                p.normal_(0, 0.02)
+    return a
+
+
+def layer_shapes(hidden: int, intermediate: int, layers: int) -> list[tuple[str, int, int]]:
+    """[(qualified name, in, out)] of the target linears of a meta-device Llama model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+    )  # fmt: skip
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS:
+            out.append((name, mod.in_features, mod.out_features))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--arch", default="talklora", choices=ARCHS)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--intermediate", type=int, default=8192)
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--inputs", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", dest="json_out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shapes = layer_shapes(args.hidden, args.intermediate, args.layers)
+    gen = torch.Generator().manual_seed(0)
+    probes: dict[int, torch.Tensor] = {}
+    rows: list[dict[str, Any]] = []
+    load0 = os.getloadavg()[0]
+    t_all = time.perf_counter()
+    for i, (name, n, m) in enumerate(shapes):
+        torch.manual_seed(i)
+        a = build(args.arch, n, m)
+        if n not in probes:
+            probes[n] = torch.randn(args.inputs, n, generator=gen)
+        t = time.perf_counter()
+        rep = layer_report(a, probes[n], seed=i)
+        rows.append({"layer": name, "in": n, "out": m, "s": time.perf_counter() - t,
+                     "upper": rep.upper, "local_upper": rep.local.adaptive if rep.local else None})  # fmt: skip
+    total = time.perf_counter() - t_all
+    by_type: dict[str, float] = {}
+    for r in rows:
+        key = r["layer"].rsplit(".", 1)[-1]
+        by_type[key] = by_type.get(key, 0.0) + r["s"]
+    slowest = max(rows, key=lambda r: r["s"])
+    print(
+        f"{args.arch}: {len(rows)} adapted layers ({args.layers} blocks x {TARGETS}), "
+        f"{args.inputs} inputs each, {args.threads} thread(s), torch {torch.__version__}; "
+        f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}"
+    )
+    print(f"total {total:.1f}s (reports {sum(r['s'] for r in rows):.1f}s); per type: "
+          + ", ".join(f"{k} {v:.1f}s" for k, v in by_type.items()))  # fmt: skip
+    print(f"slowest layer {slowest['layer']} {slowest['s']:.3f}s")
+    if args.json_out:
+        write_json_atomic(args.json_out, {"args": vars(args), "total_s": total, "layers": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
