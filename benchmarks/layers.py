@@ -77,108 +77,50 @@ def _top(s: Shape) -> int:
     return min(2, s.E)
 
 
+def build_lora(s: Shape) -> LoRA:
+    return LoRA(LoRAConfig(in_features=s.n, out_features=s.m, rank=s.r, scale=SCALE))
+
+
+def build_moelora(s: Shape, **config: Any) -> MoELoRA:
+    """E experts of rank r_e at the shape's sizes; `config` adds router / top_k."""
+    cfg = MoELoRAConfig(
+        in_features=s.n, out_features=s.m, num_experts=s.E, expert_rank=s.re, scale=SCALE, **config
+    )
+    return MoELoRA(cfg)
+
+
+def build_hydralora(s: Shape, **config: Any) -> HydraLoRA:
+    cfg = HydraLoRAConfig(
+        in_features=s.n, out_features=s.m, num_experts=s.E, expert_rank=s.re, scale=SCALE, **config
+    )
+    return HydraLoRA(cfg)
+
+
+def build_talklora(s: Shape, **config: Any) -> TalkLoRA:
+    cfg = TalkLoRAConfig(
+        in_features=s.n, out_features=s.m, rank=s.r, num_experts=s.E, scale=SCALE, **config
+    )
+    return TalkLoRA(cfg)
+
+
+def build_comol(s: Shape, **config: Any) -> CoMoL:
+    cfg = CoMoLConfig(
+        in_features=s.n, out_features=s.m, rank=s.r, num_cores=s.E, scale=SCALE, **config
+    )
+    return CoMoL(cfg)
+
+
 LAYERS = [
-    Layer(
-        "LoRA", lambda s: LoRA(LoRAConfig(in_features=s.n, out_features=s.m, rank=s.r, scale=SCALE))
-    ),
-    Layer(
-        "MoELoRA input",
-        lambda s: MoELoRA(
-            MoELoRAConfig(
-                in_features=s.n, out_features=s.m, num_experts=s.E, expert_rank=s.re, scale=SCALE
-            )
-        ),
-    ),
-    Layer(
-        "MoELoRA latent",
-        lambda s: MoELoRA(
-            MoELoRAConfig(
-                in_features=s.n,
-                out_features=s.m,
-                num_experts=s.E,
-                expert_rank=s.re,
-                router="latent",
-                scale=SCALE,
-            )
-        ),
-    ),
-    Layer(
-        "MoELoRA top-2 dense",
-        lambda s: MoELoRA(
-            MoELoRAConfig(
-                in_features=s.n,
-                out_features=s.m,
-                num_experts=s.E,
-                expert_rank=s.re,
-                top_k=_top(s),
-                scale=SCALE,
-            )
-        ),
-        "dense",
-    ),
-    Layer(
-        "MoELoRA top-2 sparse",
-        lambda s: MoELoRA(
-            MoELoRAConfig(
-                in_features=s.n,
-                out_features=s.m,
-                num_experts=s.E,
-                expert_rank=s.re,
-                top_k=_top(s),
-                scale=SCALE,
-            )
-        ),
-        "sparse",
-    ),
-    Layer(
-        "HydraLoRA",
-        lambda s: HydraLoRA(
-            HydraLoRAConfig(
-                in_features=s.n, out_features=s.m, num_experts=s.E, expert_rank=s.re, scale=SCALE
-            )
-        ),
-    ),
-    Layer(
-        "HydraLoRA top-2 sparse",
-        lambda s: HydraLoRA(
-            HydraLoRAConfig(
-                in_features=s.n,
-                out_features=s.m,
-                num_experts=s.E,
-                expert_rank=s.re,
-                top_k=_top(s),
-                scale=SCALE,
-            )
-        ),
-        "sparse",
-    ),
-    Layer(
-        "TalkLoRA",
-        lambda s: TalkLoRA(
-            TalkLoRAConfig(
-                in_features=s.n, out_features=s.m, rank=s.r, num_experts=s.E, scale=SCALE
-            )
-        ),
-    ),
-    Layer(
-        "CoMoL core router",
-        lambda s: CoMoL(
-            CoMoLConfig(in_features=s.n, out_features=s.m, rank=s.r, num_cores=s.E, scale=SCALE)
-        ),
-    ),
-    Layer(
-        "CoMoL w/o CR",
-        lambda s: CoMoL(
-            CoMoLConfig(
-                in_features=s.n,
-                out_features=s.m,
-                rank=s.r,
-                num_cores=s.E,
-                core_router=False,
-                scale=SCALE,
-            )
-        ),
-    ),
+    Layer("LoRA", build_lora),
+    Layer("MoELoRA input", build_moelora),
+    Layer("MoELoRA latent", lambda s: build_moelora(s, router="latent")),
+    Layer("MoELoRA top-2 dense", lambda s: build_moelora(s, top_k=_top(s)), "dense"),
+    Layer("MoELoRA top-2 sparse", lambda s: build_moelora(s, top_k=_top(s)), "sparse"),
+    Layer("HydraLoRA", build_hydralora),
+    Layer("HydraLoRA top-2 sparse", lambda s: build_hydralora(s, top_k=_top(s)), "sparse"),
+    Layer("TalkLoRA", build_talklora),
+    Layer("CoMoL core router", build_comol),
+    Layer("CoMoL w/o CR", lambda s: build_comol(s, core_router=False)),
 ]
 
 

@@ -20,22 +20,24 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from layers import SCALE, Shape, macs
+from layers import (
+    Shape,
+    build_comol,
+    build_hydralora,
+    build_lora,
+    build_moelora,
+    build_talklora,
+    macs,
+)
 from measure import machine, make_step, timer
 from torch import Tensor
 
 from moelora_core import (
     Adapter,
     CoMoL,
-    CoMoLConfig,
     HydraLoRA,
-    HydraLoRAConfig,
-    LoRA,
-    LoRAConfig,
     MoELoRA,
-    MoELoRAConfig,
     TalkLoRA,
-    TalkLoRAConfig,
     input_checks,
 )
 from moelora_core.sparse import (
@@ -50,53 +52,11 @@ from proofs_numeric.jsonio import write_json_atomic
 
 K = 2
 ARCHS: dict[str, Callable[[Shape], MoELoRA | HydraLoRA | TalkLoRA | CoMoL]] = {
-    "MoELoRA input": lambda s: MoELoRA(
-        MoELoRAConfig(
-            in_features=s.n,
-            out_features=s.m,
-            num_experts=s.E,
-            expert_rank=s.re,
-            top_k=K,
-            scale=SCALE,
-        )
-    ),
-    "MoELoRA latent": lambda s: MoELoRA(
-        MoELoRAConfig(
-            in_features=s.n,
-            out_features=s.m,
-            num_experts=s.E,
-            expert_rank=s.re,
-            router="latent",
-            top_k=K,
-            scale=SCALE,
-        )
-    ),
-    "HydraLoRA": lambda s: HydraLoRA(
-        HydraLoRAConfig(
-            in_features=s.n,
-            out_features=s.m,
-            num_experts=s.E,
-            expert_rank=s.re,
-            top_k=K,
-            scale=SCALE,
-        )
-    ),
-    "TalkLoRA": lambda s: TalkLoRA(
-        TalkLoRAConfig(
-            in_features=s.n, out_features=s.m, rank=s.r, num_experts=s.E, top_k=K, scale=SCALE
-        )
-    ),
-    "CoMoL w/o CR": lambda s: CoMoL(
-        CoMoLConfig(
-            in_features=s.n,
-            out_features=s.m,
-            rank=s.r,
-            num_cores=s.E,
-            core_router=False,
-            top_k=K,
-            scale=SCALE,
-        )
-    ),
+    "MoELoRA input": lambda s: build_moelora(s, top_k=K),
+    "MoELoRA latent": lambda s: build_moelora(s, router="latent", top_k=K),
+    "HydraLoRA": lambda s: build_hydralora(s, top_k=K),
+    "TalkLoRA": lambda s: build_talklora(s, top_k=K),
+    "CoMoL w/o CR": lambda s: build_comol(s, core_router=False, top_k=K),
 }
 
 
@@ -104,7 +64,7 @@ def paired(s: Shape, build: Callable[[Shape], Adapter], args: argparse.Namespace
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(s.tokens, s.n, generator=gen).requires_grad_()
     dy = torch.randn(s.tokens, s.m, generator=gen)
-    lora = LoRA(LoRAConfig(in_features=s.n, out_features=s.m, rank=s.r, scale=SCALE))
+    lora = build_lora(s)
     mod = build(s).randomize_(args.seed)
     assert isinstance(mod, MoELoRA | HydraLoRA | TalkLoRA | CoMoL)
 
