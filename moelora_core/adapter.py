@@ -75,6 +75,16 @@ class Adapter(nn.Module):
         """The fixed expert maps P_i = s·B_i A_i, shape (E, m, n)."""
         raise NotImplementedError
 
+    def reference_delta(self, x: Tensor) -> Tensor:
+        """Δ(x) written literally as the paper's sum over experts, factor by factor and unfused
+        (each architecture overrides it); tests and benchmarks compare the fused `forward` with it."""
+        raise NotImplementedError(f"{type(self).__name__} has no reference_delta")
+
+    def _weights(self, x: Tensor) -> Tensor:
+        """g(x) (..., E), or ones (..., 1) for an unrouted adapter."""
+        g = self.routing(x)
+        return torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device) if g is None else g
+
     def delta_weight(self, x: Tensor) -> Tensor:
         """The per-token dense update ΔW(x) = Σ_i g_i(x) P_i, shape (..., m, n); Δ(x) = ΔW(x) x."""
         P = self.expert_matrices()  # (E, m, n)

@@ -172,6 +172,10 @@ class CoMoL(Adapter):
     def router_input_map(self) -> LinearMap:
         return self.A if self.config.core_router else Identity(self.in_features).to(self.A.weight)
 
+    def reference_delta(self, x: Tensor) -> Tensor:
+        """s·B (Σ_i g_i(x) M_i) A x, the merged core built per token (the reference code's order)."""
+        return self.forward_materialised(x)
+
     def expert_matrices(self) -> Tensor:
         # P_i = s · B M_i A, (N, m, n)
         return self.config.scale * torch.einsum(

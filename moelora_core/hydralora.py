@@ -103,6 +103,15 @@ class HydraLoRA(Adapter):
         Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
         return c.scale * torch.einsum("mei,in->emn", Bh, self.A.weight)
 
+    def reference_delta(self, x: Tensor) -> Tensor:
+        """s·Σ_i g_i(x) B_i (A x), summed over the head axis."""
+        c = self.config
+        g = self._weights(x)  # (..., E)
+        h = torch.einsum("in,...n->...i", self.A.weight, x)  # (..., r_e): A x, shared
+        Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
+        y = torch.einsum("mei,...i->...em", Bh, h)  # (..., E, m): B_i A x
+        return c.scale * torch.einsum("...e,...em->...m", g, y)
+
     def param_formula(self) -> sp.Expr:
         return S.r_e * S.n + S.E * S.r_e * S.m + S.E * S.n
 

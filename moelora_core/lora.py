@@ -62,6 +62,12 @@ class LoRA(Adapter):
     def expert_matrices(self) -> Tensor:
         return (self.config.scale * (self.B.weight @ self.A.weight)).unsqueeze(0)  # (1, m, n)
 
+    def reference_delta(self, x: Tensor) -> Tensor:
+        """s·B (A x)."""
+        self._check(x)
+        h = torch.einsum("rn,...n->...r", self.A.weight, x)  # (..., r) = A x
+        return self.config.scale * torch.einsum("mr,...r->...m", self.B.weight, h)
+
     def param_formula(self) -> sp.Expr:
         return S.r * (S.n + S.m)
 

@@ -134,6 +134,16 @@ class MoELoRA(Adapter):
         Ah = self.A.weight.unflatten(0, (c.num_experts, c.expert_rank))  # (E, r_e, n)
         return c.scale * torch.einsum("mei,ein->emn", Bh, Ah)  # (E, m, n)
 
+    def reference_delta(self, x: Tensor) -> Tensor:
+        """s·Σ_i g_i(x) B_i (A_i x), summed over the expert axis."""
+        c = self.config
+        g = self._weights(x)  # (..., E)
+        Ah = self.A.weight.unflatten(0, (c.num_experts, c.expert_rank))  # (E, r_e, n)
+        Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
+        h = torch.einsum("ein,...n->...ei", Ah, x)  # (..., E, r_e): A_i x
+        y = torch.einsum("mei,...ei->...em", Bh, h)  # (..., E, m): B_i A_i x
+        return c.scale * torch.einsum("...e,...em->...m", g, y)
+
     def param_formula(self) -> sp.Expr:
         router = S.E * S.n if self.config.router == "input" else S.E * (S.E * S.r_e)
         return S.E * S.r_e * (S.n + S.m) + router

@@ -197,6 +197,17 @@ class TalkLoRA(Adapter):
             "mei,ein->emn", Bh, KA.unflatten(0, (c.num_experts, c.head_dim))
         )
 
+    def reference_delta(self, x: Tensor) -> Tensor:
+        """s·Σ_i g_i(x) B_i K_i h_i with h = A x split into heads, g from the talked heads."""
+        c = self.config
+        g = self._weights(x)  # (..., E) = softmax(W_r (T ⊗ I) A x)
+        h = torch.einsum("rn,...n->...r", self.A.weight, x)  # (..., r)
+        heads = h.unflatten(-1, (c.num_experts, c.head_dim))  # (..., E, d): h_i
+        k = torch.einsum("eoi,...ei->...eo", self.K.weight, heads)  # (..., E, d): K_i h_i
+        Bh = self.B.weight.unflatten(1, (c.num_experts, c.head_dim))  # (m, E, d)
+        y = torch.einsum("meo,...eo->...em", Bh, k)  # (..., E, m): B_i K_i h_i
+        return c.scale * torch.einsum("...e,...em->...m", g, y)
+
     def shared_parameters(self) -> list[nn.Parameter]:
         return [self.B.weight] if self.config.share_b else []
 
