@@ -4,7 +4,8 @@
   gradients with respect to every parameter and the input, in float64 (EXACT_TOL);
 * routing weights are a distribution: non-negative, summing to 1, exactly k non-zero under top-k;
 * batch-shape invariance: the leading axes are only batch axes;
-* a state-dict round trip into a fresh instance gives the same Δ.
+* a state-dict round trip into a fresh instance gives the same Δ;
+* the certified router-Lipschitz bound of a soft router is not exceeded between the drawn points.
 
 Each property has a mutated twin that the checker must refute.
 """
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from moelora_core.adapter import Adapter
+from proofs_numeric.bounds import router_bounds
 from proofs_numeric.checking import Claim, Outcome, check_claim, exact
 from proofs_numeric.strategies import Case, any_config, build_random, cases
 
@@ -85,7 +87,26 @@ def _round_trip(drop_router: bool = False) -> Any:
     return case
 
 
+def _bound_holds(shrink: float = 1.0) -> Any:
+    """max over pairs of drawn points of ‖g(x) − g(y)‖ / ‖x − y‖ <= shrink · certified bound."""
+
+    def case(c: Case[Any]) -> Outcome:
+        a = c.build()
+        X = c.inputs().reshape(-1, a.in_features)
+        X = torch.cat([X, X[:1] + 1e-3 * torch.ones_like(X[:1])])  # one close pair
+        with torch.no_grad():
+            g = a.routing(X)
+        assert g is not None
+        dx = torch.cdist(X, X) + torch.eye(len(X), dtype=X.dtype)  # no 0/0 on the diagonal
+        ratio = float((torch.cdist(g, g) / dx).max())
+        bound = shrink * router_bounds(a).upper
+        return Outcome(max(0.0, ratio - bound), 0.0, f"ratio {ratio:.6g}, bound {bound:.6g}")
+
+    return case
+
+
 ROUTED = any_config().filter(lambda cfg: type(cfg).__name__ != "LoRAConfig")
+SOFT = any_config(top_k=False).filter(lambda cfg: type(cfg).__name__ != "LoRAConfig")
 
 CONTRACT: list[Claim[Any]] = [
     Claim(
@@ -135,6 +156,21 @@ CONTRACT: list[Claim[Any]] = [
         _round_trip(drop_router=True),
         "refuted",
         "state_dict_round_trip",
+    ),
+    Claim(
+        "router_bound_not_exceeded",
+        "‖g(x) − g(y)‖ <= certified Lip · ‖x − y‖ between drawn points, every soft router (top-k "
+        "routing jumps: bounds/topk.py gives its witnesses)",
+        cases(SOFT),
+        _bound_holds(),
+    ),
+    Claim(
+        "router_bound_not_exceeded__bound_over_1000",
+        "twin: the certified bound divided by 1000",
+        cases(SOFT),
+        _bound_holds(shrink=1e-3),
+        "refuted",
+        "router_bound_not_exceeded",
     ),
 ]
 
