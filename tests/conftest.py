@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny causal LM (`model/`) and 16 instruction records (`train.json`), written once."""
+    from moelora_experiments.tasks import write_tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("lm")
+    write_tiny_causal_lm(root / "model", hidden=16, layers=1)
+    records = [{"instruction": f"{i}+1", "input": "", "output": str(i + 1)} for i in range(16)]
+    (root / "train.json").write_text(json.dumps(records), encoding="utf-8")
+    return root
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

@@ -29,17 +29,6 @@ ARCHS = ["comol", "hydralora", "lora", "moelora", "talklora"]
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from moelora_experiments.tasks import write_tiny_causal_lm
-
-    root = tmp_path_factory.mktemp("lm")
-    write_tiny_causal_lm(root / "model", hidden=16, layers=1)
-    records = [{"instruction": f"{i}+1", "input": "", "output": str(i + 1)} for i in range(16)]
-    (root / "train.json").write_text(json.dumps(records), encoding="utf-8")
-    return root
-
-
 def launch(config: str, lm: Path, out: Path, port: int) -> None:
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}

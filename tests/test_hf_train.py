@@ -40,17 +40,6 @@ SPECS = {
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from moelora_experiments.tasks import write_tiny_causal_lm
-
-    root = tmp_path_factory.mktemp("lm")
-    write_tiny_causal_lm(root / "model", hidden=16, layers=1)
-    records = [{"instruction": f"{i}+1", "input": "", "output": str(i + 1)} for i in range(16)]
-    (root / "train.json").write_text(json.dumps(records), encoding="utf-8")
-    return root
-
-
-@pytest.fixture(scope="module")
 def dataset(lm: Path) -> tuple[Any, Any]:
     from moelora_experiments.hf_data import collator, instruction_dataset
     from moelora_experiments.loading import load_tokenizer

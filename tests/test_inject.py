@@ -9,14 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from tiny_models import tiny_gpt2, tiny_llama
 from torch import nn
 from transformers import (
     BertConfig,
     BertModel,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
 )
 
 from moelora_core import CoMoL, ConfigError, ShapeError, TalkLoRA
@@ -42,22 +39,6 @@ ARCHS = ("lora", "moelora", "hydralora", "talklora", "comol")
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
 
 
-def tiny_llama(layers: int = 2, hidden: int = 32, kv_heads: int = 2) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        vocab_size=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
 def tiny_bert() -> BertModel:
     torch.manual_seed(0)
     cfg = BertConfig(
@@ -68,12 +49,6 @@ def tiny_bert() -> BertModel:
         vocab_size=64,
     )
     return BertModel(cfg).eval()
-
-
-def tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64, bos_token_id=1, eos_token_id=2)
-    return GPT2LMHeadModel(cfg).eval()
 
 
 def spec_for(

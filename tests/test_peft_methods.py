@@ -14,8 +14,8 @@ import pytest
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
+from tiny_models import tiny_gpt2, tiny_llama
 from torch import Tensor, nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from moelora_core.adapter import Adapter
 from moelora_core.errors import ConfigError
@@ -35,24 +35,6 @@ pytestmark = [
 ]
 
 TOKENS = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))
-
-
-def tiny_llama() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def tiny_gpt2() -> nn.Module:
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64)).eval()
 
 
 QV = ["q_proj", "v_proj"]

@@ -7,34 +7,12 @@ import copy
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from tiny_models import tiny_gpt2, tiny_llama
 from torch import Tensor, nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from moelora_experiments.inject import AdapterSpec, inject_adapters
 
 TOKENS = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))
-
-
-def tiny_llama() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(cfg).to(torch.float64).eval()
-
-
-def tiny_gpt2() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64, bos_token_id=1, eos_token_id=2)
-    return GPT2LMHeadModel(cfg).to(torch.float64).eval()
 
 
 def peft_and_ours(
@@ -77,8 +55,14 @@ def relative_error(ours: Tensor, ref: Tensor, base: Tensor) -> float:
 @pytest.mark.parametrize(
     ("make", "targets"),
     [
-        (tiny_llama, ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")),
-        (tiny_gpt2, ("c_attn", "c_fc")),  # Conv1D layers (PEFT's fan_in_fan_out)
+        (
+            lambda: tiny_llama(dtype=torch.float64),
+            ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj"),
+        ),
+        (
+            lambda: tiny_gpt2(dtype=torch.float64),
+            ("c_attn", "c_fc"),
+        ),  # Conv1D layers (PEFT's fan_in_fan_out)
     ],
 )
 @pytest.mark.parametrize(("r", "alpha"), [(4, 8.0), (8, 8.0)])

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import tiny_llama
 from torch import Tensor, nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from moelora_experiments.checkpoint import CheckpointError
 from moelora_experiments.inject import adapted_layers
@@ -33,19 +34,7 @@ Delta = Callable[[Tensor], Tensor]
 
 
 def base_model(layers: int = LAYERS, hidden: int = HIDDEN) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=INTER,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(cfg).to(torch.float64).eval()
+    return tiny_llama(layers=layers, hidden=hidden, intermediate=INTER, dtype=torch.float64)
 
 
 def module_shape(model: nn.Module, name: str) -> tuple[int, int]:
