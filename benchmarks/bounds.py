@@ -24,7 +24,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -43,20 +43,27 @@ from proofs_numeric.bounds import LayerBoundReport, layer_report
 from proofs_numeric.jsonio import write_json_atomic
 
 
-def _layer(kind: str, n: int, r: int, E: int, seed: int) -> Adapter:
-    torch.manual_seed(seed)
+def build_layer(kind: str, n: int, m: int, r: int = 32, E: int = 8) -> Adapter:
+    """A random float32 adapter n -> m (total rank r, E experts), B ~ N(0, 0.02²) so Δ != 0."""
     a: Adapter
     if kind == "talklora":
-        a = TalkLoRA(TalkLoRAConfig(n, n, r, E))
+        a = TalkLoRA(TalkLoRAConfig(in_features=n, out_features=m, rank=r, num_experts=E))
     elif kind in ("moelora-latent", "moelora-input"):
-        a = MoELoRA(MoELoRAConfig(n, n, E, r // E, kind.split("-")[1]))  # type: ignore[arg-type]
+        router: Literal["input", "latent"] = "latent" if kind == "moelora-latent" else "input"
+        a = MoELoRA(
+            MoELoRAConfig(
+                in_features=n, out_features=m, num_experts=E, expert_rank=r // E, router=router
+            )
+        )
     elif kind == "hydralora":
-        a = HydraLoRA(HydraLoRAConfig(n, n, E, r // E))
+        a = HydraLoRA(
+            HydraLoRAConfig(in_features=n, out_features=m, num_experts=E, expert_rank=r // E)
+        )
     else:
-        a = CoMoL(CoMoLConfig(n, n, r, E))
+        a = CoMoL(CoMoLConfig(in_features=n, out_features=m, rank=r, num_cores=E))
     with torch.no_grad():
         for name, p in a.named_parameters():
-            if name.startswith("B.") or name == "B.weight":
+            if name.startswith("B."):
                 p.normal_(0, 0.02)
     return a
 
@@ -108,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = []
     for kind, radius in cases:
-        a = _layer(kind, args.n, args.rank, args.experts, 0)
+        torch.manual_seed(0)
+        a = build_layer(kind, args.n, args.n, args.rank, args.experts)
         res = _time(a, X, radius, args.repeats)
         res.update(kind=kind, radius=radius)
         results.append(res)

@@ -18,52 +18,17 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from bounds import build_layer
 from torch import nn
 
-from moelora_core import (
-    Adapter,
-    CoMoL,
-    CoMoLConfig,
-    HydraLoRA,
-    HydraLoRAConfig,
-    MoELoRA,
-    MoELoRAConfig,
-    TalkLoRA,
-    TalkLoRAConfig,
-)
 from proofs_numeric.bounds import layer_report
 from proofs_numeric.jsonio import write_json_atomic
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
 ARCHS = ("talklora", "moelora-latent", "moelora-input", "hydralora", "comol")
-
-
-def build(arch: str, n: int, m: int, r: int = 32, E: int = 8) -> Adapter:
-    """A random float32 adapter n -> m (r = 32 total rank, E = 8), B ~ N(0, 0.02²)."""
-    a: Adapter
-    if arch == "talklora":
-        a = TalkLoRA(TalkLoRAConfig(in_features=n, out_features=m, rank=r, num_experts=E))
-    elif arch in ("moelora-latent", "moelora-input"):
-        router: Literal["input", "latent"] = "latent" if arch == "moelora-latent" else "input"
-        a = MoELoRA(
-            MoELoRAConfig(
-                in_features=n, out_features=m, num_experts=E, expert_rank=r // E, router=router
-            )
-        )
-    elif arch == "hydralora":
-        a = HydraLoRA(
-            HydraLoRAConfig(in_features=n, out_features=m, num_experts=E, expert_rank=r // E)
-        )
-    else:
-        a = CoMoL(CoMoLConfig(in_features=n, out_features=m, rank=r, num_cores=E))
-    with torch.no_grad():
-        for name, p in a.named_parameters():
-            if name.startswith("B."):
-                p.normal_(0, 0.02)
-    return a
 
 
 def layer_shapes(hidden: int, intermediate: int, layers: int) -> list[tuple[str, int, int]]:
@@ -102,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     for i, (name, n, m) in enumerate(shapes):
         torch.manual_seed(i)
-        a = build(args.arch, n, m)
+        a = build_layer(args.arch, n, m)
         if n not in probes:
             probes[n] = torch.randn(args.inputs, n, generator=gen)
         t = time.perf_counter()
