@@ -42,7 +42,7 @@ from .validate import (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CoMoLConfig:
     in_features: int  # n
     out_features: int  # m

@@ -24,7 +24,7 @@ from .maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
 from .validate import checked_construction, require_layer_size
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HydraLoRAConfig:
     in_features: int  # n
     out_features: int  # m

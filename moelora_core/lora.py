@@ -17,7 +17,7 @@ from .maps import Dense
 from .validate import checked_construction, require_layer_size
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoRAConfig:
     in_features: int  # n
     out_features: int  # m

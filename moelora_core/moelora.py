@@ -32,7 +32,7 @@ from .validate import checked_construction, require_layer_size
 RouterKind = Literal["input", "latent"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MoELoRAConfig:
     in_features: int  # n
     out_features: int  # m

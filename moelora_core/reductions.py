@@ -47,7 +47,9 @@ def _router_weight(a: Adapter) -> Tensor:
 def _lora(A: Tensor, B: Tensor, scale: float) -> LoRA:
     """The LoRA `s·B A` with the given factors A: r x n, B: m x r (copied)."""
     out = LoRA(
-        LoRAConfig(A.shape[1], B.shape[0], A.shape[0], scale), dtype=A.dtype, device=A.device
+        LoRAConfig(in_features=A.shape[1], out_features=B.shape[0], rank=A.shape[0], scale=scale),
+        dtype=A.dtype,
+        device=A.device,
     )
     out.A.weight.copy_(A)
     out.B.weight.copy_(B)
@@ -70,7 +72,13 @@ def talklora_to_moelora(t: TalkLoRA) -> MoELoRA:
     require_instance("t", t, TalkLoRA)
     c = t.config
     cfg = MoELoRAConfig(
-        c.in_features, c.out_features, c.num_experts, c.head_dim, "latent", c.top_k, c.scale
+        in_features=c.in_features,
+        out_features=c.out_features,
+        num_experts=c.num_experts,
+        expert_rank=c.head_dim,
+        router="latent",
+        top_k=c.top_k,
+        scale=c.scale,
     )
     out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
     out.A.weight.copy_(t.A.weight)
@@ -88,7 +96,13 @@ def talklora_to_moelora_as_stated(t: TalkLoRA) -> MoELoRA:
     require_instance("t", t, TalkLoRA)
     c = t.config
     cfg = MoELoRAConfig(
-        c.in_features, c.out_features, c.num_experts, c.head_dim, "latent", c.top_k, c.scale
+        in_features=c.in_features,
+        out_features=c.out_features,
+        num_experts=c.num_experts,
+        expert_rank=c.head_dim,
+        router="latent",
+        top_k=c.top_k,
+        scale=c.scale,
     )
     out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
     out.A.weight.copy_(t.K(t.A.weight.T).T)  # rows block i = K_i A_(i)
@@ -108,7 +122,13 @@ def moelora_to_talklora(mo: MoELoRA) -> TalkLoRA:
             "see input_router_witness)"
         )
     cfg = TalkLoRAConfig(
-        c.in_features, c.out_features, c.rank, c.num_experts, c.top_k, c.scale, talk_init="identity"
+        in_features=c.in_features,
+        out_features=c.out_features,
+        rank=c.rank,
+        num_experts=c.num_experts,
+        top_k=c.top_k,
+        scale=c.scale,
+        talk_init="identity",
     )
     out = TalkLoRA(cfg, dtype=mo.A.weight.dtype, device=mo.A.weight.device)
     out.A.weight.copy_(mo.A.weight)
@@ -126,7 +146,13 @@ def talklora_to_input_moelora(t: TalkLoRA) -> MoELoRA:
     m = talklora_to_moelora(t)
     c = m.config
     cfg = MoELoRAConfig(
-        c.in_features, c.out_features, c.num_experts, c.expert_rank, "input", c.top_k, c.scale
+        in_features=c.in_features,
+        out_features=c.out_features,
+        num_experts=c.num_experts,
+        expert_rank=c.expert_rank,
+        router="input",
+        top_k=c.top_k,
+        scale=c.scale,
     )
     out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
     out.A.weight.copy_(m.A.weight)
@@ -144,7 +170,15 @@ def comol_to_moelora(c_: CoMoL) -> MoELoRA:
     c = c_.config
     N, r = c.num_cores, c.rank
     kind = "latent" if c.core_router else "input"
-    cfg = MoELoRAConfig(c.in_features, c.out_features, N, r, kind, c.top_k, c.scale)  # type: ignore[arg-type]
+    cfg = MoELoRAConfig(
+        in_features=c.in_features,
+        out_features=c.out_features,
+        num_experts=N,
+        expert_rank=r,
+        router=kind,
+        top_k=c.top_k,
+        scale=c.scale,
+    )  # type: ignore[arg-type]
     out = MoELoRA(cfg, dtype=c_.A.weight.dtype, device=c_.A.weight.device)
     out.A.weight.copy_(c_.A.weight.repeat(N, 1))  # [A; A; ...; A]
     out.B.weight.copy_(
@@ -224,7 +258,13 @@ def input_router_witness(
         raise ConfigError(
             f"out_features={out_features}: expected >= expert_rank={expert_rank} (full-rank experts)"
         )
-    cfg = MoELoRAConfig(in_features, out_features, num_experts, expert_rank, "input")
+    cfg = MoELoRAConfig(
+        in_features=in_features,
+        out_features=out_features,
+        num_experts=num_experts,
+        expert_rank=expert_rank,
+        router="input",
+    )
     out = MoELoRA(cfg, dtype=torch.float64)
     out.randomize_(seed)
     return out

@@ -54,7 +54,7 @@ from .validate import (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TalkLoRAConfig:
     in_features: int  # n
     out_features: int  # m

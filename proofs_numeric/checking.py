@@ -38,7 +38,7 @@ from hypothesis import given, settings
 from hypothesis.errors import Flaky, HypothesisException
 from hypothesis.strategies import SearchStrategy
 
-from moelora_core.errors import MoELoRAError
+from moelora_core.errors import ConfigError, MoELoRAError
 
 T = TypeVar("T")
 Expect = Literal["holds", "refuted"]
@@ -103,6 +103,53 @@ class Claim(Generic[T]):
     describe: Callable[[T], str] = field(default=repr)
     search: SearchStrategy[T] | None = None  # the adversarial phase's instances (None: no search)
     search_examples: int | None = None  # overrides `profiles.search_budget`
+
+
+def claim_with_twin(
+    name: str,
+    statement: str,
+    strategy: SearchStrategy[T],
+    case: Callable[[T], Outcome],
+    *,
+    twin: str,
+    twin_case: Callable[[T], Outcome],
+    spec: str = "",
+    max_examples: int | None = None,
+    twin_strategy: SearchStrategy[T] | None = None,
+    describe: Callable[[T], str] = repr,
+    search: SearchStrategy[T] | None = None,
+) -> list[Claim[T]]:
+    """A claim that must hold and, beside it, its mutated twin `<name>__<suffix>` that must be refuted.
+
+    `twin` reads "suffix: what the mutation does", e.g. "drop_K: the same embedding without K";
+    the twin draws from `twin_strategy` (default: the claim's own) and keeps `spec` and the budget.
+    """
+    suffix, _, what = twin.partition(":")
+    if not suffix.strip() or not what.strip():
+        raise ConfigError(f"twin={twin!r}: expected 'suffix: what the mutation does'")
+    return [
+        Claim(
+            name,
+            statement,
+            strategy,
+            case,
+            spec=spec,
+            max_examples=max_examples,
+            describe=describe,
+            search=search,
+        ),
+        Claim(
+            f"{name}__{suffix.strip()}",
+            f"twin: {what.strip()}",
+            twin_strategy if twin_strategy is not None else strategy,
+            twin_case,
+            "refuted",
+            name,
+            spec=spec,
+            max_examples=max_examples,
+            describe=describe,
+        ),
+    ]
 
 
 @dataclass

@@ -184,7 +184,9 @@ def _jacobian_case(drop_router_term: bool = False) -> Callable[[Case[Any]], Outc
 
 
 def _talk_for_witness(n: int, m: int, E: int, r_e: int, seed: int) -> Adapter:
-    return build_random(TalkLoRAConfig(n, m, E * r_e, E), seed)
+    return build_random(
+        TalkLoRAConfig(in_features=n, out_features=m, rank=E * r_e, num_experts=E), seed
+    )
 
 
 # ----- claim 3: parameter counts and complexity ------------------------------------------------------
@@ -228,12 +230,21 @@ shared_models = st.tuples(
     st.one_of(
         talklora_configs().map(
             lambda c: TalkLoRAConfig(
-                c.in_features, c.out_features, c.rank, c.num_experts, share_b=True
+                in_features=c.in_features,
+                out_features=c.out_features,
+                rank=c.rank,
+                num_experts=c.num_experts,
+                share_b=True,
             )
         ),
         comol_configs().map(
             lambda c: CoMoLConfig(
-                c.in_features, c.out_features, c.rank, c.num_cores, c.core_router, share_ab=True
+                in_features=c.in_features,
+                out_features=c.out_features,
+                rank=c.rank,
+                num_cores=c.num_cores,
+                core_router=c.core_router,
+                share_ab=True,
             )
         ),
     ),
@@ -269,7 +280,7 @@ def _macs_case(wrong_term: sp.Expr | None = None) -> Callable[[Case[Any]], Outco
 
 
 def _macs_theta() -> tuple[bool, str]:
-    a = CoMoL(CoMoLConfig(2, 2, 1, 1))
+    a = CoMoL(CoMoLConfig(in_features=2, out_features=2, rank=1, num_cores=1))
     f = macs_formula(a)
     ok = same_theta(f, S.r * (S.n + S.m) + S.N * S.r + S.N * S.r**2, [S.n, S.m, S.r, S.N])
     return ok, f"CoMoL MACs/token {f}"

@@ -72,7 +72,12 @@ def _top_k(E: int) -> st.SearchStrategy[int | None]:
 
 @st.composite
 def lora_configs(draw: st.DrawFn, lo: int = 1) -> LoRAConfig:
-    return LoRAConfig(draw(_dims(lo)), draw(_dims(lo)), draw(_dims(lo)), draw(scales))
+    return LoRAConfig(
+        in_features=draw(_dims(lo)),
+        out_features=draw(_dims(lo)),
+        rank=draw(_dims(lo)),
+        scale=draw(scales),
+    )
 
 
 @st.composite
@@ -87,7 +92,15 @@ def moelora_configs(
     kind = router or draw(st.sampled_from(["input", "latent"]))
     k = draw(_top_k(E)) if top_k else None
     n, m, r_e = draw(_dims(lo)), draw(_dims(lo)), draw(st.integers(lo, 3))
-    return MoELoRAConfig(n, m, E, r_e, kind, k, draw(scales))  # type: ignore[arg-type]
+    return MoELoRAConfig(
+        in_features=n,
+        out_features=m,
+        num_experts=E,
+        expert_rank=r_e,
+        router=kind,
+        top_k=k,
+        scale=draw(scales),
+    )  # type: ignore[arg-type]
 
 
 @st.composite
@@ -95,7 +108,9 @@ def hydralora_configs(draw: st.DrawFn, top_k: bool = True, lo: int = 1) -> Hydra
     E = draw(st.integers(lo, 4))
     k = draw(_top_k(E)) if top_k else None
     n, m, r_e = draw(_dims(lo)), draw(_dims(lo)), draw(st.integers(lo, 4))
-    return HydraLoRAConfig(n, m, E, r_e, k, draw(scales))
+    return HydraLoRAConfig(
+        in_features=n, out_features=m, num_experts=E, expert_rank=r_e, top_k=k, scale=draw(scales)
+    )
 
 
 @st.composite
@@ -106,7 +121,16 @@ def talklora_configs(
     rank = E * draw(st.integers(lo, 3))  # r = E (one rank per head) included when lo = 1
     k = draw(_top_k(E)) if top_k else None
     n, m = draw(_dims(lo)), draw(_dims(lo))
-    return TalkLoRAConfig(n, m, rank, E, k, draw(scales), False, talk_init)
+    return TalkLoRAConfig(
+        in_features=n,
+        out_features=m,
+        rank=rank,
+        num_experts=E,
+        top_k=k,
+        scale=draw(scales),
+        share_b=False,
+        talk_init=talk_init,
+    )
 
 
 @st.composite
@@ -121,7 +145,15 @@ def comol_configs(
     cr = core_router if core_router is not None else draw(st.booleans())
     k = draw(_top_k(N)) if top_k else None
     n, m, r = draw(_dims(lo)), draw(_dims(lo)), draw(st.integers(lo, 6))
-    return CoMoLConfig(n, m, r, N, cr, k, draw(scales))
+    return CoMoLConfig(
+        in_features=n,
+        out_features=m,
+        rank=r,
+        num_cores=N,
+        core_router=cr,
+        top_k=k,
+        scale=draw(scales),
+    )
 
 
 def cases(configs: st.SearchStrategy[C]) -> st.SearchStrategy[Case[C]]:

@@ -97,7 +97,9 @@ def test_talk_bounds_per_head() -> None:
 
 def test_pair_alignment_is_one_for_orthonormal_rows_and_e2() -> None:
     for E in (2, 4):
-        a = MoELoRA(MoELoRAConfig(6, 2, E, 1), dtype=D).randomize_(1)
+        a = MoELoRA(
+            MoELoRAConfig(in_features=6, out_features=2, num_experts=E, expert_rank=1), dtype=D
+        ).randomize_(1)
         with torch.no_grad():
             W = torch.randn(6, E, generator=GEN, dtype=D)
             W = torch.linalg.qr(W).Q.T if E > 2 else W.T
@@ -107,7 +109,9 @@ def test_pair_alignment_is_one_for_orthonormal_rows_and_e2() -> None:
 
 def _input_router(W: torch.Tensor) -> MoELoRA:
     E, n = W.shape
-    a = MoELoRA(MoELoRAConfig(n, 2, E, 1), dtype=D).randomize_(0)
+    a = MoELoRA(
+        MoELoRAConfig(in_features=n, out_features=2, num_experts=E, expert_rank=1), dtype=D
+    ).randomize_(0)
     with torch.no_grad():
         a.router.logits.dense().copy_(W)  # type: ignore[union-attr]
     return a
@@ -142,6 +146,8 @@ def test_report_says_bounded_domains_cannot_attain_half() -> None:
 
 
 def test_product_form_reason() -> None:
-    t = TalkLoRA(TalkLoRAConfig(5, 2, 4, 2), dtype=D).randomize_(3)
+    t = TalkLoRA(
+        TalkLoRAConfig(in_features=5, out_features=2, rank=4, num_experts=2), dtype=D
+    ).randomize_(3)
     rep = layer_report(t, samples=4)
     assert any(r.startswith("product form") for r in rep.not_tight)

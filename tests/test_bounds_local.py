@@ -40,10 +40,10 @@ def test_factors_are_the_expert_matrices(a: Adapter) -> None:
 
 
 def test_factors_of_shared_b_and_shared_ab() -> None:
-    cfg = TalkLoRAConfig(6, 4, 6, 3, share_b=True)
+    cfg = TalkLoRAConfig(in_features=6, out_features=4, rank=6, num_experts=3, share_b=True)
     t = TalkLoRA(cfg, b=TalkLoRA.shared_b(cfg, dtype=D), dtype=D).randomize_(2)
     assert torch.allclose(expert_factors(t).dense(), t.expert_matrices().detach(), atol=1e-13)
-    ccfg = CoMoLConfig(6, 4, 3, 2, share_ab=True)
+    ccfg = CoMoLConfig(in_features=6, out_features=4, rank=3, num_cores=2, share_ab=True)
     c = CoMoL(ccfg, ab=CoMoL.shared_ab(ccfg, dtype=D), dtype=D).randomize_(3)
     assert torch.allclose(expert_factors(c).dense(), c.expert_matrices().detach(), atol=1e-13)
 

@@ -24,7 +24,7 @@ GEN = torch.Generator().manual_seed(0)
 
 
 def _talk(dtype: torch.dtype = D) -> TalkLoRA:
-    t = TalkLoRA(TalkLoRAConfig(8, 6, 8, 4), dtype=dtype)
+    t = TalkLoRA(TalkLoRAConfig(in_features=8, out_features=6, rank=8, num_experts=4), dtype=dtype)
     return t.randomize_(3)
 
 
@@ -95,7 +95,7 @@ def test_every_routed_architecture() -> None:
 def test_bad_input() -> None:
     t = _talk()
     with pytest.raises(NoRouterError, match="no router"):
-        layer_report(LoRA(LoRAConfig(4, 4, 2)))
+        layer_report(LoRA(LoRAConfig(in_features=4, out_features=4, rank=2)))
     with pytest.raises(ConfigError, match="Adapter"):
         layer_report(torch.nn.Linear(3, 3))  # type: ignore[arg-type]
     with pytest.raises(ShapeError, match=r"inputs\.shape"):

@@ -34,13 +34,17 @@ def test_witness_is_checked_by_the_router_itself(arch: str, k: int) -> None:
 def test_rank_deficient_router_still_gets_a_witness() -> None:
     """n = 1: Π L has rank 1 < E − 1, the aimed-at tie is unreachable; the line search still finds a
     change of the kept set."""
-    a = MoELoRA(MoELoRAConfig(1, 2, 4, 1, top_k=2), dtype=D).randomize_(5)
+    a = MoELoRA(
+        MoELoRAConfig(in_features=1, out_features=2, num_experts=4, expert_rank=1, top_k=2), dtype=D
+    ).randomize_(5)
     w = topk_witness(a, effective_matrix(logit_factors(a)), 2, 1e-6)
     assert w is not None and w.distance < 1e-6 and w.jump > 0
 
 
 def test_constant_logits_have_no_witness() -> None:
-    a = MoELoRA(MoELoRAConfig(3, 2, 3, 1, top_k=1), dtype=D).randomize_(0)
+    a = MoELoRA(
+        MoELoRAConfig(in_features=3, out_features=2, num_experts=3, expert_rank=1, top_k=1), dtype=D
+    ).randomize_(0)
     with torch.no_grad():
         a.router.logits.dense().copy_(torch.ones(3, 3, dtype=D))  # type: ignore[union-attr]
     rep = layer_report(a)
@@ -49,6 +53,8 @@ def test_constant_logits_have_no_witness() -> None:
 
 
 def test_top_k_equal_to_e_is_dense() -> None:
-    a = MoELoRA(MoELoRAConfig(3, 2, 3, 1, top_k=3), dtype=D).randomize_(0)
+    a = MoELoRA(
+        MoELoRAConfig(in_features=3, out_features=2, num_experts=3, expert_rank=1, top_k=3), dtype=D
+    ).randomize_(0)
     rep = layer_report(a, samples=4)
     assert rep.topk_witness is None and rep.upper is not None and rep.lower is not None

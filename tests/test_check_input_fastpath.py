@@ -21,7 +21,7 @@ def _overflowing() -> torch.Tensor:
 def test_finite_input_whose_sum_overflows_is_accepted() -> None:
     x = _overflowing()
     assert check_input(x, 6, torch.empty(0)) is x
-    LoRA(LoRAConfig(6, 5, 2))(x)  # no NonFiniteError
+    LoRA(LoRAConfig(in_features=6, out_features=5, rank=2))(x)  # no NonFiniteError
 
 
 def test_sum_alone_would_reject_it() -> None:

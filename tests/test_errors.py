@@ -39,26 +39,53 @@ from moelora_core.maps import Compose
     ("make", "fragment"),
     [
         (
-            lambda: TalkLoRAConfig(8, 8, rank=6, num_experts=4),
+            lambda: TalkLoRAConfig(in_features=8, out_features=8, rank=6, num_experts=4),
             "rank=6: expected a multiple of num_experts=4",
         ),
         (
-            lambda: MoELoRAConfig(8, 8, num_experts=0, expert_rank=2),
+            lambda: MoELoRAConfig(in_features=8, out_features=8, num_experts=0, expert_rank=2),
             "num_experts=0: expected an integer >= 1",
         ),
-        (lambda: CoMoLConfig(8, 8, rank=4, num_cores=0), "num_cores=0: expected an integer >= 1"),
         (
-            lambda: MoELoRAConfig(8, 8, 3, 2, top_k=4),
+            lambda: CoMoLConfig(in_features=8, out_features=8, rank=4, num_cores=0),
+            "num_cores=0: expected an integer >= 1",
+        ),
+        (
+            lambda: MoELoRAConfig(
+                in_features=8, out_features=8, num_experts=3, expert_rank=2, top_k=4
+            ),
             "top_k=4: expected 1 <= top_k <= num_experts=3",
         ),
-        (lambda: HydraLoRAConfig(8, 8, 2, 2, top_k=0), "top_k=0: expected an integer >= 1"),
-        (lambda: CoMoLConfig(8, 8, 4, 2, top_k=3), "top_k=3: expected 1 <= top_k <= num_cores=2"),
-        (lambda: LoRAConfig(8, 8, rank=-1), "rank=-1: expected an integer >= 1"),
-        (lambda: LoRAConfig(8, 8, rank=2.5), "rank=2.5: expected an integer >= 1"),  # type: ignore[arg-type]
-        (lambda: LoRAConfig(8, 8, rank=True), "rank=True: expected an integer >= 1"),
-        (lambda: LoRAConfig(8, 8, 2, scale=math.nan), "scale=nan: expected a finite real number"),
         (
-            lambda: MoELoRAConfig(8, 8, 2, 2, router="output"),
+            lambda: HydraLoRAConfig(
+                in_features=8, out_features=8, num_experts=2, expert_rank=2, top_k=0
+            ),
+            "top_k=0: expected an integer >= 1",
+        ),
+        (
+            lambda: CoMoLConfig(in_features=8, out_features=8, rank=4, num_cores=2, top_k=3),
+            "top_k=3: expected 1 <= top_k <= num_cores=2",
+        ),
+        (
+            lambda: LoRAConfig(in_features=8, out_features=8, rank=-1),
+            "rank=-1: expected an integer >= 1",
+        ),
+        (
+            lambda: LoRAConfig(in_features=8, out_features=8, rank=2.5),
+            "rank=2.5: expected an integer >= 1",
+        ),  # type: ignore[arg-type]
+        (
+            lambda: LoRAConfig(in_features=8, out_features=8, rank=True),
+            "rank=True: expected an integer >= 1",
+        ),
+        (
+            lambda: LoRAConfig(in_features=8, out_features=8, rank=2, scale=math.nan),
+            "scale=nan: expected a finite real number",
+        ),
+        (
+            lambda: MoELoRAConfig(
+                in_features=8, out_features=8, num_experts=2, expert_rank=2, router="output"
+            ),
             "router='output': expected 'input' or 'latent'",
         ),  # type: ignore[arg-type]
         (lambda: build("sparselora", in_features=8), "architecture='sparselora': expected one of"),
@@ -78,10 +105,19 @@ def test_config_errors_name_parameter_value_and_expectation(make: object, fragme
 
 def _adapters() -> list[torch.nn.Module]:
     return [
-        LoRA(LoRAConfig(6, 5, 2)),
-        MoELoRA(MoELoRAConfig(6, 5, 3, 2, "latent", top_k=2)),
-        TalkLoRA(TalkLoRAConfig(6, 5, 4, 2)),
-        CoMoL(CoMoLConfig(6, 5, 4, 3)),
+        LoRA(LoRAConfig(in_features=6, out_features=5, rank=2)),
+        MoELoRA(
+            MoELoRAConfig(
+                in_features=6,
+                out_features=5,
+                num_experts=3,
+                expert_rank=2,
+                router="latent",
+                top_k=2,
+            )
+        ),
+        TalkLoRA(TalkLoRAConfig(in_features=6, out_features=5, rank=4, num_experts=2)),
+        CoMoL(CoMoLConfig(in_features=6, out_features=5, rank=4, num_cores=3)),
         build("hydralora", in_features=6, out_features=5, num_experts=2, expert_rank=2),
     ]
 
@@ -116,13 +152,13 @@ def test_input_errors(adapter: torch.nn.Module) -> None:
 def test_device_mismatch() -> None:
     dev = "cuda" if torch.cuda.is_available() else "mps"
     with pytest.raises(DTypeDeviceError, match="device"):
-        LoRA(LoRAConfig(6, 5, 2))(torch.randn(2, 6, device=dev))
+        LoRA(LoRAConfig(in_features=6, out_features=5, rank=2))(torch.randn(2, 6, device=dev))
 
 
 def test_device_mismatch_message_on_meta() -> None:
     """A meta tensor stands in for 'another device' on a CPU-only machine."""
     with pytest.raises(DTypeDeviceError, match=r"x.device=meta: expected cpu"):
-        LoRA(LoRAConfig(6, 5, 2))(torch.empty(2, 6, device="meta"))
+        LoRA(LoRAConfig(in_features=6, out_features=5, rank=2))(torch.empty(2, 6, device="meta"))
 
 
 def test_map_shape_errors() -> None:
@@ -137,22 +173,26 @@ def test_map_shape_errors() -> None:
 
 
 def test_shared_parameter_errors() -> None:
-    cfg = TalkLoRAConfig(6, 5, 4, 2, share_b=True)
+    cfg = TalkLoRAConfig(in_features=6, out_features=5, rank=4, num_experts=2, share_b=True)
     with pytest.raises(ConfigError, match="b=None with share_b=True"):
         TalkLoRA(cfg)
     with pytest.raises(ShapeError, match=r"b.shape=\(5, 8\): expected \(5, 4\)"):
         TalkLoRA(cfg, b=Dense(5, 8))
     with pytest.raises(ConfigError, match="b given with share_b=False"):
-        TalkLoRA(TalkLoRAConfig(6, 5, 4, 2), b=Dense(5, 4))
+        TalkLoRA(
+            TalkLoRAConfig(in_features=6, out_features=5, rank=4, num_experts=2), b=Dense(5, 4)
+        )
     with pytest.raises(ConfigError, match="ab=None with share_ab=True"):
-        CoMoL(CoMoLConfig(6, 5, 4, 2, share_ab=True))
+        CoMoL(CoMoLConfig(in_features=6, out_features=5, rank=4, num_cores=2, share_ab=True))
 
 
 def test_reduction_preconditions() -> None:
-    c = CoMoL(CoMoLConfig(6, 5, 4, 3)).randomize_(0)
+    c = CoMoL(CoMoLConfig(in_features=6, out_features=5, rank=4, num_cores=3)).randomize_(0)
     with pytest.raises(ReductionError, match=r"CoMoL cores M_i: max .* expected all equal"):
         R.comol_to_lora(c)
-    m = MoELoRA(MoELoRAConfig(6, 5, 2, 2)).randomize_(0)
+    m = MoELoRA(
+        MoELoRAConfig(in_features=6, out_features=5, num_experts=2, expert_rank=2)
+    ).randomize_(0)
     with pytest.raises(ReductionError, match="MoELoRA expert A_i"):
         R.moelora_to_lora(m)
     with pytest.raises(ConfigError, match="num_experts=1: expected >= 2"):
@@ -263,13 +303,16 @@ def test_top_k_keeps_exactly_k_on_ties_lowest_index_wins() -> None:
         ),
         (
             lambda: R.moelora_to_lora(
-                MoELoRA(MoELoRAConfig(6, 5, 2, 2)).randomize_(0), atol=math.nan
+                MoELoRA(
+                    MoELoRAConfig(in_features=6, out_features=5, num_experts=2, expert_rank=2)
+                ).randomize_(0),
+                atol=math.nan,
             ),
             ConfigError,
             "atol=nan: expected a real number >= 0 (or math.inf)",
         ),
         (
-            lambda: R.comol_to_lora(LoRA(LoRAConfig(4, 3, 2))),  # type: ignore[arg-type]
+            lambda: R.comol_to_lora(LoRA(LoRAConfig(in_features=4, out_features=3, rank=2))),  # type: ignore[arg-type]
             ArgumentTypeError,
             "c_=LoRA: expected a CoMoL",
         ),
@@ -339,14 +382,19 @@ def test_bounds_entry_errors_and_half_precision() -> None:
     with pytest.raises(ArgumentTypeError, match="adapter=str"):
         Bd.router_bounds("moelora")  # type: ignore[arg-type]
     with pytest.raises(ArgumentTypeError, match="t=MoELoRA: expected a TalkLoRA"):
-        Bd.talk_bounds(MoELoRA(MoELoRAConfig(4, 3, 2, 1)))  # type: ignore[arg-type]
+        Bd.talk_bounds(
+            MoELoRA(MoELoRAConfig(in_features=4, out_features=3, num_experts=2, expert_rank=1))
+        )  # type: ignore[arg-type]
     with pytest.raises(DTypeDeviceError, match=r"M\.dtype=torch\.complex64"):
         Bd.spectral_norm(torch.ones(2, 2, dtype=torch.complex64))
     with pytest.raises(ConfigError, match="a=nan"):
         Bd.averaging_talk(3, math.nan)
     with pytest.raises(ConfigError, match="draws=1000000000: expected an integer >= 1 and <="):
         Bd.reference_init_amplification(4, draws=10**9)
-    a = MoELoRA(MoELoRAConfig(4, 3, 2, 1), dtype=torch.float16).randomize_(0)
+    a = MoELoRA(
+        MoELoRAConfig(in_features=4, out_features=3, num_experts=2, expert_rank=1),
+        dtype=torch.float16,
+    ).randomize_(0)
     with pytest.raises(ConfigError, match=r"radius=-1\.0: expected a finite real number >= 0"):
         Bd.layer_report(a, radius=-1.0)
     with pytest.raises(ConfigError, match=r"radius=1000\.0: expected <= 256"):

@@ -70,7 +70,8 @@ def test_capture_returns_the_hidden_states_of_real_tokens(tiny: Path) -> None:
 def two_expert_router(seed: int) -> MoELoRA:
     torch.manual_seed(seed)
     return MoELoRA(
-        MoELoRAConfig(6, 5, num_experts=2, expert_rank=1), dtype=torch.float64
+        MoELoRAConfig(in_features=6, out_features=5, num_experts=2, expert_rank=1),
+        dtype=torch.float64,
     ).randomize_(seed)
 
 
@@ -98,9 +99,9 @@ def test_amplification_matches_the_two_expert_closed_form() -> None:
 
 
 def test_amplification_stays_under_the_certified_bound_and_a_halved_bound_fails() -> None:
-    a = TalkLoRA(TalkLoRAConfig(12, 7, rank=8, num_experts=4), dtype=torch.float64).randomize_(
-        3, std=1.0
-    )
+    a = TalkLoRA(
+        TalkLoRAConfig(in_features=12, out_features=7, rank=8, num_experts=4), dtype=torch.float64
+    ).randomize_(3, std=1.0)
     X = torch.randn(64, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     m = measure_layer(a, X, scales=(0.01, 0.1))
     up = m["bounds"]["upper_centred"]
@@ -108,13 +109,19 @@ def test_amplification_stays_under_the_certified_bound_and_a_halved_bound_fails(
     assert worst <= up
     assert max(worst, m["bounds"]["lower"]) > up / 2  # the measurement can see a too-small bound
     assert m["routing"]["num_experts"] == 4 and m["bounds"]["talk"]["talk_norm"] > 0
-    assert amplification(MoELoRA(MoELoRAConfig(12, 7, 1, 2)).double(), X, [0.1]) == {
-        "0.1": {"mean": 0.0, "max": 0.0}
-    }  # one expert: a constant router
+    assert amplification(
+        MoELoRA(
+            MoELoRAConfig(in_features=12, out_features=7, num_experts=1, expert_rank=2)
+        ).double(),
+        X,
+        [0.1],
+    ) == {"0.1": {"mean": 0.0, "max": 0.0}}  # one expert: a constant router
 
 
 def test_identity_talk_copy_leaves_the_original_alone() -> None:
-    a = TalkLoRA(TalkLoRAConfig(12, 7, rank=8, num_experts=4), dtype=torch.float64).randomize_(5)
+    a = TalkLoRA(
+        TalkLoRAConfig(in_features=12, out_features=7, rank=8, num_experts=4), dtype=torch.float64
+    ).randomize_(5)
     T = a.T.weight.detach().clone()
     twin = with_identity_talk(a)
     assert torch.equal(twin.T.weight, torch.eye(4, dtype=torch.float64)) and torch.equal(

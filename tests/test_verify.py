@@ -184,7 +184,12 @@ def test_claim_declared_refuted_that_holds_is_reported() -> None:
 
 def test_strategy_configs_and_overrides() -> None:
     """configs= (a strategy) with a per-claim shapes= override applied by dataclasses.replace."""
-    configs = st.builds(LoRAConfig, st.integers(1, 5), st.integers(1, 5), st.integers(1, 3))
+    configs = st.builds(
+        LoRAConfig,
+        in_features=st.integers(1, 5),
+        out_features=st.integers(1, 5),
+        rank=st.integers(1, 3),
+    )
     one = lambda a: a  # noqa: E731  (LoRA reduces to itself)
     v = Variant(
         "lora_again",

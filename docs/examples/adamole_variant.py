@@ -130,7 +130,13 @@ def first_expert_as_lora(a: AdaMoLE) -> LoRA:
     """LoRA with A = A_1, B = B_1 (exact when E = 1 or all experts are equal: Σ_i g_i = 1)."""
     c = a.config
     out = LoRA(
-        LoRAConfig(c.in_features, c.out_features, c.expert_rank, c.scale), dtype=a.A.weight.dtype
+        LoRAConfig(
+            in_features=c.in_features,
+            out_features=c.out_features,
+            rank=c.expert_rank,
+            scale=c.scale,
+        ),
+        dtype=a.A.weight.dtype,
     )
     out.A.weight.copy_(a.A.weight[: c.expert_rank])
     out.B.weight.copy_(a.B.weight[:, : c.expert_rank])
@@ -141,7 +147,13 @@ def as_input_moelora(a: AdaMoLE) -> MoELoRA:
     """The input-router MoELoRA with the same A_i, B_i, W_g (exact when τ_max = 0)."""
     c = a.config
     cfg = MoELoRAConfig(
-        c.in_features, c.out_features, c.num_experts, c.expert_rank, "input", None, c.scale
+        in_features=c.in_features,
+        out_features=c.out_features,
+        num_experts=c.num_experts,
+        expert_rank=c.expert_rank,
+        router="input",
+        top_k=None,
+        scale=c.scale,
     )
     out = MoELoRA(cfg, dtype=a.A.weight.dtype)
     out.A.weight.copy_(a.A.weight)

@@ -109,7 +109,13 @@ def as_moelora(a: MoLA) -> MoELoRA:
     """The input-router MoELoRA with the same A_i, B_i, W_g and top_k."""
     c = a.config
     cfg = MoELoRAConfig(
-        c.in_features, c.out_features, c.num_experts, c.expert_rank, "input", c.top_k, c.scale
+        in_features=c.in_features,
+        out_features=c.out_features,
+        num_experts=c.num_experts,
+        expert_rank=c.expert_rank,
+        router="input",
+        top_k=c.top_k,
+        scale=c.scale,
     )
     out = MoELoRA(cfg, dtype=a.A.weight.dtype)
     out.A.weight.copy_(a.A.weight)

@@ -121,12 +121,37 @@ def build(arch: Arch, n: int, m: int, E: int, r_e: int, top_k: int | None = None
     """A float64 adapter of the named kind (total rank E·r_e; CoMoL rank r_e + E − 1 >= E)."""
     if arch in ("moelora-input", "moelora-latent"):
         kind: Literal["input", "latent"] = "input" if arch == "moelora-input" else "latent"
-        return MoELoRA(MoELoRAConfig(n, m, E, r_e, kind, top_k), dtype=DTYPE)
+        return MoELoRA(
+            MoELoRAConfig(
+                in_features=n,
+                out_features=m,
+                num_experts=E,
+                expert_rank=r_e,
+                router=kind,
+                top_k=top_k,
+            ),
+            dtype=DTYPE,
+        )
     if arch == "hydralora":
-        return HydraLoRA(HydraLoRAConfig(n, m, E, r_e, top_k), dtype=DTYPE)
+        return HydraLoRA(
+            HydraLoRAConfig(
+                in_features=n, out_features=m, num_experts=E, expert_rank=r_e, top_k=top_k
+            ),
+            dtype=DTYPE,
+        )
     if arch == "talklora":
-        return TalkLoRA(TalkLoRAConfig(n, m, E * r_e, E, top_k), dtype=DTYPE)
-    cfg = CoMoLConfig(n, m, r_e + E - 1, E, arch == "comol-core", top_k)
+        return TalkLoRA(
+            TalkLoRAConfig(in_features=n, out_features=m, rank=E * r_e, num_experts=E, top_k=top_k),
+            dtype=DTYPE,
+        )
+    cfg = CoMoLConfig(
+        in_features=n,
+        out_features=m,
+        rank=r_e + E - 1,
+        num_cores=E,
+        core_router=arch == "comol-core",
+        top_k=top_k,
+    )
     return CoMoL(cfg, dtype=DTYPE)
 
 
@@ -327,7 +352,14 @@ class TightCase:
 
     def build(self) -> MoELoRA:
         n = self.E + self.extra
-        a = randomized(MoELoRA(MoELoRAConfig(n, 1, self.E, 1), dtype=DTYPE), self.seed, 1.0)
+        a = randomized(
+            MoELoRA(
+                MoELoRAConfig(in_features=n, out_features=1, num_experts=self.E, expert_rank=1),
+                dtype=DTYPE,
+            ),
+            self.seed,
+            1.0,
+        )
         with torch.no_grad():
             a.router.logits.dense().copy_(self.weight())  # type: ignore[union-attr]
         return a
@@ -368,7 +400,12 @@ class TalkCase:
     scale: float
 
     def build(self) -> TalkLoRA:
-        t = TalkLoRA(TalkLoRAConfig(self.n, self.m, self.E * self.d, self.E), dtype=DTYPE)
+        t = TalkLoRA(
+            TalkLoRAConfig(
+                in_features=self.n, out_features=self.m, rank=self.E * self.d, num_experts=self.E
+            ),
+            dtype=DTYPE,
+        )
         randomized(t, self.seed, self.scale)
         return t
 
@@ -463,7 +500,11 @@ avg_cases = st.tuples(st.integers(2, 12), st.floats(0.01, 1.0))
 @lru_cache(maxsize=16)
 def _talk_with_E(E: int) -> tuple[TalkLoRA, TalkBounds]:
     """A fixed TalkLoRA (n = 3, m = 2, r = E) per E and its talk bounds at T = I."""
-    t = randomized(TalkLoRA(TalkLoRAConfig(3, 2, E, E), dtype=DTYPE), E, 1.0)
+    t = randomized(
+        TalkLoRA(TalkLoRAConfig(in_features=3, out_features=2, rank=E, num_experts=E), dtype=DTYPE),
+        E,
+        1.0,
+    )
     with _talk_set_to(t, torch.eye(E, dtype=DTYPE)):
         return t, talk_bounds(t)
 
