@@ -175,10 +175,10 @@ def comol_to_moelora(c_: CoMoL) -> MoELoRA:
         out_features=c.out_features,
         num_experts=N,
         expert_rank=r,
-        router=kind,
+        router=kind,  # type: ignore[arg-type]
         top_k=c.top_k,
         scale=c.scale,
-    )  # type: ignore[arg-type]
+    )
     out = MoELoRA(cfg, dtype=c_.A.weight.dtype, device=c_.A.weight.device)
     out.A.weight.copy_(c_.A.weight.repeat(N, 1))  # [A; A; ...; A]
     out.B.weight.copy_(

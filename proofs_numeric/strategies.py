@@ -97,10 +97,10 @@ def moelora_configs(
         out_features=m,
         num_experts=E,
         expert_rank=r_e,
-        router=kind,
+        router=kind,  # type: ignore[arg-type]
         top_k=k,
         scale=draw(scales),
-    )  # type: ignore[arg-type]
+    )
 
 
 @st.composite
