@@ -1,0 +1,1 @@
+"""The claim catalogues: every claim checked by `pytest -m theorems`, each beside its refuted twin."""
