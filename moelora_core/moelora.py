@@ -222,7 +222,8 @@ class MoELoRA(RoutedAdapter):
         W = self.router.logits.dense()
         if c.router == "input" and sparse.gather_wins(E, k, d):
             idx, w = sparse.topk_route(F.linear(xf, W), k)
-            h = sparse.grouped_down(xf, idx, self.A.weight.unflatten(0, (E, d)))  # (T, k, d)
+            cols = sparse.expert_columns(idx, d)  # (T, k·d): the chosen experts' rows of A
+            h = sparse.dot_columns(xf, self.A.weight, cols).unflatten(-1, (k, d))  # (T, k, d)
         else:
             if c.router == "input":  # [A; W_g] x in one matmul
                 hall, logits = F.linear(xf, torch.cat([self.A.weight, W])).split([c.rank, E], -1)
@@ -230,11 +231,10 @@ class MoELoRA(RoutedAdapter):
                 hall = F.linear(xf, self.A.weight)
                 logits = F.linear(hall, W)
             idx, w = sparse.topk_route(logits, k)
-            h = hall.gather(-1, sparse.expert_columns(idx, d)).unflatten(-1, (k, d))  # (T, k, d)
+            cols = sparse.expert_columns(idx, d)
+            h = hall.gather(-1, cols).unflatten(-1, (k, d))  # (T, k, d)
         coef = (h * (c.scale * w).unsqueeze(-1)).flatten(-2)  # (T, k·d)
-        out = sparse.mix_columns(
-            sparse.expert_columns(idx, d), coef, self.B.weight.t().contiguous()
-        )
+        out = sparse.mix_columns(cols, coef, self.B.weight.t().contiguous())  # (T, m)
         return out.reshape(*x.shape[:-1], c.out_features)
 
 

@@ -196,3 +196,32 @@ def test_large_batch_float32_auto_path() -> None:
     with sparse.sparse_mode("dense"):
         ref = mod(x)
     torch.testing.assert_close(mod(x), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_route_non_finite_logits_keep_the_sort_rule() -> None:
+    """A NaN logit leaves no k-th value to compare with: the route falls back to the stable sort."""
+    logits = torch.tensor(
+        [[0.5, float("nan"), 0.1, 0.9], [1.0, 2.0, 3.0, 4.0]], dtype=torch.float64
+    )
+    idx, _ = sparse.topk_route(logits, 2)
+    ref = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :2]
+    assert torch.equal(idx, ref)
+
+
+def test_column_kernels_and_their_gradients() -> None:
+    """dot_columns / mix_columns equal their einsum definitions; gradcheck covers both backwards."""
+    gen = torch.Generator().manual_seed(3)
+    T, R, n, c = 5, 7, 4, 3
+    x = torch.randn(T, n, generator=gen, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(R, n, generator=gen, dtype=torch.float64, requires_grad=True)
+    coef = torch.randn(T, c, generator=gen, dtype=torch.float64, requires_grad=True)
+    cols = torch.stack([torch.randperm(R, generator=gen)[:c] for _ in range(T)])  # (T, c)
+    rows = table[cols]  # (T, c, n)
+    torch.testing.assert_close(
+        sparse.dot_columns(x, table, cols), torch.einsum("tcn,tn->tc", rows, x)
+    )
+    torch.testing.assert_close(
+        sparse.mix_columns(cols, coef, table), torch.einsum("tc,tcn->tn", coef, rows)
+    )
+    assert torch.autograd.gradcheck(lambda a, b: sparse.dot_columns(a, b, cols), (x, table))
+    assert torch.autograd.gradcheck(lambda a, b: sparse.mix_columns(cols, a, b), (coef, table))
