@@ -13,15 +13,20 @@ same up-projection (`sparse.mix_columns`), fwd + bwd to x and every parameter:
 - `grouped-mm`: the same sort without padding, `torch._grouped_mm` (float32 on CPU, row strides a
   multiple of 16 bytes);
 - `dot-columns`: `sparse.dot_columns`, the chosen rows of A dotted with x per token (the kernel of
-  embedding_bag's per-sample-weight gradient), no copy of x, no sort (the library's gather path).
+  embedding_bag's per-sample-weight gradient), no copy of x, no sort;
+- `route-and-dot`: `sparse.route_and_dot`, the same with the router in one autograd node whose
+  backward writes dx once (the library's gather path).
 
-All variants and the dense top-k layer (`sparse_mode("dense")`) run in turn, one step each, `--rounds`
-times; the table gives each variant's median of per-round ratios to the dense top-k layer.
+All variants, the dense top-k layer (`sparse_mode("dense")`), LoRA of rank E·r_e and the router alone
+(x -> W_g x: fwd, dx, dW_g) run in turn, one step each, `--rounds` times; the table gives each one's
+median of per-round ratios to the dense top-k layer, and `floor` = LoRA's ratio x the gather path's
+MACs per token (E·n + k·r_e·(n + m)) over LoRA's (E·r_e·(n + m)).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -32,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from moelora_core import MoELoRA, MoELoRAConfig, input_checks, sparse
+from moelora_core import LoRA, LoRAConfig, MoELoRA, MoELoRAConfig, input_checks, sparse
 
 Variant = Callable[[MoELoRA, Tensor], Tensor]
 
@@ -100,11 +105,19 @@ def dot_columns(mod: MoELoRA, xf: Tensor) -> Tensor:
     return _up(mod, idx, w, h.unflatten(-1, (k, d)))
 
 
+def route_and_dot(mod: MoELoRA, xf: Tensor) -> Tensor:
+    d, k = mod.config.expert_rank, sparse.top_k_of(mod.router)
+    W = mod.router.logits.dense()
+    idx, w, _, h = sparse.route_and_dot(xf, W, mod.A.weight, k, d)
+    return _up(mod, idx, w, h.unflatten(-1, (k, d)))
+
+
 VARIANTS: dict[str, Variant] = {
     "dense-down": dense_down,
     "padded-bmm": padded_bmm,
     "grouped-mm": grouped_mm,
     "dot-columns": dot_columns,
+    "route-and-dot": route_and_dot,
 }
 
 
@@ -114,38 +127,49 @@ def dense_layer(mod: MoELoRA, xf: Tensor) -> Tensor:
     return out
 
 
+Entry = tuple[Callable[[Tensor], Tensor], list[Tensor], Tensor]  # step function, its inputs, dy
+
+
 def compare(
     E: int, d: int, tokens: int, n: int, rounds: int, seed: int, names: list[str]
 ) -> dict[str, float]:
-    """Median per-round ratio of each variant's fwd + bwd time to the dense top-2 layer's."""
+    """Median per-round ratio of each variant's fwd + bwd time to the dense top-2 layer's; also of
+    LoRA at the same total rank E·r_e and of the router alone (x -> W_g x, its three passes over x)."""
     cfg = MoELoRAConfig(
         in_features=n, out_features=n, num_experts=E, expert_rank=d, top_k=2, scale=0.5
     )
     mod = MoELoRA(cfg)
     mod.randomize_(seed)
+    lora = LoRA(LoRAConfig(in_features=n, out_features=n, rank=E * d, scale=0.5))
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, n, generator=gen).requires_grad_()
     dy = torch.randn(tokens, n, generator=gen)
     params = [x, *mod.parameters()]
-    chosen = {name: VARIANTS[name] for name in names}
-    fs: dict[str, Variant] = {"dense": dense_layer, **chosen}
+    Wg = mod.router.logits.dense().detach().requires_grad_()  # (E, n), a leaf like W_g
+    entries: dict[str, Entry] = {"dense": (lambda t: dense_layer(mod, t), params, dy)}
+    for name in names:
+        entries[name] = (functools.partial(VARIANTS[name], mod), params, dy)
+    entries["lora"] = (lora, [x, *lora.parameters()], dy)
+    entries["router"] = (lambda t: F.linear(t, Wg), [x, Wg], torch.randn(tokens, E, generator=gen))
     with torch.no_grad():
         ref = dense_layer(mod, x)
-        for name, f in chosen.items():
-            err = float((f(mod, x) - ref).abs().max())
+        for name in names:
+            err = float((VARIANTS[name](mod, x) - ref).abs().max())
             if err > 1e-4 * (1 + float(ref.abs().max())):
                 raise AssertionError(f"variant={name}: max |Δ - dense| = {err:.3g}")
-    times: dict[str, list[float]] = {name: [] for name in fs}
+    times: dict[str, list[float]] = {name: [] for name in entries}
     with input_checks(False):
         for _ in range(rounds + 1):  # the first round warms up
-            for name, f in fs.items():
+            for name, (f, inputs, g) in entries.items():
                 t0 = time.perf_counter()
-                torch.autograd.grad(f(mod, x), params, dy)
+                torch.autograd.grad(f(x), inputs, g, allow_unused=True)
                 times[name].append(time.perf_counter() - t0)
     base = times["dense"][1:]
     out = {"dense_ms": 1e3 * statistics.median(base)}
-    for name in chosen:
+    for name in entries:
         out[name] = statistics.median(a / b for a, b in zip(times[name][1:], base, strict=True))
+    # the gather path's MAC floor: LoRA's time x (E·n + k·r_e·(n + m)) / LoRA's r·(n + m)
+    out["floor"] = out["lora"] * (E * n + 2 * d * 2 * n) / (E * d * 2 * n)
     return out
 
 
@@ -175,13 +199,14 @@ def main(argv: list[str] | None = None) -> None:
         f"## sparse down-projection ÷ dense top-2 layer, fwd + bwd, n = m = {args.features}, "
         f"{args.tokens} tokens, 1 thread, load average {os.getloadavg()[0]:.2f}\n"
     )
-    print("| E | r_e | dense ms | " + " | ".join(args.variants) + " |")
-    print("|---" * (3 + len(args.variants)) + "|")
+    cols = [*args.variants, "router", "floor"]
+    print("| E | r_e | dense ms | " + " | ".join(cols) + " |")
+    print("|---" * (3 + len(cols)) + "|")
     for E in args.experts:
         for d in args.expert_rank:
             print(f"  E={E} r_e={d}", file=sys.stderr)
             r = compare(E, d, args.tokens, args.features, args.rounds, args.seed, args.variants)
-            cells = " | ".join(f"{r[name]:.2f}" for name in args.variants)
+            cells = " | ".join(f"{r[name]:.2f}" for name in cols)
             print(f"| {E} | {d} | {r['dense_ms']:.1f} | {cells} |")
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 

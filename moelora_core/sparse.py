@@ -87,7 +87,13 @@ def use_sparse(router: SoftmaxRouter, x: Tensor, max_fraction: float = SPARSE_MA
 
 
 def topk_route(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Logits (T, E) -> (idx (T, k), w (T, k) = softmax of the k kept logits).
+    """Logits (T, E) -> (idx (T, k), w (T, k) = softmax of the k kept logits); idx by `topk_experts`."""
+    idx = topk_experts(logits.detach(), k)
+    return idx, torch.softmax(logits.gather(-1, idx), dim=-1)
+
+
+def topk_experts(logits: Tensor, k: int) -> Tensor:
+    """Logits (T, E) -> idx (T, k), the k kept experts of each row.
 
     The k experts are those of `maps.topk_mask` (the dense gate's rule: ties go to the lowest expert
     index, exactly k are kept), found with `torch.topk` (3 x faster than the stable sort at E = 64).
@@ -108,7 +114,7 @@ def topk_route(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
             idx = pos[:, 1].reshape(logits.shape[0], k)
         else:  # NaN logits: keep the dense gate's rule exactly
             idx = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :k]
-    return idx, torch.softmax(logits.gather(-1, idx), dim=-1)
+    return idx
 
 
 def expert_columns(idx: Tensor, width: int) -> Tensor:
@@ -214,6 +220,51 @@ def dot_columns(x: Tensor, table: Tensor, cols: Tensor) -> Tensor:
     """
     out: Tensor = _GatherDot.apply(x, table, cols)  # type: ignore[no-untyped-call]
     return out
+
+
+class _RouteDot(torch.autograd.Function):
+    """logits = x Wᵀ, idx = topk_experts(logits), h = gather_dot(x, table, columns of idx), with one
+    backward that writes dx once: scatter_mix(dh, table) + dlogits W, accumulated in place."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, W: Tensor, table: Tensor, k: int, width: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        logits = F.linear(x, W)  # (T, E)
+        idx = topk_experts(logits, k)  # (T, k)
+        cols = expert_columns(idx, width)  # (T, k·width)
+        ctx.save_for_backward(x, W, table, cols)
+        ctx.mark_non_differentiable(idx, cols)
+        return logits, idx, cols, gather_dot(x, table, cols)
+
+    @staticmethod
+    def backward(
+        ctx: Any, dlogits: Tensor, _di: Tensor, _dc: Tensor, dh: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        x, W, table, cols = ctx.saved_tensors
+        dh = dh.contiguous()
+        dx = dW = dt = None
+        if ctx.needs_input_grad[0]:
+            dx = scatter_mix(dh, table, cols).addmm_(dlogits, W)  # (T, n): both paths, one buffer
+        if ctx.needs_input_grad[1]:
+            dW = dlogits.t().mm(x)  # (E, n)
+        if ctx.needs_input_grad[2]:
+            dt = table_grad(dh, x, cols, table.shape[0])
+        return dx, dW, dt, None, None
+
+
+def route_and_dot(
+    x: Tensor, W: Tensor, table: Tensor, k: int, width: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A router that reads x and the chosen experts' down-projections, together: x (T, n), W (E, n),
+    table (E·width, n) -> idx (T, k), w (T, k), cols (T, k·width), h (T, k·width) with
+    h[t, j·width + ρ] = table[idx_j·width + ρ] · x[t] and w = softmax of the k kept logits x Wᵀ.
+
+    The two passes over x stay two (the route decides which rows to dot), but the backward writes
+    dx once (`dot_columns` and the router's dx would be two (T, n) buffers and their sum).
+    """
+    logits, idx, cols, h = _RouteDot.apply(x, W, table, k, width)  # type: ignore[no-untyped-call]
+    return idx, torch.softmax(logits.gather(-1, idx), dim=-1), cols, h
 
 
 def flat_tokens(x: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
@@ -225,3 +226,21 @@ def test_column_kernels_and_their_gradients() -> None:
     )
     assert torch.autograd.gradcheck(lambda a, b: sparse.dot_columns(a, b, cols), (x, table))
     assert torch.autograd.gradcheck(lambda a, b: sparse.mix_columns(cols, a, b), (coef, table))
+
+
+def test_route_and_dot_gradients() -> None:
+    """The fused router + chosen-rows kernel: its one-buffer backward passes gradcheck."""
+    gen = torch.Generator().manual_seed(4)
+    T, E, d, n = 6, 5, 2, 4
+    x = torch.randn(T, n, generator=gen, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(E, n, generator=gen, dtype=torch.float64, requires_grad=True)
+    A = torch.randn(E * d, n, generator=gen, dtype=torch.float64, requires_grad=True)
+    idx, _, cols, h = sparse.route_and_dot(x, W, A, 2, d)
+    assert torch.equal(idx, sparse.topk_route(F.linear(x, W), 2)[0])
+    torch.testing.assert_close(h, torch.einsum("tcn,tn->tc", A[cols], x))
+
+    def f(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        _, w, _, h = sparse.route_and_dot(a, b, c, 2, d)
+        return w, h
+
+    assert torch.autograd.gradcheck(f, (x, W, A))
