@@ -10,19 +10,22 @@ experts. Two mutually transposed kernels do it without a loop over experts or to
 - **the expert-side product** Σ_j Σ_ρ c_{jρ} · U[:, idx_j·d + ρ] (the column blocks of a stacked
   up-projection U = [U_1 ... U_E], or of the stacked cores) is `mix_columns`: `F.embedding_bag` over
   the columns `idx_j·d + ρ` with per-sample weights c, k·d·m multiply–adds per token instead of E·d·m;
-- **a per-expert down-projection** A_{idx_j} x (MoELoRA's input router) is `dot_columns`: the k·d
-  chosen rows of the stacked [A_1; ...; A_E] dotted with x per token (torch's kernel for
+- **a per-expert down-projection** A_{idx_j} x (MoELoRA; TalkLoRA's heads) is `dot_columns`: the
+  k·d chosen rows of the stacked [A_1; ...; A_E] dotted with x per token (torch's kernel for
   embedding_bag's per-sample-weight gradient), k·d·n multiply–adds, no copy of x, no sort, no padding.
   Each is the other's backward (to the per-token coefficients); the table gradients are one sparse
   (rows x tokens) @ (tokens x n) product (`table_grad`). A padded grouped `bmm` and `torch._grouped_mm`
   over tokens sorted by expert were measured slower on CPU (benchmarks/sparse_kernels.py).
+  `route_and_dot` runs a router that reads x (W_g, or a latent router folded to W_r A) and
+  `dot_columns` as one autograd node, so that the backward writes dx once.
 
 Each architecture's `sparse_forward` (in its own module) is written with these tools; this module
-holds no per-architecture code. The k experts are chosen by the dense gate's rule (`maps.topk_mask`: a stable descending sort, ties
-to the lowest index), so the two paths select the same experts, exactly k, whatever the ties. Which path runs is decided per call by `use_sparse`: the fraction
-k/E at or below `SPARSE_MAX_FRACTION` (CoMoL: `COMOL_MAX_FRACTION`) and at least `SPARSE_MIN_TOKENS`
-tokens, all measured (docs/performance.md, benchmarks/sparse_crossover.py); inside torch.func transforms or forward-mode AD
-the dense path always runs. `sparse_mode("dense" | "sparse" | "auto")` overrides the choice in a block.
+holds no per-architecture code. The k experts are chosen by the dense gate's rule (`maps.topk_mask`:
+ties to the lowest index; `topk_experts` finds them with `torch.topk`), so the two paths select the
+same experts, exactly k, whatever the ties. Which path runs is decided per call by `use_sparse`: the
+fraction k/E at or below `SPARSE_MAX_FRACTION` (CoMoL: `COMOL_MAX_FRACTION`) and at least
+`SPARSE_MIN_TOKENS` tokens, all measured (docs/performance.md, benchmarks/sparse_crossover.py); inside
+torch.func transforms or forward-mode AD the dense path always runs. `sparse_mode("dense" | "sparse" | "auto")` overrides the choice in a block.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .errors import ConfigError
 
@@ -48,7 +52,7 @@ Mode = Literal["auto", "dense", "sparse"]
 SPARSE_MAX_FRACTION = 0.125  # sparse when k / E <= this (E >= 16 at k = 2)
 COMOL_MAX_FRACTION = 0.0625  # CoMoL, whose r x r cores are a small part of it (E >= 32 at k = 2)
 SPARSE_MIN_TOKENS = 256  # below this the sort/gather set-up costs more than the dense matmuls save
-# MoELoRA input router: `dot_columns` for the chosen experts' A_i x when E·r_e > k·(GATHER_COPY +
+# MoELoRA and TalkLoRA: `route_and_dot` for the chosen experts' A_i x when E·r_e > k·(GATHER_COPY +
 # GATHER_MAC·r_e), else the dense [A; W_g] x (benchmarks/sparse_kernels.py, docs/performance.md):
 # the dense one's E·r_e extra columns against k·r_e dot products and their own passes over x.
 GATHER_COPY = 32.0
@@ -151,9 +155,12 @@ def scatter_mix(coef: Tensor, table: Tensor, cols: Tensor) -> Tensor:
 def table_grad(coef: Tensor, x: Tensor, cols: Tensor, rows: int) -> Tensor:
     """G[ρ] = Σ_{(t, c): cols[t, c] = ρ} coef[t, c] · x[t]: (T, c) x (T, n) -> (rows, n), no autograd.
 
-    One sparse (rows x T) @ dense (T, n) product (COO, T·c non-zeros): each x[t] is read once per
-    column, nothing (T·c, n)-sized formed.
+    On CPU one sparse (rows x T) @ dense (T, n) product (COO, T·c non-zeros): each x[t] is read once
+    per column, nothing (T·c, n)-sized formed. Elsewhere (sparse products do not cover every dtype on
+    every device) `table_grad_indexed`.
     """
+    if x.device.type != "cpu":
+        return table_grad_indexed(coef, x, cols, rows)
     T = cols.shape[0]
     flat, _, bag = _bags(cols)
     S = torch.sparse_coo_tensor(
@@ -168,6 +175,13 @@ def table_grad(coef: Tensor, x: Tensor, cols: Tensor, rows: int) -> Tensor:
     return out
 
 
+def table_grad_indexed(coef: Tensor, x: Tensor, cols: Tensor, rows: int) -> Tensor:
+    """`table_grad` by `index_add_` of the (T·c, n) products coef[t, c] · x[t] (any device, dtype)."""
+    flat, _, bag = _bags(cols)
+    terms = coef.reshape(-1, 1) * x.index_select(0, bag)  # (T·c, n)
+    return torch.zeros(rows, x.shape[-1], dtype=x.dtype, device=x.device).index_add_(0, flat, terms)
+
+
 class _GatherDot(torch.autograd.Function):
     """h = gather_dot(x, table, cols); dx = scatter_mix(dh, table), dtable = table_grad(dh, x)."""
 
@@ -177,6 +191,7 @@ class _GatherDot(torch.autograd.Function):
         return gather_dot(x, table, cols)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, dh: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         x, table, cols = ctx.saved_tensors
         dh = dh.contiguous()
@@ -194,6 +209,7 @@ class _ScatterMix(torch.autograd.Function):
         return scatter_mix(coef, table, cols)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         coef, table, cols = ctx.saved_tensors
         dy = dy.contiguous()
@@ -238,6 +254,7 @@ class _RouteDot(torch.autograd.Function):
         return logits, idx, cols, gather_dot(x, table, cols)
 
     @staticmethod
+    @once_differentiable
     def backward(
         ctx: Any, dlogits: Tensor, _di: Tensor, _dc: Tensor, dh: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
