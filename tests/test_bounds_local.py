@@ -13,14 +13,10 @@ from moelora_core.maps import Dense, Identity, LinearMap, SoftmaxRouter
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 from proofs_numeric.bounds import expert_factors, layer_report, stack_norms
 from proofs_numeric.bounds.certified import effective_matrix, logit_factors
-from proofs_numeric.bounds.claims import ARCHS, build, randomized
-from proofs_numeric.bounds.local import (
-    ExpertFactors,
-    centred_response_norms,
-    check_factors,
-    local_bounds,
-    mixed_norm_fn,
-)
+from proofs_numeric.bounds.factors import ExpertFactors, check_factors
+from proofs_numeric.bounds.instances import ARCHS, build, randomized
+from proofs_numeric.bounds.local import local_bounds
+from proofs_numeric.bounds.norms import centred_response_norms, mixed_norm_fn
 from proofs_numeric.bounds.spectral import centring
 
 D = torch.float64

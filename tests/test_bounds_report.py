@@ -17,7 +17,7 @@ from moelora_core.errors import (
 from moelora_core.lora import LoRA, LoRAConfig
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 from proofs_numeric.bounds import LayerBoundReport, NoRouterError, layer_report
-from proofs_numeric.bounds.claims import build, randomized
+from proofs_numeric.bounds.instances import build, randomized
 
 D = torch.float64
 GEN = torch.Generator().manual_seed(0)

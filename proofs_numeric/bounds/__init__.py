@@ -10,8 +10,12 @@ rounding margin); lower bounds are measured (Jacobian norms and pair ratios foun
 
 from .certified import RouterBounds, TalkBounds, head_bounds, router_bounds, talk_bounds
 from .domain import Domain, NoRouterError, RoutingWeightsError
-from .local import ExpertFactors, LocalBounds, expert_factors, local_bounds, stack_norms
-from .report import LayerBoundReport, MapReport, layer_report
+from .factors import ExpertFactors, expert_factors
+from .local import LocalBounds, local_bounds
+from .norms import stack_norms
+from .options import ReportOptions
+from .report import layer_report, report_layer
+from .results import LayerBoundReport, MapReport
 from .spectral import CERT_RTOL, SOFTMAX_LIP, SpectralNorm, softmax_jacobian, spectral_norm
 from .stats import RoutingStats, routing_stats
 from .talk import averaging_talk, reference_init_amplification
@@ -26,6 +30,7 @@ __all__ = [
     "LocalBounds",
     "MapReport",
     "NoRouterError",
+    "ReportOptions",
     "RouterBounds",
     "RoutingStats",
     "RoutingWeightsError",
@@ -38,6 +43,7 @@ __all__ = [
     "layer_report",
     "local_bounds",
     "reference_init_amplification",
+    "report_layer",
     "router_bounds",
     "routing_stats",
     "softmax_jacobian",

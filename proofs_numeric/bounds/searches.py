@@ -21,9 +21,9 @@ from torch import Tensor
 from moelora_core.adapter import Adapter
 from moelora_core.maps import LinearMap
 
+from ..search import Fn, Probe, Region, SearchResult, search
 from .certified import logit_factors
 from .domain import Domain
-from .empirical import Fn, Probe, Region, SearchResult, search
 from .spectral import F64, centring
 
 PAIR_LOGIT = 12.0  # pair-target starts: logits of (i, j) this far above the rest (p_rest ~ e^-12)

@@ -1,0 +1,257 @@
+"""The expert maps as low-rank factors, P_i = U_i V_i, exact float64 inputs for the rigorous local
+bounds (local.py, norms.py), and the check that they are the maps the adapter applies.
+
+Every architecture stores P_i = U_i V_i with U_i: m x k, V_i: k x n (k = r_e, or r for CoMoL):
+MoELoRA U_i = s B_i, V_i = A_i; HydraLoRA U_i = s B_i, V_i = A; TalkLoRA U_i = s B_i K_i, V_i = A_(i);
+CoMoL U_i = s B M_i, V_i = A. For other adapters the dense `expert_matrices()` are factored as P_i · I.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from moelora_core.adapter import Adapter
+from moelora_core.comol import CoMoL
+from moelora_core.errors import ConfigError, MoELoRAError, input_checks
+from moelora_core.hydralora import HydraLoRA
+from moelora_core.maps import Identity
+from moelora_core.moelora import MoELoRA
+from moelora_core.talklora import TalkLoRA
+from moelora_core.validate import require_instance
+
+from .domain import require_adapter
+from .rigorous import (
+    Enclosure,
+    centre_rows,
+    exact,
+    exact_t,
+    matmul,
+    matmul_floats,
+    normalise,
+    scale,
+    scale_up_t,
+)
+from .spectral import F64
+
+DENSE_FALLBACK_MAX = 4096  # E·min(m, n) allowed for the dense fallback factorisation
+FACTOR_CHECK_RTOL = 1e-6  # factors vs the adapter's own Δ on probe inputs (float32 adapters)
+
+
+@dataclass(frozen=True)
+class ExpertFactors:
+    """P_i = U_i V_i; U (E, m, k), V (E, k, n), float64."""
+
+    U: Tensor
+    V: Tensor
+    source: str
+    shared_v: bool = False  # all V_i equal (HydraLoRA, CoMoL): ΔW(x) = (Σ_i g_i U_i) V
+    U_rad: Tensor | None = None  # |U_exact − U| <= U_rad (U computed from the weights); None: exact
+    core: tuple[Tensor, Tensor, float] | None = (
+        None  # CoMoL: (B (m, r), M (N, r, r), s), U_i = s B M_i
+    )
+
+    @cached_property
+    def _scaling(self) -> tuple[Enclosure, Tensor, int, int]:
+        rad = torch.zeros_like(self.U) if self.U_rad is None else self.U_rad
+        Us, eu = normalise(self.U)
+        Vs, ev = normalise(self.V[:1] if self.shared_v else self.V)  # a shared V: one copy
+        Vs = Vs.expand_as(self.V)
+        return Enclosure(Us, scale_up_t(rad, -eu) if eu else rad), Vs, eu, ev
+
+    @property
+    def scaled(self) -> tuple[Enclosure, Tensor, int]:
+        """(U', V', e) with U_i V_i = 2^e U'_i V'_i: U (with its rounding) and V scaled by exact
+        powers of 2 (the radius rounded upwards), so that Gram products stay in range."""
+        Ue, Vs, eu, ev = self._scaling
+        return Ue, Vs, eu + ev
+
+    def core_parts(self, centred: bool) -> tuple[Enclosure, Enclosure, float] | None:
+        """CoMoL (U_i = s B M_i): (BᵀB, M, s) for the scaled U'_i = s (2^-e_u B) M_i, enclosed, with
+        M_i − M̄ when centred (then U'_i − Ū' = s (2^-e_u B)(M_i − M̄) exactly); None without the
+        factors or when 2^-e_u B is not exact."""
+        if self.core is None:
+            return None
+        B, M, s = self.core
+        eu = self._scaling[2]
+        B2 = torch.ldexp(B, torch.tensor(-eu, dtype=torch.int32))
+        if not torch.equal(torch.ldexp(B2, torch.tensor(eu, dtype=torch.int32)), B):
+            return None
+        N, r = M.shape[0], M.shape[-1]
+        Me = exact(M)
+        if centred:
+            Mc = centre_rows(Enclosure(*(t.reshape(N, r * r) for t in Me.pair)))
+            Me = Enclosure(*(t.view(N, r, r) for t in Mc.pair))
+        return matmul_floats(B2.T.contiguous(), B2), Me, s  # BᵀB: (r, r), the only m-long product
+
+    def _core_gram(self, centred: bool) -> Enclosure | None:
+        """G_U' = s² M_iᵀ (BᵀB) M_j (`core_parts`), (Ek, Ek), or None."""
+        parts = self.core_parts(centred)
+        if parts is None:
+            return None
+        GB, Me, s = parts
+        N, r = Me.mid.shape[0], Me.mid.shape[-1]
+        T = matmul(Me.T, GB)  # (N, r, r): M_iᵀ BᵀB
+        G4 = matmul(
+            Enclosure(*(t.unsqueeze(1) for t in T.pair)),
+            Enclosure(*(t.unsqueeze(0) for t in Me.pair)),
+        )  # (N_i, N_j, r_p, r_q)
+        G4 = scale(scale(G4, s), s)
+        return Enclosure(*(t.permute(0, 2, 1, 3).reshape(N * r, N * r) for t in G4.pair))
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.U.shape[0])
+
+    def dense(self) -> Tensor:
+        """(E, m, n): only for small shapes (tests)."""
+        return self.U @ self.V
+
+    @cached_property
+    def grams(self) -> tuple[Enclosure, Enclosure]:
+        """Enclosures of G_U = U'_catᵀ U'_cat and G_V = V'_st V'_stᵀ (Ek x Ek each) for the scaled
+        factors (`scaled`: the norms built from them are 2^-e times the true ones), computed once."""
+        E, m, k = self.U.shape
+        Ue, V, _ = self.scaled
+        ones = torch.ones(E, E, dtype=F64)
+        if self.shared_v:
+            V0 = exact(V[0])
+            g = matmul(V0, V0.T)
+            GV = Enclosure(torch.kron(ones, g.mid), torch.kron(ones, g.rad))
+        else:
+            Vst = exact(V.reshape(E * k, -1))  # (Ek, n)
+            GV = matmul(Vst, Vst.T)
+        GU = self._core_gram(False)
+        if GU is None:
+            Ucat = Enclosure(*(t.permute(1, 0, 2).reshape(m, E * k) for t in Ue.pair))
+            GU = matmul(Ucat.T, Ucat)
+        return GU, GV
+
+    @cached_property
+    def centred_gram(self) -> Enclosure:
+        """Enclosure of G_c = U'_cᵀ U'_c (Ek x Ek) for the centred scaled factors U'_i − Ū' (shared
+        V: P_i − P̄ = (U_i − Ū) V, centred before any product), computed once for all forms."""
+        core = self._core_gram(True)
+        if core is not None:
+            return core
+        E, m, k = self.U.shape
+        Ue, _, _ = self.scaled
+        Uc = centre_rows(Enclosure(Ue.mid.reshape(E, m * k), Ue.rad.reshape(E, m * k)))
+        Ucat = Enclosure(*(t.view(E, m, k).permute(1, 0, 2).reshape(m, E * k) for t in Uc.pair))
+        return matmul(Ucat.T, Ucat)
+
+
+def expert_factors(adapter: Adapter) -> ExpertFactors:
+    """Low-rank factors of the expert maps P_i from the architecture's parameters."""
+    adapter = require_adapter(adapter)
+    with torch.no_grad():
+        return _factors(adapter)
+
+
+def _factors(a: Adapter) -> ExpertFactors:
+    """One branch per architecture (called under no_grad)."""
+    if isinstance(a, MoELoRA):
+        c = a.config
+        U = (
+            a.B.weight.detach()
+            .to("cpu", F64)
+            .unflatten(1, (c.num_experts, c.expert_rank))
+            .permute(1, 0, 2)
+        )
+        V = a.A.weight.detach().to("cpu", F64).unflatten(0, (c.num_experts, c.expert_rank))
+        Us = scale(exact(U), c.scale)
+        return ExpertFactors(Us.mid, V, "moelora", U_rad=Us.rad)
+    if isinstance(a, HydraLoRA):
+        h = a.config
+        U = (
+            a.B.weight.detach()
+            .to("cpu", F64)
+            .unflatten(1, (h.num_experts, h.expert_rank))
+            .permute(1, 0, 2)
+        )
+        V = a.A.weight.detach().to("cpu", F64).expand(h.num_experts, -1, -1)
+        Us = scale(exact(U), h.scale)
+        return ExpertFactors(Us.mid, V, "hydralora", shared_v=True, U_rad=Us.rad)
+    if isinstance(a, TalkLoRA):
+        t = a.config
+        Bh = (
+            a.B.weight.detach()
+            .to("cpu", F64)
+            .unflatten(1, (t.num_experts, t.head_dim))
+            .permute(1, 0, 2)
+        )
+        Us = scale(matmul(exact(Bh), exact(a.K.weight)), t.scale)  # (E, m, d): s B_i K_i
+        V = a.A.weight.detach().to("cpu", F64).unflatten(0, (t.num_experts, t.head_dim))
+        return ExpertFactors(Us.mid, V, "talklora", U_rad=Us.rad)
+    if isinstance(a, CoMoL):
+        o = a.config
+        B = exact(a.B.weight).mid.unsqueeze(0)  # (1, m, r)
+        Us = scale(matmul(exact_t(B), exact(a.cores)), o.scale)  # (N, m, r): s B M_i
+        V = a.A.weight.detach().to("cpu", F64).expand(o.num_cores, -1, -1)
+        core = (B[0], exact(a.cores).mid, o.scale)
+        return ExpertFactors(Us.mid, V, "comol", shared_v=True, U_rad=Us.rad, core=core)
+    P = a.expert_matrices().detach().to("cpu", F64)  # (E, m, n)
+    E, m, n = P.shape
+    if E * min(m, n) > DENSE_FALLBACK_MAX:
+        raise ConfigError(
+            f"adapter={type(a).__name__}: no low-rank factorisation known and "
+            f"E·min(m, n) = {E * min(m, n)} > {DENSE_FALLBACK_MAX} for the dense fallback"
+        )
+    if n <= m:
+        eye = torch.eye(n, dtype=F64, device=P.device).expand(E, n, n)
+        return ExpertFactors(P, eye, "dense")
+    eye = torch.eye(m, dtype=F64, device=P.device).expand(E, m, m)
+    return ExpertFactors(eye, P, "dense")
+
+
+def check_factors(adapter: Adapter, f: ExpertFactors, probes: int = 4, seed: int = 0) -> float:
+    """Relative error of Σ_i g_i(x) U_i V_i x against the adapter's Δ(x) on random probes.
+
+    Raises MoELoRAError above FACTOR_CHECK_RTOL (float32) / 1e-10 (float64), plus the effect of the
+    adapter's own rounding of the logits (γ·|F_K|⋯|F_1||x| per logit moves g by at most as much, and
+    Δ by E times that times max_i |P_i x|: large for near-tie routers with a big common component):
+    the factors the bound is computed from must be the maps the adapter applies. A float16/bfloat16/
+    float32 adapter is compared through a float64 copy (same weights, exactly converted), so half
+    precision is not refused for its own rounding.
+    """
+    require_adapter(adapter)
+    require_instance("f", f, ExpertFactors)
+    if adapter.reference.dtype != F64:
+        adapter = copy.deepcopy(adapter).to(F64)
+    ref = adapter.reference
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    scales = torch.logspace(-1, 1, probes, dtype=F64).unsqueeze(-1)
+    X = scales * torch.randn(probes, adapter.in_features, generator=gen, dtype=F64)  # CPU
+    with torch.no_grad(), input_checks(False):
+        Xw = X.to(dtype=ref.dtype, device=ref.device)
+        delta = adapter.delta(Xw).detach().to("cpu", F64)
+        g = adapter.routing(Xw)
+    gw = torch.ones(probes, 1, dtype=F64) if g is None else g.detach().to("cpu", F64)
+    z = torch.einsum("ekn,bn->bek", f.V, X)  # (probes, E, k): V_i x
+    Px = torch.einsum("emk,bek->bem", f.U, z)  # (probes, E, m): P_i x
+    ours = torch.einsum("be,bem->bm", gw, Px)
+    scale = 1.0 + float(delta.abs().max())
+    err = float((ours - delta).abs().max()) / scale
+    tol = 1e-10 if ref.dtype == F64 else FACTOR_CHECK_RTOL * 10
+    lm = adapter.router_logit_map()
+    if g is not None and lm is not None:
+        zabs = X.abs().T  # (n, probes): |F_K| ⋯ |F_1| |x|, the scale of the logits' rounding
+        dims = 0
+        for fac in lm.factors():
+            if isinstance(fac, Identity):
+                continue
+            W = fac.dense().detach().to("cpu", F64)
+            zabs, dims = W.abs() @ zabs, dims + W.shape[1]
+        eps = torch.finfo(ref.dtype).eps
+        noise = 4 * gw.shape[1] * dims * eps * float(zabs.max()) * float(Px.abs().max())
+        tol += noise / scale
+    if err > tol:
+        raise MoELoRAError(
+            f"expert factors of {type(adapter).__name__}: relative error {err:.2e} against the "
+            f"adapter's Δ (tolerance {tol:.0e}); expected P_i = U_i V_i"
+        )
+    return err
