@@ -38,6 +38,7 @@ from moelora_core.maps import BlockDiagonal, Dense, Identity, KronIdentity, Line
 from moelora_core.talklora import TalkLoRA
 from moelora_core.validate import require_instance
 
+from ..pairwise import farthest_pair
 from .domain import Domain, NoRouterError, require_routed
 from .rigorous import (
     Enclosure,
@@ -137,12 +138,8 @@ def pair_alignment(PL: Tensor, centred_norm: float) -> tuple[float, tuple[int, i
     E = PL.shape[0]
     if E < 2 or centred_norm == 0.0:
         return 1.0, None
-    G = PL @ PL.T  # (E, E)
-    d2 = (G.diagonal().unsqueeze(0) + G.diagonal().unsqueeze(1) - 2 * G).clamp_min(0)
-    d2 = d2.triu(1)
-    flat = int(torch.argmax(d2))
-    i, j = divmod(flat, E)
-    a = math.sqrt(float(d2[i, j]) / 2.0) / centred_norm
+    i, j, d2 = farthest_pair(PL)  # ‖l_i − l_j‖², i < j
+    a = math.sqrt(max(float(d2[i, j]), 0.0) / 2.0) / centred_norm
     return min(a, 1.0), (i, j)
 
 

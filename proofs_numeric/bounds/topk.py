@@ -35,6 +35,7 @@ from moelora_core.validate import (
     require_tensor,
 )
 
+from ..pairwise import farthest_pair
 from .domain import require_routed
 from .spectral import F64, centring
 
@@ -142,11 +143,10 @@ def topk_witness(
     L = L.cpu()
     E, n = L.shape
     PL = centring(E) @ L
-    G = PL @ PL.T
-    d2 = (G.diagonal().unsqueeze(0) + G.diagonal().unsqueeze(1) - 2 * G).triu(1)
-    if E < 2 or k >= E or float(d2.max()) <= 1e-24 * max(1.0, float(G.diagonal().max())):
+    a, b, d2 = farthest_pair(PL)  # ‖l_a − l_b‖² largest, a < b
+    scale = max(1.0, float(torch.linalg.vector_norm(PL, dim=1).max()) ** 2)  # max_i ‖l_i‖²
+    if E < 2 or k >= E or float(d2[a, b]) <= 1e-24 * scale:
         return None
-    a, b = divmod(int(torch.argmax(d2)), E)
     u = PL[a] - PL[b]
     u = u / torch.linalg.vector_norm(u)
     others = [j for j in range(E) if j not in (a, b)]
