@@ -134,7 +134,7 @@ class TightCase:
             1.0,
         )
         with torch.no_grad():
-            a.router.logits.dense().copy_(self.weight())  # type: ignore[union-attr]
+            a.router.logits.dense().copy_(self.weight())
         return a
 
 

@@ -232,7 +232,7 @@ def talk_heads(diagonal_only: bool) -> Callable[[TalkCase], Outcome]:
         with input_checks(False):
             lower = talk_head_lower(t, t, Domain("unconstrained", 0.0, 0), None, None, 8, c.seed)
         T_ = t.T.weight.detach()
-        Wn = float(torch.linalg.matrix_norm(t.router.logits.dense().detach(), ord=2))  # type: ignore[union-attr]
+        Wn = float(torch.linalg.matrix_norm(t.router.logits.dense().detach(), ord=2))
         items: list[tuple[str, float | None, float | None]] = []
         gen = torch.Generator().manual_seed(c.seed)
         for j in range(E):  # E <= 4 heads: the per-head statements
