@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from moelora_core.adapter import Adapter
+from moelora_core.adapter import Adapter, HasTalking
+from moelora_core.errors import ArgumentTypeError
 from moelora_core.maps import BlockDiagonal, Dense, Identity, KronIdentity, LinearMap
-from moelora_core.talklora import TalkLoRA
-from moelora_core.validate import require_instance
 
 from ..pairwise import farthest_pair
 from .domain import Domain, NoRouterError, require_routed
@@ -263,13 +262,19 @@ class TalkBounds:
         }
 
 
-def talk_bounds(t: TalkLoRA) -> TalkBounds:
-    require_routed(require_instance("t", t, TalkLoRA))
-    T = t.T.weight.detach().to("cpu", F64)  # (E, E)
-    E, d = t.num_experts, t.config.head_dim
-    W = t.router.logits.dense().detach().to("cpu", F64) if t.router is not None else None
-    if W is None:
-        raise NoRouterError("TalkLoRA without a router")
+def talk_bounds(t: Adapter) -> TalkBounds:
+    """The per-head bounds of an adapter with a talking module T (`HasTalking`: TalkLoRA): ‖T‖₂,
+    ‖T e_j‖₂ and the head-j bounds, for the router W_r over E heads of size d = r / E."""
+    t = require_routed(t)
+    if not isinstance(t, HasTalking):
+        raise ArgumentTypeError(
+            f"t={type(t).__name__}: has no talking module; expected an adapter with `.talking` "
+            "(moelora_core.adapter.HasTalking, e.g. TalkLoRA)"
+        )
+    T = t.talking.dense().detach().to("cpu", F64)  # (E, E)
+    W = logit_factors(t)[-1].dense().detach().to("cpu", F64)  # W_r: (E, E d)
+    E = T.shape[0]
+    d = W.shape[1] // E
     talk_norm = spectral_norm(T, "T").lower  # ‖T‖₂ as measured (compared with 1)
     att = torch.linalg.vector_norm(T, dim=0)  # (E,) column norms ‖T e_j‖₂
     w_norm = spectral_norm(W, "W_r").upper

@@ -3,7 +3,8 @@ bounds (local.py, norms.py), and the check that they are the maps the adapter ap
 
 Every architecture stores P_i = U_i V_i with U_i: m x k, V_i: k x n (k = r_e, or r for CoMoL):
 MoELoRA U_i = s B_i, V_i = A_i; HydraLoRA U_i = s B_i, V_i = A; TalkLoRA U_i = s B_i K_i, V_i = A_(i);
-CoMoL U_i = s B M_i, V_i = A. For other adapters the dense `expert_matrices()` are factored as P_i · I.
+CoMoL U_i = s B M_i, V_i = A: each architecture declares them (`Adapter.expert_factors`, exact float64;
+the products are enclosed here). For other adapters the dense `expert_matrices()` are factored as P_i · I.
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ import torch
 from torch import Tensor
 
 from moelora_core.adapter import Adapter
-from moelora_core.comol import CoMoL
+from moelora_core.adapter import ExpertFactors as DeclaredFactors
 from moelora_core.errors import ConfigError, MoELoRAError, input_checks
-from moelora_core.hydralora import HydraLoRA
 from moelora_core.maps import Identity
-from moelora_core.moelora import MoELoRA
-from moelora_core.talklora import TalkLoRA
 from moelora_core.validate import require_instance
 
 from .domain import require_adapter
@@ -29,7 +27,6 @@ from .rigorous import (
     Enclosure,
     centre_rows,
     exact,
-    exact_t,
     matmul,
     matmul_floats,
     normalise,
@@ -146,54 +143,40 @@ class ExpertFactors:
 
 
 def expert_factors(adapter: Adapter) -> ExpertFactors:
-    """Low-rank factors of the expert maps P_i from the architecture's parameters."""
+    """Low-rank factors of the expert maps P_i, from what the adapter declares
+    (`Adapter.expert_factors`), else from its dense `expert_matrices()` (small shapes only)."""
     adapter = require_adapter(adapter)
     with torch.no_grad():
-        return _factors(adapter)
+        declared = adapter.expert_factors()
+        if declared is not None:
+            return from_declared(declared, getattr(adapter, "family", type(adapter).__name__))
+        return _dense_factors(adapter)
 
 
-def _factors(a: Adapter) -> ExpertFactors:
-    """One branch per architecture (called under no_grad)."""
-    if isinstance(a, MoELoRA):
-        c = a.config
-        U = (
-            a.B.weight.detach()
-            .to("cpu", F64)
-            .unflatten(1, (c.num_experts, c.expert_rank))
-            .permute(1, 0, 2)
-        )
-        V = a.A.weight.detach().to("cpu", F64).unflatten(0, (c.num_experts, c.expert_rank))
-        Us = scale(exact(U), c.scale)
-        return ExpertFactors(Us.mid, V, "moelora", U_rad=Us.rad)
-    if isinstance(a, HydraLoRA):
-        h = a.config
-        U = (
-            a.B.weight.detach()
-            .to("cpu", F64)
-            .unflatten(1, (h.num_experts, h.expert_rank))
-            .permute(1, 0, 2)
-        )
-        V = a.A.weight.detach().to("cpu", F64).expand(h.num_experts, -1, -1)
-        Us = scale(exact(U), h.scale)
-        return ExpertFactors(Us.mid, V, "hydralora", shared_v=True, U_rad=Us.rad)
-    if isinstance(a, TalkLoRA):
-        t = a.config
-        Bh = (
-            a.B.weight.detach()
-            .to("cpu", F64)
-            .unflatten(1, (t.num_experts, t.head_dim))
-            .permute(1, 0, 2)
-        )
-        Us = scale(matmul(exact(Bh), exact(a.K.weight)), t.scale)  # (E, m, d): s B_i K_i
-        V = a.A.weight.detach().to("cpu", F64).unflatten(0, (t.num_experts, t.head_dim))
-        return ExpertFactors(Us.mid, V, "talklora", U_rad=Us.rad)
-    if isinstance(a, CoMoL):
-        o = a.config
-        B = exact(a.B.weight).mid.unsqueeze(0)  # (1, m, r)
-        Us = scale(matmul(exact_t(B), exact(a.cores)), o.scale)  # (N, m, r): s B M_i
-        V = a.A.weight.detach().to("cpu", F64).expand(o.num_cores, -1, -1)
-        core = (B[0], exact(a.cores).mid, o.scale)
-        return ExpertFactors(Us.mid, V, "comol", shared_v=True, U_rad=Us.rad, core=core)
+def from_declared(d: DeclaredFactors, source: str) -> ExpertFactors:
+    """U_i = s (L_1 ⋯ L_k)_i enclosed (rigorous products; the radius is `U_rad`) and V_i = R_i, from
+    the adapter's exact factors. A shared right side (leading 1) sets `shared_v`; left factors
+    (B shared, M_i per expert) with a shared right side are CoMoL's cores (`core`)."""
+    if not d.left:
+        raise ConfigError(f"expert factors of {source}: left=(): expected at least one factor")
+    E = max(int(t.shape[0]) for t in (*d.left, d.right))
+    acc = exact(d.left[0])
+    for f in d.left[1:]:
+        acc = matmul(acc, exact(f))  # (E or 1, m, ·)
+    Us = scale(acc, d.scale)
+    U = Us.mid.expand(E, -1, -1)
+    U_rad = Us.rad.expand(E, -1, -1)
+    shared_v = int(d.right.shape[0]) == 1
+    V = d.right.detach().to("cpu", F64).expand(E, -1, -1)
+    core = None
+    if len(d.left) == 2 and shared_v and d.left[0].shape[0] == 1 and d.left[1].shape[0] == E:
+        core = (exact(d.left[0]).mid[0], exact(d.left[1]).mid, d.scale)  # (m, r), (N, r, r), s
+    return ExpertFactors(U, V, source, shared_v=shared_v, U_rad=U_rad, core=core)
+
+
+def _dense_factors(a: Adapter) -> ExpertFactors:
+    """P_i · I (or I · P_i, the smaller identity) from the dense (E, m, n) `expert_matrices()`;
+    ConfigError when E·min(m, n) > DENSE_FALLBACK_MAX (or NotLinearError, for a non-linear Δ)."""
     P = a.expert_matrices().detach().to("cpu", F64)  # (E, m, n)
     E, m, n = P.shape
     if E * min(m, n) > DENSE_FALLBACK_MAX:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from moelora_core.adapter import Adapter
+from moelora_core.adapter import Adapter, HasTalking
 from moelora_core.maps import LinearMap
 
 from .certified import (
@@ -28,7 +28,14 @@ from .certified import (
     logit_factors,
     talk_bounds,
 )
-from .domain import Domain, make_domain, require_inputs, require_radius, require_routed
+from .domain import (
+    Domain,
+    make_domain,
+    require_adapter,
+    require_inputs,
+    require_radius,
+    require_routed,
+)
 from .options import ReportOptions
 from .spectral import F64
 
@@ -78,21 +85,25 @@ def frozen_copy(adapter: Adapter, dtype: torch.dtype | None) -> Adapter:
 
 
 def open_layer(
-    adapter: Adapter, inputs: Tensor | None, radius: float | None, options: ReportOptions
+    adapter: Adapter,
+    inputs: Tensor | None,
+    radius: float | None,
+    options: ReportOptions,
+    *,
+    routed: bool = True,
 ) -> Layer:
-    """Check the adapter, inputs and radius; make the frozen copies and the domain."""
+    """Check the adapter (with a router when `routed`), inputs and radius; make the frozen copies
+    and the domain."""
     started = time.perf_counter()
-    a = require_routed(adapter)
+    a = require_routed(adapter) if routed else require_adapter(adapter)
     X = require_inputs(a, inputs)
     R = require_radius(radius, a.reference.dtype)
     ref = a.reference
     work = frozen_copy(a, None)
     w64 = work if ref.dtype == F64 else frozen_copy(a, F64)
-    centres = (
-        X
-        if X is not None
-        else (torch.zeros(1, a.in_features, dtype=ref.dtype) if R is not None else None)
-    )
+    centres = X
+    if X is None and R is not None:
+        centres = torch.zeros(1, a.in_features, dtype=ref.dtype)
     if centres is not None:
         centres = centres.to(ref.device)
     return Layer(a, work, w64, X, R, make_domain(X, R), centres, options, started=started)
@@ -123,9 +134,7 @@ class RouterCertificate:
 
 def talk_of(adapter: Adapter) -> TalkBounds | None:
     """The per-head bounds of a talking module (TalkLoRA's T), None for adapters without one."""
-    from moelora_core.talklora import TalkLoRA
-
-    return talk_bounds(adapter) if isinstance(adapter, TalkLoRA) else None
+    return talk_bounds(adapter) if isinstance(adapter, HasTalking) else None
 
 
 def certify_router(layer: Layer) -> RouterCertificate:

@@ -27,6 +27,8 @@ from moelora_core.errors import input_checks
 from moelora_core.validate import require_instance
 
 from ..threads import torch_threads
+from .chain import chain_bounds, chain_lower, require_chain
+from .domain import require_adapter
 from .layer import Layer, RouterCertificate, certify_router, open_layer
 from .local_section import local_section
 from .options import ReportOptions
@@ -76,8 +78,13 @@ def report_layer(
         ReportOptions() if options is None else require_instance("options", options, ReportOptions)
     )
     with torch_threads(options.threads):
-        layer = open_layer(adapter, inputs, radius, options)
-        return _measure(layer)
+        a = require_adapter(adapter)
+        kind = type(a)
+        if not kind.linear_experts:
+            return chain_report(open_layer(a, inputs, radius, options, routed=False))
+        if kind.routing_kind in ("mask", "threshold") or kind.router_lipschitz == "refuted":
+            return gate_report(open_layer(a, inputs, radius, options, routed=False))
+        return _measure(open_layer(a, inputs, radius, options))
 
 
 def _measure(layer: Layer) -> LayerBoundReport:
@@ -102,17 +109,22 @@ def _measure(layer: Layer) -> LayerBoundReport:
     return rep
 
 
-def arch_name(adapter: Adapter, latent: bool) -> str:
+def arch_name(adapter: Adapter, latent: bool | None) -> str:
+    """family[latent] / family[input] for a softmax router, the family alone otherwise."""
     fam = getattr(adapter, "family", type(adapter).__name__.lower())
-    return f"{fam}[{'latent' if latent else 'input'}]"
+    return fam if latent is None else f"{fam}[{'latent' if latent else 'input'}]"
 
 
-def _skeleton(layer: Layer, latent: bool, num_experts: int, top_k: int | None) -> LayerBoundReport:
-    """A report with no bound yet: the layer's description and the domain."""
+def _skeleton(
+    layer: Layer, latent: bool | None, num_experts: int, top_k: int | None
+) -> LayerBoundReport:
+    """A report with no bound yet: the layer's description and the domain (latent None: the gate is
+    not a softmax router, described by its routing kind)."""
     a = layer.adapter
     o = layer.options
+    router = type(a).routing_kind if latent is None else "latent" if latent else "input"
     return LayerBoundReport(
-        arch=arch_name(a, latent), router="latent" if latent else "input", num_experts=num_experts,
+        arch=arch_name(a, latent), router=router, num_experts=num_experts,
         in_features=a.in_features, out_features=a.out_features, top_k=top_k,
         dtype=str(layer.dtype).replace("torch.", ""), domain=layer.domain, upper_product=None,
         upper_effective=None, upper_centred=None, lower=None, lower_jacobian=None,
@@ -148,6 +160,52 @@ def uncertified(layer: Layer, reason: str) -> LayerBoundReport:
     return rep
 
 
+def chain_report(layer: Layer) -> LayerBoundReport:
+    """A non-linear adapter (`linear_experts = False`): the certified global bound on Lip(Δ) from its
+    `LipschitzChain` and the searched lower bound (chain.py); a router, if any, is not bounded here."""
+    a, o = layer.work, layer.options
+    rep = _skeleton(layer, None, a.num_experts, None)
+    with layer.timed("chain_certified"):
+        chain = require_chain(a)
+        try:
+            rep.chain = chain_bounds(chain)
+        except CertificateError as err:
+            rep.notes.append(f"no certificate: {err}")
+    if rep.chain is not None:
+        with layer.timed("chain_search"), input_checks(False):
+            lower, points = chain_lower(
+                layer.work, layer.w64, layer.domain, layer.centres, layer.radius, o.samples,
+                o.iterations, o.ascent_steps, o.pair_steps, o.seed,
+            )  # fmt: skip
+        rep.chain.lower, rep.chain.samples, rep.samples = lower, points, points
+        rep.chain.gap_ratio = lower / rep.chain.upper if rep.chain.upper > 0 else None
+    rep.seconds = time.perf_counter() - layer.started
+    rep.timings = dict(layer.timings)
+    check_consistent(rep)
+    return rep
+
+
+def gate_report(layer: Layer) -> LayerBoundReport:
+    """A gate the certified softmax bound does not cover (`routing_kind` mask or threshold, or
+    `router_lipschitz = "refuted"`): no bound, and why."""
+    a = layer.adapter
+    kind = type(a)
+    rep = _skeleton(layer, None, a.num_experts, getattr(a.config, "top_k", None))
+    rep.iterations = {}
+    why = {
+        "mask": "g ∈ {0,1}^E jumps where the k-th and (k+1)-th scores tie: no Lipschitz constant",
+        "threshold": "g_i = relu(p_i − τ(x)) / Σ_j relu(p_j − τ(x)) is not ½‖W‖-Lipschitz (refuted "
+        "by a declared claim)",
+    }.get(kind.routing_kind, "the architecture declares its gate not ½‖W‖-Lipschitz")
+    rep.notes.append(
+        f"no certified bound: routing_kind={kind.routing_kind!r}, "
+        f"router_lipschitz={kind.router_lipschitz!r}: {why}; the router and local bounds (softmax "
+        "Jacobian ½) do not apply"
+    )
+    rep.seconds = time.perf_counter() - layer.started
+    return rep
+
+
 def check_consistent(rep: LayerBoundReport) -> None:
     """Every searched lower bound is at most its certified upper bound, else CertificateError (a
     certified value below a value actually attained would be a refuted certificate)."""
@@ -159,6 +217,8 @@ def check_consistent(rep: LayerBoundReport) -> None:
         pairs.extend((f"talk head {j}", lo_j, up_j) for j, (lo_j, up_j) in enumerate(heads))
     if rep.local is not None:
         pairs.append(("local Δ", rep.local.lower, rep.local.adaptive))
+    if rep.chain is not None:
+        pairs.append(("global Δ", rep.chain.lower, rep.chain.upper))
     for name, lo, up in pairs:
         if lo is not None and up is not None and not lo <= up:  # also catches NaN
             raise CertificateError(

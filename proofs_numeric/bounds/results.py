@@ -10,6 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from .certified import RouterBounds, TalkBounds
+from .chain import ChainBounds
 from .domain import Domain
 from .local import LocalBounds
 from .topk import TopKWitness
@@ -71,6 +72,7 @@ class LayerBoundReport:
     talk: TalkBounds | None = None
     talk_head_lower: list[float] | None = None
     local: LocalBounds | None = None
+    chain: ChainBounds | None = None  # non-linear Δ: the global bound from its Lipschitz chain
     topk_witness: TopKWitness | None = None
     not_tight: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -115,6 +117,7 @@ class LayerBoundReport:
             "talk": self.talk.to_dict() if self.talk else None,
             "talk_head_lower": self.talk_head_lower,
             "local": self.local.to_dict() if self.local else None,
+            "chain": self.chain.to_dict() if self.chain else None,
             "topk_witness": self.topk_witness.to_dict() if self.topk_witness else None,
             "not_tight": list(self.not_tight),
             "notes": list(self.notes),
@@ -167,6 +170,13 @@ class LayerBoundReport:
                 f"  local Lip(Δ) on balls R={lo.radius:g}: <= {f(lo.adaptive)} (adaptive), "
                 f"{f(lo.tight)} (centred), {f(lo.spec)} (SPEC form); found >= {f(lo.lower)}; "
                 f"gap {f(lo.gap_ratio)}"
+            )
+        if self.chain is not None:
+            c = self.chain
+            lines.append(
+                f"  global Lip(Δ) <= {f(c.upper)} (s ∏c_j ∏‖L_j‖₂ = {c.scale:g} · "
+                f"{' · '.join(f'{v:.4g}' for v in c.constants)} · "
+                f"{' · '.join(f'{v:.4g}' for v in c.map_norms)}); found >= {f(c.lower)}; gap {f(c.gap_ratio)}"
             )
         for r in self.not_tight:
             lines.append(f"  cannot be tight: {r}")
