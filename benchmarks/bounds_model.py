@@ -58,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
     shapes = layer_shapes(args.hidden, args.intermediate, args.layers)
     gen = torch.Generator().manual_seed(0)
     probes: dict[int, torch.Tensor] = {}

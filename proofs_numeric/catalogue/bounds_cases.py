@@ -16,8 +16,9 @@ from torch import Tensor
 from moelora_core.adapter import Adapter
 from moelora_core.moelora import MoELoRA, MoELoRAConfig
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
+from moelora_core.validate import require_instance
 
-from ..bounds.instances import ARCHS, DTYPE, Arch, build, randomized
+from ..bounds.instances import ARCHS, DTYPE, Arch, build, random_adapter, randomized
 
 BUDGET: dict[str, Any] = {
     "samples": 6,
@@ -125,14 +126,8 @@ class TightCase:
 
     def build(self) -> MoELoRA:
         n = self.E + self.extra
-        a = randomized(
-            MoELoRA(
-                MoELoRAConfig(in_features=n, out_features=1, num_experts=self.E, expert_rank=1),
-                dtype=DTYPE,
-            ),
-            self.seed,
-            1.0,
-        )
+        cfg = MoELoRAConfig(in_features=n, out_features=1, num_experts=self.E, expert_rank=1)
+        a = require_instance("adapter", random_adapter(cfg, self.seed), MoELoRA)
         with torch.no_grad():
             a.router.logits.dense().copy_(self.weight())
         return a
@@ -160,14 +155,10 @@ class TalkCase:
     scale: float
 
     def build(self) -> TalkLoRA:
-        t = TalkLoRA(
-            TalkLoRAConfig(
-                in_features=self.n, out_features=self.m, rank=self.E * self.d, num_experts=self.E
-            ),
-            dtype=DTYPE,
+        cfg = TalkLoRAConfig(
+            in_features=self.n, out_features=self.m, rank=self.E * self.d, num_experts=self.E
         )
-        randomized(t, self.seed, self.scale)
-        return t
+        return require_instance("adapter", random_adapter(cfg, self.seed, self.scale), TalkLoRA)
 
 
 talk_cases = st.builds(

@@ -22,10 +22,11 @@ from torch import Tensor
 
 from moelora_core.errors import input_checks
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
+from moelora_core.validate import require_instance
 
 from ..bounds.certified import TalkBounds, effective_matrix, logit_factors, talk_bounds
 from ..bounds.domain import Domain
-from ..bounds.instances import DTYPE, randomized
+from ..bounds.instances import DTYPE, random_adapter
 from ..bounds.report import layer_report
 from ..bounds.results import LayerBoundReport
 from ..bounds.searches import pair_targets
@@ -260,11 +261,8 @@ def talk_heads(diagonal_only: bool) -> Callable[[TalkCase], Outcome]:
 @lru_cache(maxsize=16)
 def talk_with_E(E: int) -> tuple[TalkLoRA, TalkBounds]:
     """A fixed TalkLoRA (n = 3, m = 2, r = E) per E and its talk bounds at T = I."""
-    t = randomized(
-        TalkLoRA(TalkLoRAConfig(in_features=3, out_features=2, rank=E, num_experts=E), dtype=DTYPE),
-        E,
-        1.0,
-    )
+    cfg = TalkLoRAConfig(in_features=3, out_features=2, rank=E, num_experts=E)
+    t = require_instance("adapter", random_adapter(cfg, E), TalkLoRA)
     with talk_set_to(t, torch.eye(E, dtype=DTYPE)):
         return t, talk_bounds(t)
 
