@@ -10,6 +10,7 @@ the products are enclosed here). For other adapters the dense `expert_matrices()
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -27,6 +28,7 @@ from .rigorous import (
     Enclosure,
     centre_rows,
     exact,
+    exact_t,
     matmul,
     matmul_floats,
     normalise,
@@ -41,7 +43,9 @@ FACTOR_CHECK_RTOL = 1e-6  # factors vs the adapter's own Δ on probe inputs (flo
 
 @dataclass(frozen=True)
 class ExpertFactors:
-    """P_i = U_i V_i; U (E, m, k), V (E, k, n), float64."""
+    """P_i = U_i V_i; U (E, m, k), V (E, k, n), float64. `U` holds the float midpoints, `U_rad` the
+    radius of their enclosure (None: U is exact); `rad_fn`, when given instead, computes that radius
+    on first use (the products' paths that work from `core` never need it)."""
 
     U: Tensor
     V: Tensor
@@ -51,21 +55,42 @@ class ExpertFactors:
     core: tuple[Tensor, Tensor, float] | None = (
         None  # CoMoL: (B (m, r), M (N, r, r), s), U_i = s B M_i
     )
+    rad_fn: Callable[[], Tensor] | None = None  # the radius of U, computed lazily
 
     @cached_property
-    def _scaling(self) -> tuple[Enclosure, Tensor, int, int]:
-        rad = torch.zeros_like(self.U) if self.U_rad is None else self.U_rad
-        Us, eu = normalise(self.U)
+    def radius(self) -> Tensor:
+        """|U_exact − U| <= radius, entrywise."""
+        if self.U_rad is not None:
+            return self.U_rad
+        return self.rad_fn() if self.rad_fn is not None else torch.zeros_like(self.U)
+
+    @cached_property
+    def _u_exponent(self) -> tuple[Tensor, int]:
+        return normalise(self.U)
+
+    @cached_property
+    def _v_scaling(self) -> tuple[Tensor, int]:
         Vs, ev = normalise(self.V[:1] if self.shared_v else self.V)  # a shared V: one copy
-        Vs = Vs.expand_as(self.V)
-        return Enclosure(Us, scale_up_t(rad, -eu) if eu else rad), Vs, eu, ev
+        return Vs.expand_as(self.V), ev
+
+    @property
+    def v_scaled(self) -> tuple[Tensor, int]:
+        """(V', e) with U_i V_i = 2^e U'_i V'_i (`scaled` without forming the enclosure of U')."""
+        Vs, ev = self._v_scaling
+        return Vs, self._u_exponent[1] + ev
+
+    @cached_property
+    def _u_scaled(self) -> Enclosure:
+        Us, eu = self._u_exponent
+        rad = self.radius
+        return Enclosure(Us, scale_up_t(rad, -eu) if eu else rad)
 
     @property
     def scaled(self) -> tuple[Enclosure, Tensor, int]:
         """(U', V', e) with U_i V_i = 2^e U'_i V'_i: U (with its rounding) and V scaled by exact
         powers of 2 (the radius rounded upwards), so that Gram products stay in range."""
-        Ue, Vs, eu, ev = self._scaling
-        return Ue, Vs, eu + ev
+        Vs, e = self.v_scaled
+        return self._u_scaled, Vs, e
 
     def core_parts(self, centred: bool) -> tuple[Enclosure, Enclosure, float] | None:
         """CoMoL (U_i = s B M_i): (BᵀB, M, s) for the scaled U'_i = s (2^-e_u B) M_i, enclosed, with
@@ -74,7 +99,7 @@ class ExpertFactors:
         if self.core is None:
             return None
         B, M, s = self.core
-        eu = self._scaling[2]
+        eu = self._u_exponent[1]
         B2 = torch.ldexp(B, torch.tensor(-eu, dtype=torch.int32))
         if not torch.equal(torch.ldexp(B2, torch.tensor(eu, dtype=torch.int32)), B):
             return None
@@ -113,7 +138,7 @@ class ExpertFactors:
         """Enclosures of G_U = U'_catᵀ U'_cat and G_V = V'_st V'_stᵀ (Ek x Ek each) for the scaled
         factors (`scaled`: the norms built from them are 2^-e times the true ones), computed once."""
         E, m, k = self.U.shape
-        Ue, V, _ = self.scaled
+        V, _ = self.v_scaled
         ones = torch.ones(E, E, dtype=F64)
         if self.shared_v:
             V0 = exact(V[0])
@@ -124,6 +149,7 @@ class ExpertFactors:
             GV = matmul(Vst, Vst.T)
         GU = self._core_gram(False)
         if GU is None:
+            Ue = self._u_scaled
             Ucat = Enclosure(*(t.permute(1, 0, 2).reshape(m, E * k) for t in Ue.pair))
             GU = matmul(Ucat.T, Ucat)
         return GU, GV
@@ -160,18 +186,23 @@ def from_declared(d: DeclaredFactors, source: str) -> ExpertFactors:
     if not d.left:
         raise ConfigError(f"expert factors of {source}: left=(): expected at least one factor")
     E = max(int(t.shape[0]) for t in (*d.left, d.right))
+    shared_v = int(d.right.shape[0]) == 1
+    V = d.right.detach().to("cpu", F64).expand(E, -1, -1)
+    if len(d.left) == 2 and shared_v and d.left[0].shape[0] == 1 and d.left[1].shape[0] == E:
+        B, M = exact(d.left[0]).mid, exact(d.left[1]).mid  # (1, m, r), (N, r, r)
+        U = d.scale * (B @ M)  # the enclosure's midpoints (rigorous.matmul, rigorous.scale)
+
+        def radius() -> Tensor:
+            return scale(matmul(exact_t(B), exact_t(M)), d.scale).rad
+
+        core = (B[0], M, d.scale)  # (m, r), (N, r, r), s
+        return ExpertFactors(U, V, source, shared_v=True, core=core, rad_fn=radius)
     acc = exact(d.left[0])
     for f in d.left[1:]:
         acc = matmul(acc, exact(f))  # (E or 1, m, ·)
     Us = scale(acc, d.scale)
-    U = Us.mid.expand(E, -1, -1)
-    U_rad = Us.rad.expand(E, -1, -1)
-    shared_v = int(d.right.shape[0]) == 1
-    V = d.right.detach().to("cpu", F64).expand(E, -1, -1)
-    core = None
-    if len(d.left) == 2 and shared_v and d.left[0].shape[0] == 1 and d.left[1].shape[0] == E:
-        core = (exact(d.left[0]).mid[0], exact(d.left[1]).mid, d.scale)  # (m, r), (N, r, r), s
-    return ExpertFactors(U, V, source, shared_v=shared_v, U_rad=U_rad, core=core)
+    U, U_rad = Us.mid.expand(E, -1, -1), Us.rad.expand(E, -1, -1)
+    return ExpertFactors(U, V, source, shared_v=shared_v, U_rad=U_rad)
 
 
 def _dense_factors(a: Adapter) -> ExpertFactors:

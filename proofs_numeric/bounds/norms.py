@@ -65,7 +65,7 @@ def stack_norms(f: ExpertFactors) -> StackNorms:
     bu, bv = _block(GU, E, k), _block(GV, E, k)
     diag_u = Enclosure(bu.mid[idx, idx], bu.rad[idx, idx])
     diag_v = Enclosure(bv.mid[idx, idx], bv.rad[idx, idx])
-    e = f.scaled[2]
+    e = f.v_scaled[1]
     per = scale_up_t(up_sqrt(gram_pair_upper(diag_u, diag_v)), e)  # (E,) ‖U_i V_i‖₂
     eye = torch.eye(E, dtype=F64)
     ones = torch.ones(k, k, dtype=F64)
@@ -88,7 +88,7 @@ def _core_stack_norms(f: ExpertFactors, CV: Enclosure) -> StackNorms | None:
     parts, parts_c = f.core_parts(False), f.core_parts(True)
     if not f.shared_v or parts is None or parts_c is None:
         return None
-    e = f.scaled[2]
+    e = f.v_scaled[1]
     N = parts[1].mid.shape[0]
     ones = exact_t(torch.ones(1, N, dtype=F64))
 
@@ -115,7 +115,7 @@ def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Te
     each product has k terms, not Ek). A shared V centres the U_i first (then Yᵀ Y is already
     centred: no cancellation)."""
     E, _, k = f.U.shape
-    _, Vs, e = f.scaled
+    Vs, e = f.v_scaled
     Vt = (Vs[:1] if f.shared_v else Vs).reshape(-1, Vs.shape[-1]).T  # (n, E'k), exact floats
     G = f.centred_gram if f.shared_v else f.grams[0]  # (Ek, Ek), rows (i, p), columns (j, q)
     Gj = Enclosure(*(t.view(E * k, E, k).permute(1, 0, 2) for t in G.pair))  # (E_j, Ek, k)
@@ -162,7 +162,7 @@ def mixed_norm_fn(f: ExpertFactors) -> Callable[[Tensor], Tensor] | None:
     E, _, k = f.U.shape
     GU, GV = f.grams
     if f.shared_v:  # (Σ g_i U_i) V: k x k per row
-        _, Vs, e = f.scaled
+        Vs, e = f.v_scaled
         V0 = exact(Vs[0])
         CV = matmul(V0, V0.T)
         # (Σ g_i U_i)ᵀ (Σ g_j U_j) = Σ_ij g_i g_j (G_U)_ij: the Gram blocks, (E², k²)
@@ -188,6 +188,6 @@ def mixed_norm_fn(f: ExpertFactors) -> Callable[[Tensor], Tensor] | None:
     def general(g: Tensor) -> Tensor:
         w = exact(g).mid.repeat_interleave(k, dim=-1)  # (b, Ek): g ⊗ 1_k (exact copies)
         C = hadamard(hadamard(GV, w.unsqueeze(-1)), w.unsqueeze(-2))  # D_g GV D_g
-        return scale_up_t(up_sqrt(gram_pair_upper(GU, C)), f.scaled[2])
+        return scale_up_t(up_sqrt(gram_pair_upper(GU, C)), f.v_scaled[1])
 
     return general
