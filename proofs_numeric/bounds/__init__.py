@@ -2,6 +2,7 @@
 
     from proofs_numeric.bounds import layer_report, routing_stats
     rep = layer_report(adapter, inputs, radius=0.5)   # LayerBoundReport; rep.to_dict(), print(rep)
+    reps = model_report(model, {name: inputs})        # every adapted layer, grouped by shape
     stats = routing_stats(adapter.routing(inputs))    # RoutingStats
 
 Upper bounds are certified (exact spectral norms, or certified intervals, in float64 with a stated
@@ -12,6 +13,7 @@ from .certified import RouterBounds, TalkBounds, head_bounds, router_bounds, tal
 from .domain import Domain, NoRouterError, RoutingWeightsError
 from .factors import ExpertFactors, expert_factors
 from .local import LocalBounds, local_bounds
+from .model import ModelBoundReport, model_report
 from .norms import stack_norms
 from .options import ReportOptions
 from .report import layer_report, report_layer
@@ -29,6 +31,7 @@ __all__ = [
     "LayerBoundReport",
     "LocalBounds",
     "MapReport",
+    "ModelBoundReport",
     "NoRouterError",
     "ReportOptions",
     "RouterBounds",
@@ -42,6 +45,7 @@ __all__ = [
     "head_bounds",
     "layer_report",
     "local_bounds",
+    "model_report",
     "reference_init_amplification",
     "report_layer",
     "router_bounds",

@@ -36,6 +36,7 @@ from .domain import (
     require_radius,
     require_routed,
 )
+from .local import Centres
 from .options import ReportOptions
 from .spectral import F64
 
@@ -54,6 +55,7 @@ class Layer:
     domain: Domain
     centres: Tensor | None  # (C, n)
     options: ReportOptions
+    prepared: Centres | None = None  # `centres` in float64 with their norms, shared across layers
     timings: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 

@@ -94,20 +94,34 @@ class LocalBounds:
         return {"upper": self.upper, **self.__dict__}
 
 
+@dataclass(frozen=True)
+class Centres:
+    """Centres as exact float64 CPU rows (N, n) with their certified norms (N,): computed once and
+    shared by every layer that reads the same inputs (`model_report`)."""
+
+    X: Tensor
+    norms: Tensor
+
+    @classmethod
+    def of(cls, centres: Tensor) -> Centres:
+        X = centres.detach().to("cpu", F64)
+        return cls(X, row_norms_upper(X))
+
+
 def local_bounds(
-    f: ExpertFactors, centres: Tensor, radius: float, L: Tensor | Sequence[LinearMap]
+    f: ExpertFactors, centres: Tensor | Centres, radius: float, L: Tensor | Sequence[LinearMap]
 ) -> tuple[LocalBounds, Tensor]:
     """The three local bounds (max over centres) and K_adapt per centre (N,). L: the router's logit
     map, as its factors (innermost first; certified without forming L) or as an (E, n) matrix taken
     as exact. Everything is an upper bound on the exact real value (rigorous.py), on the CPU."""
     require_instance("f", f, ExpertFactors)
     radius = require_real("radius", radius, minimum=0.0)
-    _check_shapes(f, centres, L)
+    _check_shapes(f, centres.X if isinstance(centres, Centres) else centres, L)
     sn = stack_norms(f)
     eff, cen_norm, C_enc, e = router_terms(L)
     cen = half_up(cen_norm)
-    X = centres.detach().to("cpu", F64)
-    cn = row_norms_upper(X)  # (N,) certified ‖c_k‖
+    c = centres if isinstance(centres, Centres) else Centres.of(centres)
+    X, cn = c.X, c.norms  # (N, n) float64, (N,) certified ‖c_k‖
     yc = centred_response_norms(f, X)  # (N,)
     R = float(radius)
     spec = poly_up(sn.expert_max + eff * sn.stack * (cn + R))

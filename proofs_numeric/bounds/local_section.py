@@ -54,7 +54,8 @@ def _certified(
     check_factors(work, fac, seed=seed)
     assert layer.centres is not None
     try:
-        return local_bounds(fac, layer.centres, layer.radius or 0.0, cert.factors)
+        centres = layer.prepared if layer.prepared is not None else layer.centres
+        return local_bounds(fac, centres, layer.radius or 0.0, cert.factors)
     except CertificateError as e:
         rep.notes.append(f"no local bound on Δ: no certificate: {e}")
         return None

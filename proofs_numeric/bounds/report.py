@@ -30,6 +30,7 @@ from ..threads import torch_threads
 from .chain import chain_bounds, chain_lower, require_chain
 from .domain import require_adapter
 from .layer import Layer, RouterCertificate, certify_router, open_layer
+from .local import Centres
 from .local_section import local_section
 from .options import ReportOptions
 from .results import LayerBoundReport, MapReport
@@ -78,13 +79,28 @@ def report_layer(
         ReportOptions() if options is None else require_instance("options", options, ReportOptions)
     )
     with torch_threads(options.threads):
-        a = require_adapter(adapter)
-        kind = type(a)
-        if not kind.linear_experts:
-            return chain_report(open_layer(a, inputs, radius, options, routed=False))
-        if kind.routing_kind in ("mask", "threshold") or kind.router_lipschitz == "refuted":
-            return gate_report(open_layer(a, inputs, radius, options, routed=False))
-        return _measure(open_layer(a, inputs, radius, options))
+        return measure(adapter, inputs, radius, options)
+
+
+def measure(
+    adapter: Adapter,
+    inputs: Tensor | None,
+    radius: float | None,
+    options: ReportOptions,
+    prepared: Centres | None = None,
+) -> LayerBoundReport:
+    """The report of one layer under `options` (threads as they are): a certified router and local
+    bound for a linear routed adapter, the chain bound for a non-linear one, else the reason there
+    is none. `prepared`: the inputs as `local.Centres` when several layers share them."""
+    a = require_adapter(adapter)
+    kind = type(a)
+    if not kind.linear_experts:
+        return chain_report(open_layer(a, inputs, radius, options, routed=False))
+    if kind.routing_kind in ("mask", "threshold") or kind.router_lipschitz == "refuted":
+        return gate_report(open_layer(a, inputs, radius, options, routed=False))
+    layer = open_layer(a, inputs, radius, options)
+    layer.prepared = prepared
+    return _measure(layer)
 
 
 def _measure(layer: Layer) -> LayerBoundReport:
