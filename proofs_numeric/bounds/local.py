@@ -101,11 +101,12 @@ class Centres:
 
     X: Tensor
     norms: Tensor
+    abs_X: Tensor  # |X|, for the enclosed products X Vᵀ and X (Π L)ᵀ
 
     @classmethod
     def of(cls, centres: Tensor) -> Centres:
         X = centres.detach().to("cpu", F64)
-        return cls(X, row_norms_upper(X))
+        return cls(X, row_norms_upper(X), X.abs())
 
 
 def local_bounds(
@@ -122,12 +123,12 @@ def local_bounds(
     cen = half_up(cen_norm)
     c = centres if isinstance(centres, Centres) else Centres.of(centres)
     X, cn = c.X, c.norms  # (N, n) float64, (N,) certified ‖c_k‖
-    yc = centred_response_norms(f, X)  # (N,)
+    yc = centred_response_norms(f, X, abs_X=c.abs_X)  # (N,)
     R = float(radius)
     spec = poly_up(sn.expert_max + eff * sn.stack * (cn + R))
     tight = torch.minimum(poly_up(sn.expert_max + cen * (yc + R * sn.stack_centred)), spec)
     # adaptive: the routing at the centres, enclosed (softmax ignores the mean logit: Π L suffices)
-    Z = matmul_floats(X, C_enc.T)  # (N, E): 2^-e Π L x
+    Z = matmul_floats(X, C_enc.T, c.abs_X)  # (N, E): 2^-e Π L x
     Z = Enclosure(scale_up_t(Z.mid.abs(), e) * Z.mid.sign(), scale_up_t(Z.rad, e))
     P, p_up, dp = softmax_error(Z)  # float softmax, upper bounds on p and on ‖p − p̂‖₁
     DR = poly_up(pair_distances(C_enc, e) * R)  # (E,) D_k R

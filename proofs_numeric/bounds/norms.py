@@ -108,7 +108,9 @@ def _core_stack_norms(f: ExpertFactors, CV: Enclosure) -> StackNorms | None:
     return StackNorms(max(experts), experts, certify(float(stack)), certify(float(stack_c)))
 
 
-def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Tensor:
+def centred_response_norms(
+    f: ExpertFactors, X: Tensor, chunk: int = 4096, *, abs_X: Tensor | None = None
+) -> Tensor:
     """Certified ‖Y_c(x)‖₂ = ‖[(P_1 − P̄) x … (P_E − P̄) x]‖₂ per row of X (N, n), float64, (N,):
     ‖Y_c‖₂² = λ_max(Π Yᵀ Y Π) with (Yᵀ Y)_ij = z_iᵀ (G_U)_ij z_j, z_i = V_i x (k), all enclosed.
     The k x k blocks are contracted directly (the zeros of blockdiag(z_i) are never multiplied, so
@@ -121,12 +123,14 @@ def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Te
     Gj = Enclosure(*(t.view(E * k, E, k).permute(1, 0, 2) for t in G.pair))  # (E_j, Ek, k)
     core = f.core_parts(True) if f.shared_v else None
     out = []
-    for X_ in X.to("cpu", F64).split(chunk):
+    X = X.to("cpu", F64)
+    absX = X.abs() if abs_X is None else abs_X  # (N, n)
+    for X_, aX in zip(X.split(chunk), absX.split(chunk), strict=True):
         b = X_.shape[0]
+        zt = matmul_floats(X_, Vt, aX)  # (b, E'k): (V_i x)ᵀ, E' = 1 for a shared V
         if core is not None:
-            out.append(scale_up_t(up_sqrt(sym_lmax_upper(_core_responses(core, X_, Vt))), e))
+            out.append(scale_up_t(up_sqrt(sym_lmax_upper(_core_responses(core, zt))), e))
             continue
-        zt = matmul_floats(X_, Vt)  # (b, E'k): (V_i x)ᵀ, E' = 1 for a shared V
         z = Enclosure(*(t.T.reshape(-1, k, b).expand(E, k, b) for t in zt.pair))  # (E, k, b)
         W = matmul(Gj, z)  # (E_j, Ek, b): (G_U)_{·j} z_j
         Wb = Enclosure(
@@ -141,11 +145,11 @@ def centred_response_norms(f: ExpertFactors, X: Tensor, chunk: int = 4096) -> Te
     return torch.cat(out) if out else torch.zeros(0, dtype=F64)
 
 
-def _core_responses(core: tuple[Enclosure, Enclosure, float], X: Tensor, Vt: Tensor) -> Enclosure:
-    """CoMoL: Yᵀ Y (b, N, N) of the centred responses s B (M_i − M̄) z, z = V x, as
+def _core_responses(core: tuple[Enclosure, Enclosure, float], zt: Enclosure) -> Enclosure:
+    """CoMoL: Yᵀ Y (b, N, N) of the centred responses s B (M_i − M̄) z, z = V x (`zt`: (b, r)), as
     s² w_iᵀ (BᵀB) w_j with w_i = (M_i − M̄) z: r x r products per input, none m or Ek long."""
     GB, Mc, s = core
-    z = matmul_floats(X, Vt).T  # (r, b): V x
+    z = zt.T  # (r, b): V x
     w = matmul(Mc, z)  # (N, r, b)
     u = matmul(GB, w)  # (N, r, b): BᵀB w_j
     wb = Enclosure(*(t.permute(2, 0, 1) for t in w.pair))  # (b, N_i, r)

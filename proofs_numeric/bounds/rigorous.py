@@ -59,8 +59,18 @@ def up_t(x: Tensor) -> Tensor:
     return torch.nextafter(x, torch.full_like(x, INF))
 
 
+def all_finite(t: Tensor) -> bool:
+    """No NaN or inf in t. A finite sum (one pass) proves it, since a NaN or inf entry makes every
+    partial sum containing it NaN or inf; only a non-finite sum (also: an overflow of finite
+    entries) needs the entrywise check."""
+    with torch.no_grad():
+        if math.isfinite(float(t.sum())):
+            return True
+        return bool(torch.isfinite(t).all())
+
+
 def _finite(t: Tensor, what: str) -> Tensor:
-    if not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         raise CertificateError(f"{what}: non-finite intermediate (overflow); no certificate")
     return t
 
@@ -114,14 +124,14 @@ def matmul(A: Enclosure, B: Enclosure) -> Enclosure:
     return Enclosure(mid, rad)
 
 
-def matmul_floats(A: Tensor, B: Tensor | Enclosure) -> Enclosure:
+def matmul_floats(A: Tensor, B: Tensor | Enclosure, abs_a: Tensor | None = None) -> Enclosure:
     """`matmul(exact_t(A), B)` for a float64 CPU tensor A taken as exact (B exact too when given as
     a tensor), without forming or scanning zero radii: the same bound, |A|(rad_B + γ_k|B|), and
-    the same support mask."""
+    the same support mask. `abs_a`: |A| when the caller has it already (shared inputs)."""
     k = A.shape[-1]
     Bm, Br = (B, None) if isinstance(B, Tensor) else B.pair
     mid = A @ Bm
-    aA, aB = A.abs(), Bm.abs()
+    aA, aB = (A.abs() if abs_a is None else abs_a), Bm.abs()
     r = gamma(k) * (aA @ aB) if Br is None else aA @ (Br + gamma(k) * aB)
     rad = _bound(r, 2 * k + 2)
     if not bool(r.all()):  # entries with no nonzero term are exactly 0 (no underflow allowance)
