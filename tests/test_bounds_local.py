@@ -54,6 +54,8 @@ def test_stack_norms_against_dense(a: Adapter) -> None:
     assert sn.stack == pytest.approx(n2(stack), rel=1e-9)
     assert sn.stack_centred == pytest.approx(n2(centred), rel=1e-9)
     assert sn.stack_centred <= sn.stack * (1 + 1e-12)
+    mean = n2(P.mean(0))  # ‖P̄‖₂: the cheap per-centre bound ‖P̄‖ + ‖p − 1/E‖‖𝒫_c‖ starts there
+    assert mean <= sn.mean <= mean * (1 + 1e-9) + 1e-15
 
 
 @pytest.mark.parametrize("a", ADAPTERS, ids=list(ARCHS))

@@ -54,6 +54,7 @@ from .factors import ExpertFactors
 from .norms import StackNorms, centred_response_norms, mixed_norm_fn, stack_norms
 from .rigorous import (
     Enclosure,
+    centred_rows_norm_upper,
     half_up,
     matmul_floats,
     poly_up,
@@ -136,9 +137,13 @@ def local_bounds(
     jac = poly_up(p_up * growth).masked_fill(DR > 700.0, SOFTMAX_LIP)
     jac = jac.max(dim=-1).values.clamp(max=SOFTMAX_LIP)  # (N,)
     rest = poly_up(cen_norm * jac * (yc + R * sn.stack_centred))  # router term per centre
+    # ‖ΔW(c)‖₂ <= ‖P̄‖₂ + ‖p − 1/E‖₂ ‖𝒫_c‖₂ (ΔW(c) − P̄ = Σ_i (p_i − 1/E)(P_i − P̄)): cheap, per centre
+    dev = centred_rows_norm_upper(P)  # ‖p̂ − 1/E‖₂; ‖p − 1/E‖₂ <= that + ‖p − p̂‖₁
+    drift = cen * R * sn.stack_centred  # ‖ΔW(y) − ΔW(c)‖₂ on the ball (2 roundings, in poly_up)
+    cheap = poly_up(sn.mean + (dev + dp) * sn.stack_centred + drift)
     # valid per centre (each form bounds the same constant, so the smallest is kept); refined below
-    adaptive = torch.minimum(poly_up(sn.expert_max + rest), tight)
-    _refine(f, adaptive, tight, rest, P, dp, sn, cen * R * sn.stack_centred)
+    adaptive = torch.minimum(poly_up(torch.clamp(cheap, max=sn.expert_max) + rest), tight)
+    _refine(f, adaptive, rest, P, dp, sn, drift)
     rep = LocalBounds(
         radius=radius, spec=certify(float(spec.max())), tight=certify(float(tight.max())),
         adaptive=certify(float(adaptive.max())), lower=None, gap_ratio=None,
@@ -169,8 +174,8 @@ def _check_shapes(f: ExpertFactors, centres: Tensor, L: Tensor | Sequence[Linear
 
 
 def _refine(
-    f: ExpertFactors, adaptive: Tensor, tight: Tensor, rest: Tensor, P: Tensor, dp: Tensor,
-    sn: StackNorms, growth: float,
+    f: ExpertFactors, adaptive: Tensor, rest: Tensor, P: Tensor, dp: Tensor, sn: StackNorms,
+    growth: float,
 ) -> None:  # fmt: skip
     """Refine ‖ΔW(c_k)‖₂ in `adaptive` (in place) in chunks, largest bound first, until no unrefined
     centre can beat the best refined one (refined <= unrefined, so the maximum is then exact); the
@@ -185,5 +190,5 @@ def _refine(
             break
         m = poly_up(mixed(P[chunk]) + dp[chunk] * sn.expert_max + growth)
         refined = poly_up(torch.clamp(m, max=sn.expert_max) + rest[chunk])
-        adaptive[chunk] = torch.minimum(refined, tight[chunk])
+        adaptive[chunk] = torch.minimum(refined, adaptive[chunk])  # refined <= unrefined
         best = max(best, float(adaptive[chunk].max()))

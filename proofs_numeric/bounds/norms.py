@@ -39,12 +39,13 @@ from .spectral import F64, certify, up_sqrt
 
 @dataclass(frozen=True)
 class StackNorms:
-    """max_i ‖P_i‖₂, ‖𝒫‖₂ = ‖[P_1 … P_E]‖₂, ‖𝒫_c‖₂ = ‖[P_1 − P̄ … P_E − P̄]‖₂ (certified)."""
+    """max_i ‖P_i‖₂, ‖𝒫‖₂ = ‖[P_1 … P_E]‖₂, ‖𝒫_c‖₂ = ‖[P_1 − P̄ … P_E − P̄]‖₂, ‖P̄‖₂ (certified)."""
 
     expert_max: float
     experts: list[float]
     stack: float
     stack_centred: float
+    mean: float  # ‖P̄‖₂ = ‖Σ_i P_i‖₂ / E
 
 
 def _block(e: Enclosure, E: int, k: int) -> Enclosure:
@@ -76,8 +77,11 @@ def stack_norms(f: ExpertFactors) -> StackNorms:
         EPi = torch.kron(E * eye - torch.ones(E, E, dtype=F64), ones)
         lam_c = up(float(gram_pair_upper(GU, hadamard(GV, EPi))) / E)
     stack_c = min(scale_up(up(math.sqrt(lam_c)), e), float(stack))  # ‖𝒫(Π⊗I)‖₂ <= ‖𝒫‖₂
+    total = scale_up(float(up_sqrt(gram_pair_upper(GU, GV))), e)  # ‖Σ_i U_i V_i‖₂ = ‖U_cat V_st‖₂
     experts = [certify(float(v)) for v in per]
-    return StackNorms(max(experts), experts, certify(float(stack)), certify(stack_c))
+    return StackNorms(
+        max(experts), experts, certify(float(stack)), certify(stack_c), certify(up(total / E))
+    )
 
 
 def _core_stack_norms(f: ExpertFactors, CV: Enclosure) -> StackNorms | None:
@@ -104,8 +108,16 @@ def _core_stack_norms(f: ExpertFactors, CV: Enclosure) -> StackNorms | None:
     stack = scale_up_t(up_sqrt(gram_pair_upper(GB, Csum)), e)
     _, Ccsum = grams(Mc, s)
     stack_c = torch.minimum(scale_up_t(up_sqrt(gram_pair_upper(GB, Ccsum)), e), stack)
+    # Σ_i P_i = s B (Σ_i M_i) V: ‖·‖₂² = λ_max(BᵀB · s² M_Σ CV M_Σᵀ)
+    flat = matmul(ones, Enclosure(*(t.reshape(N, -1) for t in M.pair)))  # (1, r²): Σ_i M_i
+    Msum = Enclosure(*(t.view(M.mid.shape[1:]) for t in flat.pair))
+    Cmean = scale(scale(matmul(matmul(Msum, CV), Msum.T), s), s)
+    total = scale_up(float(up_sqrt(gram_pair_upper(GB, Cmean))), e)
     experts = [certify(float(v)) for v in per]
-    return StackNorms(max(experts), experts, certify(float(stack)), certify(float(stack_c)))
+    return StackNorms(
+        max(experts), experts, certify(float(stack)), certify(float(stack_c)),
+        certify(up(total / N)),
+    )  # fmt: skip
 
 
 def centred_response_norms(

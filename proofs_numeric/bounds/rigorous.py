@@ -303,6 +303,16 @@ def softmax_error(Z: Enclosure) -> tuple[Tensor, Tensor, Tensor]:
     return p_hat, _finite(p_up, "routing bound"), l1
 
 
+def centred_rows_norm_upper(P: Tensor) -> Tensor:
+    """Upper bound on ‖p − 1/E‖₂ for every float row p of P (N, E) (exact 1/E): the float norm of
+    fl(p − fl(1/E)) with its γ_{E+4} slack, plus u per entry for the two roundings of the difference
+    (|fl(1/E) − 1/E| <= u/E, |fl(d) − d| <= u|d|, so the vector errs by <= u‖d‖ + u/√E <= 2u in
+    2-norm for rows of the simplex)."""
+    E = P.shape[-1]
+    n = torch.linalg.vector_norm(P - 1.0 / E, dim=-1)
+    return _finite(up_t(_bound(n, E + 4) + 2.0 * U_ROUND), "routing deviation")
+
+
 def half_up(x: float) -> float:
     """An upper bound on x/2 (exact unless x is subnormal with an odd last bit)."""
     y = 0.5 * x
