@@ -32,6 +32,10 @@ ppᵀ ⪰ 0), so ‖J(p)‖₂ <= max_k p_k; along the ball log p_k(y) − log p
 
 With near-uniform routing (p_k ≈ 1/E) and small R the router term shrinks by about 2/E.
 
+‖ΔW(x)‖₂ per centre is an eigenproblem; a cheap bound first: ΔW(x) − P̄ = Σ_i (p_i − 1/E)(P_i − P̄) =
+𝒫_c ((p − 1/E) ⊗ I), so ‖ΔW(x)‖₂ <= ‖P̄‖₂ + ‖p − 1/E‖₂ ‖𝒫_c‖₂ (small for near-uniform routing). The
+eigenproblems are then solved only for the centres whose bound could still be the largest.
+
 Computation (factors.py, norms.py): from the low-rank factors P_i = U_i V_i, certified, without forming
 the m x n matrices.
 """
