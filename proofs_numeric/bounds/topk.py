@@ -125,6 +125,30 @@ def _bisect(
     return x0 + lo * u, x0 + hi * u
 
 
+def _witness(
+    adapter: Adapter, L: Tensor, k: int, epsilon: float, x: Tensor, xp: Tensor
+) -> TopKWitness:
+    """The pair (x, x') across a change of the kept set, with the adapter's own routing jump."""
+    ref = adapter.reference
+    with torch.no_grad(), input_checks(False):
+        g = adapter.routing(torch.stack([x, xp]).to(dtype=ref.dtype, device=ref.device))
+    assert g is not None
+    g = g.to(F64).cpu()
+    kept = _kept(L, torch.stack([x, xp]), k)
+    return TopKWitness(
+        top_k=k,
+        epsilon=epsilon,
+        distance=float(torch.linalg.vector_norm(x - xp)),
+        jump=float(torch.linalg.vector_norm(g[0] - g[1])),
+        kept=(
+            [int(i) for i in kept[0].nonzero().flatten()],
+            [int(i) for i in kept[1].nonzero().flatten()],
+        ),
+        x=x,
+        x_prime=xp,
+    )
+
+
 def topk_witness(
     adapter: Adapter, L: Tensor, k: int, epsilon: float, seed: int = 0, starts: int = 4
 ) -> TopKWitness | None:
@@ -159,31 +183,12 @@ def topk_witness(
     candidates = [x_target] + [
         scale * torch.randn(n, generator=gen, dtype=F64) / n**0.5 for _ in range(starts)
     ]
-    ref = adapter.reference
     best: TopKWitness | None = None
     for c, x0 in enumerate(candidates):  # a handful of line searches, not a forward-pass loop
         pair = _bisect(L, x0, u, k, epsilon, at_tie=c == 0)
         if pair is None:
             continue
-        x, xp = pair
-        with torch.no_grad(), input_checks(False):
-            g = adapter.routing(torch.stack([x, xp]).to(dtype=ref.dtype, device=ref.device))
-        assert g is not None
-        g = g.to(F64).cpu()
-        jump = float(torch.linalg.vector_norm(g[0] - g[1]))
-        kept = _kept(L, torch.stack([x, xp]), k)
-        w = TopKWitness(
-            top_k=k,
-            epsilon=epsilon,
-            distance=float(torch.linalg.vector_norm(x - xp)),
-            jump=jump,
-            kept=(
-                [int(i) for i in kept[0].nonzero().flatten()],
-                [int(i) for i in kept[1].nonzero().flatten()],
-            ),
-            x=x,
-            x_prime=xp,
-        )
+        w = _witness(adapter, L, k, epsilon, *pair)
         if best is None or w.jump > best.jump:
             best = w
         if c == 0 and w.jump >= 1e-3:  # the aimed-at tie worked: no need for the random starts
