@@ -268,8 +268,8 @@ def talk_bounds(t: Adapter) -> TalkBounds:
     t = require_routed(t)
     if not isinstance(t, HasTalking):
         raise ArgumentTypeError(
-            f"t={type(t).__name__}: has no talking module; expected an adapter with `.talking` "
-            "(moelora_core.adapter.HasTalking, e.g. TalkLoRA)"
+            f"t={type(t).__name__}: expected a TalkLoRA or another adapter with a talking module "
+            "(`.talking`, moelora_core.adapter.HasTalking)"
         )
     T = t.talking.dense().detach().to("cpu", F64)  # (E, E)
     W = logit_factors(t)[-1].dense().detach().to("cpu", F64)  # W_r: (E, E d)
