@@ -73,7 +73,7 @@ def factor_name(f: LinearMap) -> str:
 def logit_factors(adapter: Adapter) -> list[LinearMap]:
     """The factors of the router's logit map x -> L x, innermost first."""
     lm = adapter.router_logit_map()
-    if lm is None or adapter.router is None:
+    if lm is None or getattr(adapter, "router", None) is None:
         raise NoRouterError(f"adapter={type(adapter).__name__}: has no router")
     return lm.factors()
 

@@ -78,7 +78,7 @@ def require_adapter(adapter: object) -> Adapter:
 def require_routed(adapter: object) -> Adapter:
     """The adapter, if it is a moelora_core Adapter with a router; project errors otherwise."""
     adapter = require_adapter(adapter)
-    if adapter.router is None or adapter.router_logit_map() is None:
+    if getattr(adapter, "router", None) is None or adapter.router_logit_map() is None:
         raise NoRouterError(
             f"adapter={type(adapter).__name__}: has no router; router bounds need a routed adapter "
             "(MoELoRA, HydraLoRA, TalkLoRA, CoMoL)"
