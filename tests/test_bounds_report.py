@@ -126,3 +126,21 @@ def test_bad_input() -> None:
         t.T.weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match=r"T\.weight"):
         layer_report(t)
+
+
+def test_options_are_one_validated_value() -> None:
+    from moelora_core.errors import ArgumentTypeError
+    from proofs_numeric.bounds import ReportOptions, report_layer
+
+    t = _talk()
+    opts = ReportOptions(seed=3, samples=8, iterations=2, local=False)
+    a, b = report_layer(t, radius=0.5, options=opts), layer_report(t, radius=0.5, **opts.to_dict())
+    assert a.to_dict()["upper"] == b.to_dict()["upper"] and a.lower == b.lower and a.local is None
+    with pytest.raises(ArgumentTypeError, match="options"):
+        report_layer(t, options={"samples": 8})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="local_samples"):
+        ReportOptions(local_samples=0)
+    with pytest.raises(ArgumentTypeError, match="local"):
+        ReportOptions(local=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ReportOptions(0)  # type: ignore[misc]  # keyword-only
