@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from proofs_numeric.catalogue import CORE_CLAIMS
 from proofs_numeric.checking import Claim, check_claim
-from proofs_numeric.claims import CORE_CLAIMS
 
 HOLDS = [c for c in CORE_CLAIMS if c.expect == "holds"]
 REFUTED = [c for c in CORE_CLAIMS if c.expect == "refuted"]

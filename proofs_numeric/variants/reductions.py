@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 from hypothesis.strategies import SearchStrategy
-from torch import Tensor
 
 from moelora_core.adapter import Adapter
 from moelora_core.registry import ARCHITECTURES
 
-from ..checking import EXACT_TOL, Claim, ClaimError, Outcome, rel_error
+from ..checking import EXACT_TOL, Claim, ClaimError, Outcome
+from ..outcomes import compare
 from ..strategies import (
     DTYPE,
     Case,
@@ -77,41 +77,6 @@ def check_embedded(out: object, cls: type | None, what: str) -> str | None:
     if bad:
         return f"{what} returned parameters of dtype {sorted(bad)}; build it with the source's dtype (float64)"
     return None
-
-
-def _difference(label: str, a: Tensor | None, b: Tensor | None, names: tuple[str, str]) -> str:
-    err = rel_error(a, b)
-    text = f"{label}: relative error {err:.3g}"
-    if a is None or b is None or a.shape != b.shape:
-        shapes = [None if t is None else tuple(t.shape) for t in (a, b)]
-        return text + f" ({names[0]} gives shape {shapes[0]}, {names[1]} {shapes[1]})"
-    if err > 0 and a.numel():
-        flat = int((a.detach() - b.detach()).abs().argmax())
-        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape))
-        text += (
-            f", largest at {list(idx)}: {names[0]} {float(a.detach()[idx]):.9g}"
-            f" vs {names[1]} {float(b.detach()[idx]):.9g}"
-        )
-    return text
-
-
-def compare(
-    source: Adapter, target: Adapter, x: Tensor, tol: float, names: tuple[str, str]
-) -> Outcome:
-    """Δ and (where both route) g of `source` and `target` on x: the worst relative error, and what
-    each is, where they differ most and both values."""
-    da, db = source(x), target(x)
-    parts = [("Δ(x)", da, db)]
-    ga, gb = source.routing(x), target.routing(x)
-    if ga is not None and gb is not None:
-        parts.append(("routing g(x)", ga, gb))
-    errors = [rel_error(a, b) for _, a, b in parts]
-    detail = "; ".join(_difference(label, a, b, names) for label, a, b in parts)
-    if len(parts) == 1:
-        detail += " (routing not compared: " + (
-            "neither routes)" if ga is None and gb is None else "only one routes)"
-        )
-    return Outcome(max(errors), tol, detail)
 
 
 def reduces_to(
