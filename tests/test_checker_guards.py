@@ -27,7 +27,14 @@ from moelora_core.lora import LoRA, LoRAConfig
 from moelora_core.moelora import MoELoRA, MoELoRAConfig
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 from proofs_numeric.catalogue.core import identity_talk_case
-from proofs_numeric.checking import Claim, Outcome, check_claim, exact, rel_error
+from proofs_numeric.checking import (
+    Claim,
+    Outcome,
+    check_claim,
+    claim_with_twin,
+    exact,
+    rel_error,
+)
 from proofs_numeric.function_class import dependence_rank
 from proofs_numeric.outcomes import param_count_outcome, reduction_outcome
 from proofs_numeric.strategies import Case, any_config, moelora_configs, talklora_configs
@@ -91,6 +98,33 @@ def test_an_exception_or_a_failing_case_refutes_a_claim() -> None:
     assert not report.holds and "boom" in report.raised
     failing = check_claim(Claim("fails", "a failing case", st.just(0), lambda _: Outcome(1, 0.5)))
     assert not failing.holds and failing.counterexample is not None
+
+
+def test_claim_with_twin_declares_a_refuted_twin() -> None:
+    def ok(_: int) -> Outcome:
+        return Outcome(0.0, 0.5)
+
+    def bad(_: int) -> Outcome:
+        return Outcome(1.0, 0.5)
+
+    claim, twin = claim_with_twin(
+        "c", "holds", st.just(0), ok, twin="drop_x: without x", twin_case=bad, spec="S"
+    )
+    assert (twin.name, twin.statement, twin.expect, twin.twin_of) == (
+        "c__drop_x",
+        "twin: without x",
+        "refuted",
+        "c",
+    )
+    assert claim.expect == "holds" and claim.spec == twin.spec == "S"
+    assert check_claim(claim).as_expected and check_claim(twin).as_expected
+    named = claim_with_twin("c", "s", st.just(0), ok, twin="a: b", twin_case=bad, twin_name="d")
+    assert named[1].name == "d"
+    for twin_text, twin_name in (("no colon", None), (" : what", None), ("a: b", "c")):
+        with pytest.raises(MoELoRAError, match="twin"):
+            claim_with_twin(
+                "c", "s", st.just(0), ok, twin=twin_text, twin_case=bad, twin_name=twin_name
+            )
 
 
 # ----- the generators put weight on the edge cases ---------------------------------------------------
