@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import sympy as sp
@@ -28,14 +29,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from moelora_core import symbols as S
 from moelora_core.adapter import Adapter
-from moelora_core.comol import CoMoL
 from moelora_core.errors import ArgumentTypeError
-from moelora_core.hydralora import HydraLoRA
-from moelora_core.lora import LoRA
-from moelora_core.moelora import MoELoRA
-from moelora_core.talklora import TalkLoRA
 from moelora_core.validate import require_instance
 
 from .theta import Assumption, ThetaUndecided, big_o_region, growth_witness, region
@@ -141,27 +136,15 @@ def _positive_finite_limit(ratio: sp.Expr) -> bool:
 
 
 def macs_formula(adapter: Adapter) -> sp.Expr:
-    """Matmul multiply–adds of one token's forward pass (what torch's FLOP counter counts / 2)."""
-    n, m, r, r_e, E, N = S.n, S.m, S.r, S.r_e, S.E, S.N
-    if isinstance(adapter, LoRA):
-        return r * (n + m)
-    if isinstance(adapter, MoELoRA):
-        router = E * n if adapter.config.router == "input" else E * (E * r_e)
-        return E * r_e * (n + m) + router
-    if isinstance(adapter, HydraLoRA):
-        return r_e * n + E * n + E * r_e * m
-    if isinstance(adapter, TalkLoRA):
-        # A, then one fused matmul with [diag(K_i); W_r (T⊗I)] ((r + E) x r, the router folded once per
-        # call), then B. The dense diag(K_i) costs r² instead of r²/E per token; r² << r·n in practice,
-        # and one matmul beats E tiny ones (docs/performance.md).
-        return r * n + r**2 + E * r + r * m
-    if isinstance(adapter, CoMoL):
-        router = N * r if adapter.config.core_router else N * n
-        # A, router, then [M_1 ... M_N] (g ⊗ h): one (r x N·r) matmul (N r²), then B
-        return r * n + router + N * r**2 + r * m
-    raise ArgumentTypeError(
-        f"adapter={type(adapter).__name__}: expected an adapter with a MAC formula"
-    )
+    """Matmul multiply–adds of one token's forward pass (what torch's FLOP counter counts / 2): the
+    adapter's own `macs_formula()`; ArgumentTypeError for an adapter that defines none."""
+    require_instance("adapter", adapter, Adapter)
+    try:
+        return adapter.macs_formula()
+    except NotImplementedError:
+        raise ArgumentTypeError(
+            f"adapter={type(adapter).__name__}: expected an adapter with a MAC formula"
+        ) from None
 
 
 class MatmulFlops(TorchDispatchMode):
@@ -187,20 +170,34 @@ class MatmulFlops(TorchDispatchMode):
         count = flop_registry.get(func._overloadpacket)
         if count is not None:
             self.flops += int(count(*args, **kwargs, out_val=out))
+        elif func._overloadpacket in _WEIGHTED_BAGS and _bag_weights(args, kwargs) is not None:
+            # Σ_c w_c · table[idx_c]: one multiply–add per (index, column) of the weighted bags
+            self.flops += 2 * int(args[1].numel()) * int(args[0].shape[1])
         return out
 
 
-def counted_macs_per_token(adapter: Adapter) -> int:
+_WEIGHTED_BAGS = (torch.ops.aten._embedding_bag, torch.ops.aten._embedding_bag_forward_only)
+
+
+def _bag_weights(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The per_sample_weights argument of an aten embedding_bag call (None: an unweighted sum)."""
+    return args[6] if len(args) > 6 else kwargs.get("per_sample_weights")
+
+
+def counted_macs_per_token(adapter: Adapter, *, sparse: bool = False) -> int:
     """Multiply–adds per token of `adapter`'s forward: counted FLOPs(2 tokens) - FLOPs(1 token), halved.
 
     The difference removes per-call work that does not scale with the tokens (e.g. folding the
-    talking module into the router, W_r (T ⊗ I), once per call).
+    talking module into the router, W_r (T ⊗ I), once per call). `sparse`: of the sparse top-k path
+    (`sparse_mode("sparse")`), whose expert side is a weighted `embedding_bag` (counted as above).
     """
+    from moelora_core.sparse import sparse_mode
+
     p = require_instance("adapter", adapter, Adapter).reference
     counts: list[int] = []
     for tokens in (1, 2):
         x = torch.randn(tokens, adapter.in_features, dtype=p.dtype, device=p.device)
-        with MatmulFlops() as fc:
+        with sparse_mode("sparse") if sparse else nullcontext(), MatmulFlops() as fc:
             adapter(x)
         counts.append(fc.flops)
     return (counts[1] - counts[0]) // 2

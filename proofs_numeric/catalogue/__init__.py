@@ -5,9 +5,12 @@ each beside its refuted twin.
 * `formulas`: SPEC claim 3 (parameter and MAC formulas) and the closed-form Jacobian;
 * `reductions`: SPEC claim 4 (exact reductions to LoRA and between mixtures), ΔW(x) x = Δ(x);
 * `theta`, `counts`, `classes`: the Θ procedure, the papers' count and function-class claims;
-* the bound claims (`BOUND_CLAIMS`, docs/bounds.md).
+* the bound claims (`BOUND_CLAIMS`, docs/bounds.md);
+* `declared`: claims generated for every registered architecture from its declarations (its
+  reductions, its gate's Lipschitz status), named `<family>_<claim>` (`DECLARED_CLAIMS`).
 
-`all_claims()` gathers them in that order; `CORE_CLAIMS` is every catalogue but the bound claims.
+`all_claims()` gathers them in that order; `CORE_CLAIMS` is every hand-written catalogue but the bound
+claims (some of its twins mutate a declared claim: their `twin_of` names it).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from ..checking import Claim
 from .classes import CLASS_CLAIMS
 from .core import TALK_CLAIMS
 from .counts import COUNT_CLAIMS
+from .declared import DECLARED_CLAIMS
 from .formulas import FORMULA_CLAIMS
 from .reductions import REDUCTION_CLAIMS
 from .theta import THETA_CLAIMS
@@ -34,8 +38,8 @@ CORE_CLAIMS: list[Claim[Any]] = [
 
 
 def all_claims() -> list[Claim[Any]]:
-    """Every registered claim: the core catalogues, then the bound claims."""
-    return [*CORE_CLAIMS, *BOUND_CLAIMS]
+    """Every registered claim: the core catalogues, the bound claims, then the declared claims."""
+    return [*CORE_CLAIMS, *BOUND_CLAIMS, *DECLARED_CLAIMS]
 
 
-__all__ = ["CORE_CLAIMS", "all_claims"]
+__all__ = ["CORE_CLAIMS", "DECLARED_CLAIMS", "all_claims"]

@@ -25,7 +25,7 @@ import sympy as sp
 from hypothesis import strategies as st
 
 from moelora_core import symbols as S
-from moelora_core.adapter import Adapter
+from moelora_core.adapter import Adapter, RoutedAdapter
 from moelora_core.comol import CoMoL, CoMoLConfig
 from moelora_core.lora import LoRA, LoRAConfig
 from moelora_core.moelora import MoELoRA, MoELoRAConfig
@@ -57,15 +57,14 @@ def _moelora_rank_r(v: dict[sp.Symbol, int]) -> MoELoRA:
     return MoELoRA(cfg, device="meta")
 
 
-def _router_numel(a: Adapter) -> int:
-    assert a.router is not None
+def _router_numel(a: RoutedAdapter) -> int:
     return sum(p.numel() for p in a.router.parameters())
 
 
 @lru_cache(maxsize=8)
 def router_count(kind: str) -> sp.Expr:
     """The router's parameter count of a module kind, measured and interpolated over (n, m, r, N)."""
-    build: Callable[[dict[sp.Symbol, int]], Adapter] = {
+    build: Callable[[dict[sp.Symbol, int]], RoutedAdapter] = {
         "comol_core": lambda v: _comol(v, True),
         "comol_x": lambda v: _comol(v, False),
         "moelora_r": _moelora_rank_r,

@@ -10,23 +10,24 @@ Each beside a mutated twin (a formula missing a term, the router term dropped) t
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import sympy as sp
 import torch
+from hypothesis import reject
 from hypothesis import strategies as st
 
 from moelora_core import symbols as S
-from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoL, CoMoLConfig
-from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
+from moelora_core.errors import ConfigError
+from moelora_core.registry import ARCHITECTURES, architecture_of, create
 
 from ..checking import Claim, Outcome, claim_with_twin, exact
 from ..complexity import counted_macs_per_token, macs_formula, same_theta
 from ..function_class import analytic_jacobian, autograd_jacobian
 from ..outcomes import macs_outcome, param_count_outcome, symbolic
+from ..specs import LayerSpec, config_for, shares_layers
 from ..strategies import (
     DTYPE,
     Case,
@@ -34,7 +35,7 @@ from ..strategies import (
     cases,
     comol_configs,
     moelora_configs,
-    talklora_configs,
+    scales,
 )
 
 
@@ -68,51 +69,40 @@ def _count_case_missing_core_term(c: Case[CoMoLConfig]) -> Outcome:
 
 
 def _shared_model_case(args: tuple[Any, int]) -> Outcome:
-    """L layers of one module type sharing B (TalkLoRA) or A, B (CoMoL): unique params = formula."""
+    """L layers of one module type sharing the part `make_shared` builds: unique params = formula."""
     cfg, L = args
-    layers: list[Adapter]
-    # the shared part, from the modules' own formulas: unshared layer minus shared layer
-    if isinstance(cfg, TalkLoRAConfig):
-        b = TalkLoRA.shared_b(cfg, dtype=DTYPE)
-        layers = [TalkLoRA(cfg, b=b, dtype=DTYPE) for _ in range(L)]
-        unshared: Adapter = TalkLoRA(dataclasses.replace(cfg, share_b=False), device="meta")
-    else:
-        ab = CoMoL.shared_ab(cfg, dtype=DTYPE)
-        layers = [CoMoL(cfg, ab=ab, dtype=DTYPE) for _ in range(L)]
-        unshared = CoMoL(dataclasses.replace(cfg, share_ab=False), device="meta")
-    shared_part = unshared.param_formula() - layers[0].param_formula()
+    cls = architecture_of(cfg)
+    shared = cls.make_shared(cfg, dtype=DTYPE)
+    layers = [create(cfg, shared=shared, dtype=DTYPE) for _ in range(L)]
+    shared_part = layers[0].shared_param_formula()  # counted once per module type
     formula = S.L * layers[0].param_formula() + shared_part
     unique = sum(p.numel() for p in torch.nn.ModuleList(layers).parameters())
-    expected = int(formula.subs({**layers[0].param_subs(), S.L: L}))
+    expected = int(formula.subs({**layers[0].subs(), S.L: L}))
     return Outcome(
         float(abs(unique - expected)), 0.0, f"unique params {unique}, formula {expected}"
     )
 
 
-shared_models = st.tuples(
-    st.one_of(
-        talklora_configs().map(
-            lambda c: TalkLoRAConfig(
-                in_features=c.in_features,
-                out_features=c.out_features,
-                rank=c.rank,
-                num_experts=c.num_experts,
-                share_b=True,
-            )
-        ),
-        comol_configs().map(
-            lambda c: CoMoLConfig(
-                in_features=c.in_features,
-                out_features=c.out_features,
-                rank=c.rank,
-                num_cores=c.num_cores,
-                core_router=c.core_router,
-                share_ab=True,
-            )
-        ),
-    ),
-    st.integers(1, 4),
-)
+@st.composite
+def _shared_config(draw: st.DrawFn, family: str) -> Any:
+    """A config of `family` from a spec with `shared=True` (r = E·r_e, so every family accepts it)."""
+    E, r_e = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    spec = LayerSpec(
+        rank=E * r_e, experts=E, expert_rank=r_e, scale=draw(scales),
+        router=draw(st.sampled_from(["input", "latent"])), core_router=draw(st.booleans()),
+        shared=True,
+    )  # fmt: skip
+    n, m = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    try:
+        return config_for(family, spec, in_features=n, out_features=m)
+    except ConfigError:
+        reject()
+
+
+def shared_models() -> st.SearchStrategy[tuple[Any, int]]:
+    """(config with a shared part, L) over every registered architecture that shares one."""
+    sharing = [f for f, cls in ARCHITECTURES.items() if shares_layers(cls)]
+    return st.tuples(st.one_of(*(_shared_config(f) for f in sharing)), st.integers(1, 4))
 
 
 def _macs_case(wrong_term: sp.Expr | None = None) -> Callable[[Case[Any]], Outcome]:
@@ -122,6 +112,28 @@ def _macs_case(wrong_term: sp.Expr | None = None) -> Callable[[Case[Any]], Outco
     def case(c: Case[Any]) -> Outcome:
         a = c.build()
         return macs_outcome(a, macs_formula(a) - (wrong_term or 0), counted_macs_per_token(a))
+
+    return case
+
+
+def _sparse_path(config: Any) -> bool:
+    """Top-k below E and a sparse path (`sparse_macs_formula` not None), read from a meta build."""
+    a = create(config, device="meta")
+    k = getattr(getattr(a, "router", None), "top_k", None)
+    return k is not None and k < a.num_experts and a.sparse_macs_formula() is not None
+
+
+def _sparse_macs_case(dense_formula: bool = False) -> Callable[[Case[Any]], Outcome]:
+    """Counted multiply–adds per token of the sparse top-k path (`sparse_mode("sparse")`, the weighted
+    embedding_bag of the expert side included) = sparse_macs_formula. At the drawn sizes MoELoRA's
+    input router takes the dense down-projection (the gathered one wins only for
+    E·r_e > k·(80 + 12 r_e), sparse.gather_wins), whose padded bmm the formula does not describe."""
+
+    def case(c: Case[Any]) -> Outcome:
+        a = c.build()
+        formula = a.macs_formula() if dense_formula else a.sparse_macs_formula()
+        assert formula is not None  # drawn where _sparse_path holds
+        return macs_outcome(a, formula, counted_macs_per_token(a, sparse=True))
 
     return case
 
@@ -161,9 +173,9 @@ FORMULA_CLAIMS: list[Claim[Any]] = [
     ),
     Claim(
         "params_layer_shared",
-        "L layers sharing B (TalkLoRA) or A, B (CoMoL): unique parameters = "
-        "L·per-layer + the shared part once",
-        shared_models,
+        "L layers of one module type sharing a part (TalkLoRA's B, CoMoL's A and B; every "
+        "architecture that shares one): unique parameters = L·param_formula + shared_param_formula",
+        shared_models(),
         _shared_model_case,
         spec="SPEC claim 3",
     ),
@@ -177,6 +189,16 @@ FORMULA_CLAIMS: list[Claim[Any]] = [
         twin_case=_macs_case(S.N * S.r**2),
         twin_strategy=cases(comol_configs(lo=2)),
         spec="SPEC claim 3",
+    ),
+    *claim_with_twin(
+        "sparse_macs_per_token",
+        "counted multiply–adds per token of the sparse top-k path = the sparse MAC formula, every "
+        "architecture with one (k < E, sizes >= 2)",
+        cases(any_config(lo=2).filter(_sparse_path)),
+        _sparse_macs_case(),
+        twin="dense_formula: the sparse path counted against the dense MAC formula",
+        twin_case=_sparse_macs_case(dense_formula=True),
+        spec="core",
     ),
     Claim(
         "comol_macs_theta",
