@@ -70,3 +70,30 @@ def test_no_private_name_crosses_modules(tree: str) -> None:
             own = module.startswith(("proofs_numeric", "moelora_core"))
             private = name.startswith("_") and not name.startswith("__")
             assert not (own and private), f"{path.relative_to(ROOT)}:{line} imports {module}.{name}"
+
+
+def _named_classes(node: ast.expr) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+    }
+
+
+ASK_THE_ADAPTER = [  # modules that ask the adapter (its class variables, formulas, declarations)
+    *sorted((ROOT / "proofs_numeric" / "catalogue").glob("*.py")),
+    *sorted((ROOT / "proofs_numeric" / "variants").glob("*.py")),
+    ROOT / "proofs_numeric" / "dynamics.py",
+    ROOT / "proofs_numeric" / "outcomes.py",
+    *(ROOT / "benchmarks" / f for f in ("layers.py", "sparse_crossover.py", "floor_parts.py")),
+]
+
+
+@pytest.mark.parametrize("path", ASK_THE_ADAPTER, ids=lambda p: p.name)
+def test_no_branch_on_an_architecture_type(path: Path) -> None:
+    from moelora_core.registry import ARCHITECTURES
+
+    names = {cls.__name__ for cls in ARCHITECTURES.values()}
+    names |= {cls.config_class.__name__ for cls in ARCHITECTURES.values()}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+            found = _named_classes(node.args[1]) & names if len(node.args) == 2 else set()
+            assert not found, f"{path.relative_to(ROOT)}:{node.lineno} isinstance(…, {found})"

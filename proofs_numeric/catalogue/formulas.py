@@ -24,7 +24,7 @@ from moelora_core.errors import ConfigError
 from moelora_core.registry import ARCHITECTURES, architecture_of, create
 
 from ..checking import Claim, Outcome, claim_with_twin, exact
-from ..complexity import counted_macs_per_token, macs_formula, same_theta
+from ..complexity import counted_macs_per_token, same_theta
 from ..function_class import analytic_jacobian, autograd_jacobian
 from ..outcomes import macs_outcome, param_count_outcome, symbolic
 from ..specs import LayerSpec, config_for, shares_layers
@@ -111,7 +111,7 @@ def _macs_case(wrong_term: sp.Expr | None = None) -> Callable[[Case[Any]], Outco
 
     def case(c: Case[Any]) -> Outcome:
         a = c.build()
-        return macs_outcome(a, macs_formula(a) - (wrong_term or 0), counted_macs_per_token(a))
+        return macs_outcome(a, a.macs_formula() - (wrong_term or 0), counted_macs_per_token(a))
 
     return case
 
@@ -140,7 +140,7 @@ def _sparse_macs_case(dense_formula: bool = False) -> Callable[[Case[Any]], Outc
 
 def _macs_theta() -> tuple[bool, str]:
     a = CoMoL(CoMoLConfig(in_features=2, out_features=2, rank=1, num_cores=1))
-    f = macs_formula(a)
+    f = a.macs_formula()
     ok = same_theta(f, S.r * (S.n + S.m) + S.N * S.r + S.N * S.r**2, [S.n, S.m, S.r, S.N])
     return ok, f"CoMoL MACs/token {f}"
 

@@ -20,17 +20,7 @@ from moelora_core.registry import ARCHITECTURES
 
 from ..checking import EXACT_TOL, Claim, ClaimError, Outcome
 from ..outcomes import compare
-from ..strategies import (
-    DTYPE,
-    Case,
-    build_random,
-    cases,
-    comol_configs,
-    hydralora_configs,
-    lora_configs,
-    moelora_configs,
-    talklora_configs,
-)
+from ..strategies import CONFIG_STRATEGIES, DTYPE, Case, build_random, cases
 from .base import (
     Declaration,
     Draw,
@@ -41,14 +31,6 @@ from .base import (
     named,
 )
 from .snippet import config_expression
-
-SOURCE_CONFIGS: dict[str, Callable[[], SearchStrategy[Any]]] = {
-    "lora": lora_configs,
-    "moelora": moelora_configs,
-    "hydralora": hydralora_configs,
-    "talklora": talklora_configs,
-    "comol": comol_configs,
-}
 
 
 def target_class(target: str | type) -> tuple[str, type[Adapter]]:
@@ -164,11 +146,11 @@ def embeds(
     prepared by `when`, equals `embed(source)`, an instance of the variant (same Δ and routing)."""
     key, cls = target_class(source)
     if source_configs is None:
-        if key not in SOURCE_CONFIGS:
+        if key not in CONFIG_STRATEGIES:
             raise VariantError(
                 f"embeds({key!r}): give source_configs=<strategy of {cls.__name__} configs>"
             )
-        source_configs = SOURCE_CONFIGS[key]()
+        source_configs = CONFIG_STRATEGIES[key]()
     text = (
         statement
         or f"every {cls.__name__} embeds into {{variant}} via {named(embed)} (Δ and routing)"
