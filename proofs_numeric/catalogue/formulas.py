@@ -116,11 +116,8 @@ def _macs_case(wrong_term: sp.Expr | None = None) -> Callable[[Case[Any]], Outco
     return case
 
 
-def _sparse_path(config: Any) -> bool:
-    """Top-k below E and a sparse path (`sparse_macs_formula` not None), read from a meta build."""
-    a = create(config, device="meta")
-    k = getattr(getattr(a, "router", None), "top_k", None)
-    return k is not None and k < a.num_experts and a.sparse_macs_formula() is not None
+def _top_k(config: Any) -> bool:
+    return getattr(config, "top_k", None) is not None
 
 
 def _sparse_macs_case(dense_formula: bool = False) -> Callable[[Case[Any]], Outcome]:
@@ -131,8 +128,11 @@ def _sparse_macs_case(dense_formula: bool = False) -> Callable[[Case[Any]], Outc
 
     def case(c: Case[Any]) -> Outcome:
         a = c.build()
-        formula = a.macs_formula() if dense_formula else a.sparse_macs_formula()
-        assert formula is not None  # drawn where _sparse_path holds
+        k = getattr(getattr(a, "router", None), "top_k", None)
+        sparse = a.sparse_macs_formula()
+        if sparse is None or k is None or k >= a.num_experts:
+            reject()  # no sparse path here (k = E runs dense): Hypothesis draws another instance
+        formula = a.macs_formula() if dense_formula else sparse
         return macs_outcome(a, formula, counted_macs_per_token(a, sparse=True))
 
     return case
@@ -194,7 +194,7 @@ FORMULA_CLAIMS: list[Claim[Any]] = [
         "sparse_macs_per_token",
         "counted multiply–adds per token of the sparse top-k path = the sparse MAC formula, every "
         "architecture with one (k < E, sizes >= 2)",
-        cases(any_config(lo=2).filter(_sparse_path)),
+        cases(any_config(lo=2).filter(_top_k)),
         _sparse_macs_case(),
         twin="dense_formula: the sparse path counted against the dense MAC formula",
         twin_case=_sparse_macs_case(dense_formula=True),
