@@ -1,12 +1,9 @@
-"""A plain generic layer spec (`moelora_core.adapter.AdapterSpecLike`), so that claims and benchmarks
-build any registered architecture through its own `config_from_spec` instead of a table of
+"""A plain generic layer spec (`moelora_core.adapter.AdapterSpecLike`), so that the benchmarks (and any
+tool) build any registered architecture through its own `config_from_spec` instead of a table of
 per-architecture constructors.
 
     LayerSpec(rank=r, experts=E, expert_rank=r_e, top_k=k, scale=s, shared=True)
     config_for("comol", spec, in_features=n, out_features=m)  # -> CoMoLConfig(...)
-
-`shares_layers(cls)`: whether an architecture has a part shared by the layers of one module type (its
-`config_from_spec` accepts `shared=True` and `make_shared` returns that part).
 """
 
 from __future__ import annotations
@@ -15,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from moelora_core.adapter import Adapter
-from moelora_core.errors import ConfigError
 from moelora_core.registry import architecture
 
 
@@ -38,12 +33,3 @@ class LayerSpec:
 def config_for(family: str, spec: LayerSpec, *, in_features: int, out_features: int) -> Any:
     """The config of a registered architecture for an `in_features -> out_features` layer."""
     return architecture(family).config_from_spec(spec, in_features, out_features)
-
-
-def shares_layers(cls: type[Adapter]) -> bool:
-    """True if `cls` builds a part shared across layers from a spec with `shared=True`."""
-    try:
-        config = cls.config_from_spec(LayerSpec(rank=2, experts=2, shared=True), 2, 2)
-    except ConfigError:
-        return False
-    return cls.make_shared(config, device="meta") is not None

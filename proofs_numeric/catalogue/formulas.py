@@ -11,6 +11,7 @@ Each beside a mutated twin (a formula missing a term, the router term dropped) t
 from __future__ import annotations
 
 from collections.abc import Callable
+from inspect import signature
 from typing import Any
 
 import sympy as sp
@@ -20,22 +21,20 @@ from hypothesis import strategies as st
 
 from moelora_core import symbols as S
 from moelora_core.comol import CoMoL, CoMoLConfig
-from moelora_core.errors import ConfigError
-from moelora_core.registry import ARCHITECTURES, architecture_of, create
+from moelora_core.registry import architecture_of, create
 
 from ..checking import Claim, Outcome, claim_with_twin, exact
 from ..complexity import counted_macs_per_token, same_theta
 from ..function_class import analytic_jacobian, autograd_jacobian
 from ..outcomes import macs_outcome, param_count_outcome, symbolic
-from ..specs import LayerSpec, config_for, shares_layers
 from ..strategies import (
+    CONFIG_STRATEGIES,
     DTYPE,
     Case,
     any_config,
     cases,
     comol_configs,
     moelora_configs,
-    scales,
 )
 
 
@@ -83,26 +82,15 @@ def _shared_model_case(args: tuple[Any, int]) -> Outcome:
     )
 
 
-@st.composite
-def _shared_config(draw: st.DrawFn, family: str) -> Any:
-    """A config of `family` from a spec with `shared=True` (r = E·r_e, so every family accepts it)."""
-    E, r_e = draw(st.integers(1, 4)), draw(st.integers(1, 3))
-    spec = LayerSpec(
-        rank=E * r_e, experts=E, expert_rank=r_e, scale=draw(scales),
-        router=draw(st.sampled_from(["input", "latent"])), core_router=draw(st.booleans()),
-        shared=True,
-    )  # fmt: skip
-    n, m = draw(st.integers(1, 12)), draw(st.integers(1, 12))
-    try:
-        return config_for(family, spec, in_features=n, out_features=m)
-    except ConfigError:
-        reject()
+def _has_shared_part(config: Any) -> bool:
+    return architecture_of(config).make_shared(config, device="meta") is not None
 
 
 def shared_models() -> st.SearchStrategy[tuple[Any, int]]:
-    """(config with a shared part, L) over every registered architecture that shares one."""
-    sharing = [f for f, cls in ARCHITECTURES.items() if shares_layers(cls)]
-    return st.tuples(st.one_of(*(_shared_config(f) for f in sharing)), st.integers(1, 4))
+    """(config with a shared part, L) over every family whose strategy draws sharing flags."""
+    sharing = [s for s in CONFIG_STRATEGIES.values() if "shared" in signature(s).parameters]
+    configs = st.one_of(*(s(shared=True) for s in sharing)).filter(_has_shared_part)
+    return st.tuples(configs, st.integers(1, 4))
 
 
 def _macs_case(wrong_term: sp.Expr | None = None) -> Callable[[Case[Any]], Outcome]:
