@@ -4,15 +4,17 @@ generator gives a new architecture its claims without an edit to any catalogue."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
+from hypothesis.strategies import SearchStrategy
 
 from moelora_core.adapter import Reduction, RouterLipschitz
-from moelora_core.moelora import MoELoRA
+from moelora_core.moelora import MoELoRA, MoELoRAConfig
 from moelora_core.registry import ARCHITECTURES
 from proofs_numeric.catalogue.declared import DECLARED_CLAIMS, claim_name, declared_claims
-from proofs_numeric.checking import Claim, check_claim
+from proofs_numeric.checking import Claim, ClaimError, check_claim
 from proofs_numeric.strategies import CONFIG_STRATEGIES, moelora_configs
 
 
@@ -40,11 +42,17 @@ def test_every_declaration_has_its_claims() -> None:
     assert claim_name("comol", "equal_cores_is_lora") == "comol_equal_cores_is_lora"
 
 
+@dataclass(frozen=True, kw_only=True)
+class _TopOneConfig(MoELoRAConfig):
+    """MoELoRA's config under another name: a new registered architecture's config class."""
+
+
 class _TopOne(MoELoRA):
-    """A MoELoRA declaring what the generator reads: a reduction, and a top-1 gate (a jump between
-    experts: not ½‖W‖-Lipschitz) declared refuted."""
+    """A MoELoRA declaring what the generator reads: one reduction, and its top-1 gate (a jump
+    between experts: not ½‖W‖-Lipschitz) declared refuted."""
 
     family: ClassVar[str] = "top_one"
+    config_class: ClassVar[type] = _TopOneConfig
     router_lipschitz: ClassVar[RouterLipschitz] = "refuted"
 
     @classmethod
@@ -52,10 +60,16 @@ class _TopOne(MoELoRA):
         return tuple(r for r in MoELoRA.reductions() if r.name == "identical_experts_is_lora")
 
 
+@dataclass(frozen=True, kw_only=True)
+class _SoftConfig(MoELoRAConfig):
+    pass
+
+
 class _SoftDeclaredRefuted(MoELoRA):
     """A softmax gate (½‖W‖-Lipschitz) wrongly declared refuted: the search must not invent a pair."""
 
     family: ClassVar[str] = "soft"
+    config_class: ClassVar[type] = _SoftConfig
     router_lipschitz: ClassVar[RouterLipschitz] = "refuted"
 
     @classmethod
@@ -63,19 +77,28 @@ class _SoftDeclaredRefuted(MoELoRA):
         return ()
 
 
-@pytest.mark.theorems
-def test_a_new_architecture_gets_its_claims_and_the_search_is_sound() -> None:
-    claims = declared_claims(
-        {"top_one": _TopOne, "soft": _SoftDeclaredRefuted},
-        {
-            "top_one": lambda: moelora_configs(num_experts=2, top_k=False).map(
-                lambda c: type(c)(**{**vars(c), "top_k": 1})
-            ),
-            "soft": lambda: moelora_configs(top_k=False),
-        },
+def _top_one_configs(**kw: Any) -> SearchStrategy[_TopOneConfig]:
+    return moelora_configs(num_experts=2, top_k=False).map(
+        lambda c: _TopOneConfig(**{**vars(c), "top_k": 1})
     )
-    by_name = {c.name: c for c in claims}
-    assert set(by_name) == {
+
+
+def _soft_configs(**kw: Any) -> SearchStrategy[_SoftConfig]:
+    return moelora_configs(top_k=False).map(lambda c: _SoftConfig(**vars(c)))
+
+
+@pytest.mark.theorems
+def test_a_newly_registered_architecture_gets_its_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registering (a registry line and a strategy entry) is all it takes; the search is sound."""
+    for family, cls, strategy in (
+        ("top_one", _TopOne, _top_one_configs),
+        ("soft", _SoftDeclaredRefuted, _soft_configs),
+    ):
+        monkeypatch.setitem(ARCHITECTURES, family, cls)
+        monkeypatch.setitem(CONFIG_STRATEGIES, family, strategy)
+    by_name = {c.name: c for c in declared_claims()}
+    new = {n for n in by_name if n.startswith(("top_one_", "soft_"))}
+    assert new == {
         "top_one_identical_experts_is_lora",
         "top_one_identical_experts_is_lora__unprepared",
         "top_one_router_half_norm_lipschitz",
@@ -89,6 +112,6 @@ def test_a_new_architecture_gets_its_claims_and_the_search_is_sound() -> None:
     assert soft.holds and not soft.raised, soft.detail  # a softmax never exceeds ½‖W‖
 
 
-def test_an_unlisted_architecture_is_refused() -> None:
-    with pytest.raises(Exception, match="CONFIG_STRATEGIES"):
+def test_an_architecture_without_a_strategy_is_refused() -> None:
+    with pytest.raises(ClaimError, match="CONFIG_STRATEGIES"):
         declared_claims({"top_one": _TopOne}, dict(CONFIG_STRATEGIES))
