@@ -87,7 +87,7 @@ def param_count_outcome(a: Adapter) -> Outcome:
 
 def macs_outcome(a: Adapter, formula: sp.Expr, counted: int) -> Outcome:
     """Counted matmul multiply–adds per token == `formula` at the instance's values, exactly."""
-    expected = int(sp.sympify(formula).subs(a.param_subs()))
+    expected = int(sp.sympify(formula).subs(a.subs()))
     return Outcome(
         float(abs(counted - expected)), 0.0, f"counted {counted} MACs/token, formula {expected}"
     )

@@ -29,7 +29,6 @@ from ..function_class import analytic_jacobian, autograd_jacobian
 from ..outcomes import macs_outcome, param_count_outcome, symbolic
 from ..strategies import (
     CONFIG_STRATEGIES,
-    DTYPE,
     Case,
     any_config,
     cases,
@@ -63,7 +62,7 @@ def _count_case(c: Case[Any]) -> Outcome:
 
 def _count_case_missing_core_term(c: Case[CoMoLConfig]) -> Outcome:
     a = c.build()
-    wrong = (a.param_formula() - S.N * S.r**2).subs(a.param_subs())
+    wrong = (a.param_formula() - S.N * S.r**2).subs(a.subs())
     return Outcome(float(abs(a.num_trainable_params() - int(wrong))), 0.0, "formula without N·r²")
 
 
@@ -71,8 +70,8 @@ def _shared_model_case(args: tuple[Any, int]) -> Outcome:
     """L layers of one module type sharing the part `make_shared` builds: unique params = formula."""
     cfg, L = args
     cls = architecture_of(cfg)
-    shared = cls.make_shared(cfg, dtype=DTYPE)
-    layers = [create(cfg, shared=shared, dtype=DTYPE) for _ in range(L)]
+    shared = cls.make_shared(cfg, device="meta")  # counting only: no memory, no init
+    layers = [create(cfg, shared=shared, device="meta") for _ in range(L)]
     shared_part = layers[0].shared_param_formula()  # counted once per module type
     formula = S.L * layers[0].param_formula() + shared_part
     unique = sum(p.numel() for p in torch.nn.ModuleList(layers).parameters())
