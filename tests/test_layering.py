@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CATALOGUES = ("proofs_numeric.catalogue", "proofs_numeric.bounds.claims")
+CATALOGUES = ("proofs_numeric.catalogue",)
 # the tests of the catalogues themselves (what they import is what they check); test_complexity_theta
 # checks the counts catalogue's measured router formula (`router_count`), not a fixture
 CATALOGUE_TESTS = (
@@ -39,9 +39,9 @@ def imports(path: Path) -> Iterator[tuple[str, str, int]]:
                 yield module, a.name, node.lineno
 
 
-def in_catalogue(module: str, name: str, catalogues: tuple[str, ...] = CATALOGUES) -> bool:
+def in_catalogue(module: str, name: str) -> bool:
     full = f"{module}.{name}" if name else module
-    return any(full == c or full.startswith(c + ".") for c in catalogues)
+    return any(full == c or full.startswith(c + ".") for c in CATALOGUES)
 
 
 def test_variants_import_no_catalogue() -> None:
@@ -54,9 +54,7 @@ def test_tests_take_no_fixture_from_a_catalogue() -> None:
     for path in sorted((ROOT / "tests").glob("test_*.py")):
         if path.name.startswith(CATALOGUE_TESTS):
             continue
-        # the bound claims' builders are checked here once they live in proofs_numeric.catalogue
-        found = imports(path)
-        bad = [(m, n, line) for m, n, line in found if in_catalogue(m, n, CATALOGUES[:1])]
+        bad = [(m, n, line) for m, n, line in imports(path) if in_catalogue(m, n)]
         assert not bad, f"tests/{path.name} imports from a claim catalogue: {bad}"
 
 

@@ -5,7 +5,7 @@ each beside its refuted twin.
 * `formulas`: SPEC claim 3 (parameter and MAC formulas) and the closed-form Jacobian;
 * `reductions`: SPEC claim 4 (exact reductions to LoRA and between mixtures), ΔW(x) x = Δ(x);
 * `theta`, `counts`, `classes`: the Θ procedure, the papers' count and function-class claims;
-* the bound claims (`BOUND_CLAIMS`, docs/bounds.md);
+* `bounds`: the bound claims (`BOUND_CLAIMS`, docs/bounds.md);
 * `declared`: claims generated for every registered architecture from its declarations (its
   reductions, its gate's Lipschitz status), named `<family>_<claim>` (`DECLARED_CLAIMS`).
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..bounds.claims import BOUND_CLAIMS
 from ..checking import Claim
+from .bounds import BOUND_CLAIMS
 from .classes import CLASS_CLAIMS
 from .core import TALK_CLAIMS
 from .counts import COUNT_CLAIMS
