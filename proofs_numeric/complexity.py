@@ -173,10 +173,14 @@ class MatmulFlops(TorchDispatchMode):
         elif func._overloadpacket in _WEIGHTED_BAGS and _bag_weights(args, kwargs) is not None:
             # Σ_c w_c · table[idx_c]: one multiply–add per (index, column) of the weighted bags
             self.flops += 2 * int(args[1].numel()) * int(args[0].shape[1])
+        elif func._overloadpacket is _BAG_DOTS:
+            # table[idx_c] · x_t (sparse.gather_dot): one multiply–add per (index, column)
+            self.flops += 2 * int(args[2].numel()) * int(args[1].shape[1])
         return out
 
 
 _WEIGHTED_BAGS = (torch.ops.aten._embedding_bag, torch.ops.aten._embedding_bag_forward_only)
+_BAG_DOTS = torch.ops.aten._embedding_bag_per_sample_weights_backward
 
 
 def _bag_weights(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -189,7 +193,8 @@ def counted_macs_per_token(adapter: Adapter, *, sparse: bool = False) -> int:
 
     The difference removes per-call work that does not scale with the tokens (e.g. folding the
     talking module into the router, W_r (T ⊗ I), once per call). `sparse`: of the sparse top-k path
-    (`sparse_mode("sparse")`), whose expert side is a weighted `embedding_bag` (counted as above).
+    (`sparse_mode("sparse")`), whose expert side is a weighted `embedding_bag` and whose gathered
+    down-projection is embedding_bag's row-dot kernel (`sparse.gather_dot`), both counted as above.
     """
     from moelora_core.sparse import sparse_mode
 

@@ -21,12 +21,14 @@ from hypothesis import strategies as st
 
 from moelora_core import symbols as S
 from moelora_core.comol import CoMoL, CoMoLConfig
-from moelora_core.registry import architecture_of, create
+from moelora_core.errors import ConfigError
+from moelora_core.registry import ARCHITECTURES, architecture_of, create
 
 from ..checking import Claim, Outcome, claim_with_twin, exact
 from ..complexity import counted_macs_per_token, same_theta
 from ..function_class import analytic_jacobian, autograd_jacobian
 from ..outcomes import macs_outcome, param_count_outcome, symbolic
+from ..specs import LayerSpec, config_for
 from ..strategies import (
     CONFIG_STRATEGIES,
     Case,
@@ -34,6 +36,7 @@ from ..strategies import (
     cases,
     comol_configs,
     moelora_configs,
+    scales,
 )
 
 
@@ -107,11 +110,26 @@ def _top_k(config: Any) -> bool:
     return getattr(config, "top_k", None) is not None
 
 
+@st.composite
+def _many_experts(draw: st.DrawFn) -> Any:
+    """A config of any registered family with 24-40 experts of rank 2 and k <= 2, from a generic spec:
+    where `sparse.gather_wins` (E·r_e > k·(32 + 4 r_e)), so the gathered down-projection runs."""
+    E, k = draw(st.integers(24, 40)), draw(st.integers(1, 2))
+    spec = LayerSpec(
+        rank=2 * E, experts=E, expert_rank=2, top_k=k, scale=draw(scales),
+        router=draw(st.sampled_from(["input", "latent"])), core_router=draw(st.booleans()),
+    )  # fmt: skip
+    family = draw(st.sampled_from(sorted(ARCHITECTURES)))
+    try:
+        return config_for(family, spec, in_features=draw(st.integers(2, 6)), out_features=3)
+    except ConfigError:
+        reject()
+
+
 def _sparse_macs_case(dense_formula: bool = False) -> Callable[[Case[Any]], Outcome]:
-    """Counted multiply–adds per token of the sparse top-k path (`sparse_mode("sparse")`, the weighted
-    embedding_bag of the expert side included) = sparse_macs_formula. At the drawn sizes MoELoRA's
-    input router takes the dense down-projection (the gathered one wins only for
-    E·r_e > k·(80 + 12 r_e), sparse.gather_wins), whose padded bmm the formula does not describe."""
+    """Counted multiply–adds per token of the sparse top-k path (`sparse_mode("sparse")`, its weighted
+    embedding_bag and row-dot kernels included) = sparse_macs_formula, on the usual tiny configs and on
+    configs with 24-40 experts (`_many_experts`), where the gathered down-projection runs."""
 
     def case(c: Case[Any]) -> Outcome:
         a = c.build()
@@ -181,7 +199,7 @@ FORMULA_CLAIMS: list[Claim[Any]] = [
         "sparse_macs_per_token",
         "counted multiply–adds per token of the sparse top-k path = the sparse MAC formula, every "
         "architecture with one (k < E, sizes >= 2)",
-        cases(any_config(lo=2).filter(_top_k)),
+        cases(st.one_of(any_config(lo=2).filter(_top_k), _many_experts())),
         _sparse_macs_case(),
         twin="dense_formula: the sparse path counted against the dense MAC formula",
         twin_case=_sparse_macs_case(dense_formula=True),
