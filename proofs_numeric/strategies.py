@@ -200,3 +200,18 @@ def build_as(cls: type[AdapterT], config: Any, seed: int, **kwargs: Any) -> Adap
     from moelora_core.validate import require_instance
 
     return require_instance("adapter", build_random(config, seed, **kwargs), cls)
+
+
+def configs_where(
+    declares: Callable[[type[Adapter]], bool], lo: int = 1, top_k: bool = True
+) -> st.SearchStrategy[Any]:
+    """Configs of the registered families whose class `declares` hold (e.g. linear experts, a
+    softmax gate), drawn from their `CONFIG_STRATEGIES` entries (no rejection)."""
+    from moelora_core.registry import ARCHITECTURES
+
+    chosen = [
+        strategy(lo=lo, top_k=top_k)
+        for family, strategy in CONFIG_STRATEGIES.items()
+        if declares(ARCHITECTURES[family])
+    ]
+    return st.one_of(*chosen)

@@ -20,6 +20,7 @@ from hypothesis import reject
 from hypothesis import strategies as st
 
 from moelora_core import symbols as S
+from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoL, CoMoLConfig
 from moelora_core.errors import ConfigError
 from moelora_core.registry import ARCHITECTURES, architecture_of, create
@@ -35,6 +36,7 @@ from ..strategies import (
     any_config,
     cases,
     comol_configs,
+    configs_where,
     moelora_configs,
     scales,
 )
@@ -57,6 +59,12 @@ def _jacobian_case(drop_router_term: bool = False) -> Callable[[Case[Any]], Outc
         return exact((autograd_jacobian(a, x), J))
 
     return case
+
+
+def _softmax_and_linear(cls: type[Adapter]) -> bool:
+    """Fixed expert maps and a softmax gate (or none): ∇g = (diag g − g gᵀ) W_eff is the softmax's
+    Jacobian, so the other gates (threshold, mask) and non-linear Δ are left out by declaration."""
+    return cls.linear_experts and cls.routing_kind in ("none", "softmax")
 
 
 def _count_case(c: Case[Any]) -> Outcome:
@@ -155,7 +163,7 @@ FORMULA_CLAIMS: list[Claim[Any]] = [
         "jacobian_closed_form",
         "J(x) = Σ_i g_i P_i + Σ_i (P_i x) ∇g_i(x)ᵀ equals autograd's Jacobian (soft routers); the "
         "witness certificate and the bounds use this form",
-        cases(any_config(top_k=False)),
+        cases(configs_where(_softmax_and_linear, top_k=False)),
         _jacobian_case(),
         twin="no_router_term: J(x) = Σ_i g_i(x) P_i (routing treated as constant)",
         twin_case=_jacobian_case(drop_router_term=True),

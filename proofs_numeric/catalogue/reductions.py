@@ -28,10 +28,10 @@ from ..checking import Claim, Outcome, claim_with_twin, exact
 from ..outcomes import reduction_outcome
 from ..strategies import (
     Case,
-    any_config,
     build_as,
     cases,
     comol_configs,
+    configs_where,
     hydralora_configs,
     moelora_configs,
     talklora_configs,
@@ -117,8 +117,9 @@ REDUCTION_CLAIMS: list[Claim[Any]] = [
     ),
     *claim_with_twin(
         "delta_weight_consistent",
-        "ΔW(x) x = Δ(x) with ΔW(x) = Σ_i g_i(x) P_i, every architecture",
-        cases(any_config()),
+        "ΔW(x) x = Δ(x) with ΔW(x) = Σ_i g_i(x) P_i, every architecture with fixed expert maps "
+        "(linear_experts)",
+        cases(configs_where(lambda cls: cls.linear_experts)),
         _delta_weight_case(),
         twin="uniform_g: ΔW with uniform routing weights",
         twin_case=_delta_weight_case(uniform=True),
