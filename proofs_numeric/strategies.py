@@ -207,11 +207,11 @@ def configs_where(
 ) -> st.SearchStrategy[Any]:
     """Configs of the registered families whose class `declares` hold (e.g. linear experts, a
     softmax gate), drawn from their `CONFIG_STRATEGIES` entries (no rejection)."""
-    from moelora_core.registry import ARCHITECTURES
+    from moelora_core.registry import architecture  # ConfigError for an unregistered family
 
     chosen = [
         strategy(lo=lo, top_k=top_k)
         for family, strategy in CONFIG_STRATEGIES.items()
-        if declares(ARCHITECTURES[family])
+        if declares(architecture(family))
     ]
     return st.one_of(*chosen)
