@@ -38,7 +38,7 @@ STAGING = ".tmp-checkpoint-"
 def _trainer_cls() -> Any:
     from transformers import Trainer
 
-    class DurableTrainer(Trainer):  # type: ignore[misc]
+    class DurableTrainer(Trainer):
         """Trainer whose checkpoints are atomic and durable (staged, fsynced, renamed)."""
 
         _staging: Path | None = None
@@ -79,7 +79,7 @@ def _trainer_cls() -> Any:
 def _plain_progress(stream: TextIO) -> Any:
     from transformers import TrainerCallback
 
-    class PlainProgress(TrainerCallback):  # type: ignore[misc]
+    class PlainProgress(TrainerCallback):
         """One line per log event on `stream` (for logs that are not a terminal)."""
 
         def __init__(self) -> None:

@@ -9,8 +9,11 @@ Every config speaks PEFT's LoRA vocabulary (`r`, `lora_alpha` with s = lora_alph
     TalkLoRAPeftConfig    num_experts E (r divisible by E), top_k, share_b, talk_init
     CoMoLPeftConfig       num_experts = the number of cores N, core_router, top_k, share_ab
 
-`to_spec()` turns a config into the toolkit's `AdapterSpec`, so a PEFT layer builds its adapter with the
-same `build_adapter` as `inject_adapters`: one implementation of each architecture (`moelora_core`).
+Every config also has `options` (the architecture's other config fields, by name, as `AdapterSpec.options`).
+`to_spec()` turns a config into the toolkit's `AdapterSpec` and `from_spec(spec)` back, so a PEFT layer
+builds its adapter with the same `build_adapter` as `inject_adapters`: one implementation of each
+architecture (`moelora_core`). A registered architecture without a config here gets one generated from
+its core config's fields (`peft_generated`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ __all__ = [
 
 
 @dataclass
-class RoutedPeftConfig(PeftConfig):  # type: ignore[misc]
+class RoutedPeftConfig(PeftConfig):
     """Fields common to every routed architecture (PEFT's LoRA names and meanings)."""
 
     arch: ClassVar[str] = ""
@@ -46,11 +49,11 @@ class RoutedPeftConfig(PeftConfig):  # type: ignore[misc]
     top_k: int | None = field(
         default=None, metadata={"help": "Keep the k largest routing weights."}
     )
-    target_modules: list[str] | str | None = field(
+    target_modules: list[str] | set[str] | str | None = field(
         default=None,
         metadata={"help": "Module names, a regex (full match) or 'all-linear'."},
     )
-    exclude_modules: list[str] | str | None = field(
+    exclude_modules: list[str] | set[str] | str | None = field(
         default=None, metadata={"help": "Module names or a regex to leave out."}
     )
     layers_to_transform: list[int] | int | None = field(
@@ -63,9 +66,12 @@ class RoutedPeftConfig(PeftConfig):  # type: ignore[misc]
         default=None, metadata={"help": "Other modules trained and saved in full (e.g. a head)."}
     )
     bias: str = field(default="none", metadata={"help": "Only 'none' is supported."})
+    options: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Other config fields of the architecture, by name."}
+    )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        PeftConfig.__post_init__(self)  # = super(): PEFT leaves it unannotated
         self.peft_type = peft_type(self.arch)
         if isinstance(self.target_modules, list | tuple | set):
             self.target_modules = set(self.target_modules)
@@ -87,6 +93,25 @@ class RoutedPeftConfig(PeftConfig):  # type: ignore[misc]
         """The architecture's own AdapterSpec fields."""
         return {}
 
+    @classmethod
+    def fields_of_spec(cls, spec: AdapterSpec) -> dict[str, Any]:
+        """The inverse of `spec_fields`: this config's own fields from a spec."""
+        return {}
+
+    @classmethod
+    def from_spec(cls, spec: AdapterSpec, targets: Any, **extra: Any) -> RoutedPeftConfig:
+        """The config that builds `spec`'s adapters on `targets` (names, a regex or 'all-linear')."""
+        return cls(
+            target_modules=targets,
+            r=spec.rank,
+            lora_alpha=spec.scale * spec.rank,  # s = lora_alpha / r
+            num_experts=spec.experts,
+            top_k=spec.top_k,
+            options=dict(spec.options),
+            **cls.fields_of_spec(spec),
+            **extra,
+        )
+
     def to_spec(self) -> AdapterSpec:
         """The toolkit's AdapterSpec with these hyper-parameters (targets: every module PEFT picked)."""
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
@@ -98,7 +123,7 @@ class RoutedPeftConfig(PeftConfig):  # type: ignore[misc]
             experts=self.num_experts,
             top_k=self.top_k,
             scale=self.scale,
-            **self.spec_fields(),
+            **{"options": dict(self.options), **self.spec_fields()},
         )
 
 
@@ -115,6 +140,10 @@ class MoELoRAPeftConfig(RoutedPeftConfig):
     def spec_fields(self) -> dict[str, Any]:
         return {"expert_rank": self.expert_rank, "router": self.router}
 
+    @classmethod
+    def fields_of_spec(cls, spec: AdapterSpec) -> dict[str, Any]:
+        return {"expert_rank": spec.expert_rank, "router": spec.router}
+
 
 @dataclass
 class HydraLoRAPeftConfig(RoutedPeftConfig):
@@ -125,6 +154,10 @@ class HydraLoRAPeftConfig(RoutedPeftConfig):
 
     def spec_fields(self) -> dict[str, Any]:
         return {"expert_rank": self.expert_rank}
+
+    @classmethod
+    def fields_of_spec(cls, spec: AdapterSpec) -> dict[str, Any]:
+        return {"expert_rank": spec.expert_rank}
 
 
 @dataclass
@@ -137,7 +170,11 @@ class TalkLoRAPeftConfig(RoutedPeftConfig):
     )
 
     def spec_fields(self) -> dict[str, Any]:
-        return {"shared_b": self.share_b}
+        return {"shared": self.share_b}
+
+    @classmethod
+    def fields_of_spec(cls, spec: AdapterSpec) -> dict[str, Any]:
+        return {"share_b": spec.shared}
 
 
 @dataclass
@@ -151,4 +188,8 @@ class CoMoLPeftConfig(RoutedPeftConfig):
     )
 
     def spec_fields(self) -> dict[str, Any]:
-        return {"core_router": self.core_router, "shared_ab": self.share_ab}
+        return {"core_router": self.core_router, "shared": self.share_ab}
+
+    @classmethod
+    def fields_of_spec(cls, spec: AdapterSpec) -> dict[str, Any]:
+        return {"core_router": spec.core_router, "share_ab": spec.shared}

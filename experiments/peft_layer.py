@@ -36,12 +36,12 @@ def not_mergeable(arch: str) -> NotMergeableError:
     )
 
 
-class RoutedLayer(BaseTunerLayer):  # type: ignore[misc]
+class RoutedLayer(BaseTunerLayer):
     """Adapter bookkeeping shared by every routed layer; subclasses fix `prefix` (e.g. 'talklora_')."""
 
     prefix: ClassVar[str] = ""
-    adapter_layer_names: ClassVar[tuple[str, ...]] = ()
-    other_param_names: ClassVar[tuple[str, ...]] = ()
+    adapter_layer_names: tuple[str, ...] = ()
+    other_param_names: tuple[str, ...] = ()
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -63,8 +63,15 @@ class RoutedLayer(BaseTunerLayer):  # type: ignore[misc]
         out: nn.ModuleDict = getattr(self, self.prefix + "adapter")
         return out
 
+    def adapter(self, name: str) -> Adapter:
+        """The `moelora_core` adapter called `name` in this layer."""
+        found = self.adapters[name]
+        if not isinstance(found, Adapter):
+            raise ConfigError(f"adapter {name!r}: a {type(found).__name__}, expected an Adapter")
+        return found
+
     def _adapter_dtype_device(self) -> tuple[torch.dtype, torch.device]:
-        device, dtype = self._get_base_layer_device_and_dtype(self.get_base_layer())
+        device, dtype = BaseTunerLayer._get_base_layer_device_and_dtype(self, self.get_base_layer())
         if dtype is None or not dtype.is_floating_point:  # a quantised (uint8) base: fp32 adapters
             dtype = torch.float32
         return dtype, device if device is not None else torch.device("cpu")

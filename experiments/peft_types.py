@@ -23,7 +23,7 @@ def peft_type(arch: str) -> Any:
     member = str.__new__(PeftType, name)
     member._name_ = name
     member._value_ = name
-    member.__objclass__ = PeftType  # type: ignore[misc]
+    object.__setattr__(member, "__objclass__", PeftType)  # as Enum sets it on its own members
     PeftType._member_map_[name] = member
     PeftType._value2member_map_[name] = member
     PeftType._member_names_.append(name)

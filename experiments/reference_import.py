@@ -365,7 +365,12 @@ def import_talklora_reference(
         if bkind[len("lora_B_") :] not in used_groups:
             conv.unexpected += [k for k, _ in slot.values()]
     spec = AdapterSpec(
-        "talklora", tuple(conv.targets), rank=rank, experts=experts, shared_b=True, scale=1.0
+        arch="talklora",
+        targets=tuple(conv.targets),
+        rank=rank,
+        experts=experts,
+        shared_b=True,
+        scale=1.0,
     )
     what = "TalkLoRA reference checkpoint"
     return spec, _finish(model, spec, conv, what, dtype, device)
@@ -437,8 +442,8 @@ def import_comol_reference(
                 cores = torch.stack([c.transpose(-1, -2) for c in C if c is not None])
                 conv.put(f"{name}.cores", cores, f"{prefix}.lora_Cores.* (transposed)")
     spec = AdapterSpec(
-        "comol",
-        tuple(conv.targets),
+        arch="comol",
+        targets=tuple(conv.targets),
         rank=rank,
         experts=cores_n,
         core_router=core_router,

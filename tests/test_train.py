@@ -43,7 +43,7 @@ def tiny_model(arch: str = "talklora", seed: int = 0) -> nn.Module:
         intermediate_size=64,
     )
     model = MeanPoolClassifier(BertModel(cfg), 32)
-    inject_adapters(model, AdapterSpec(arch, targets=("query", "value"), rank=8, experts=4))
+    inject_adapters(model, AdapterSpec(arch=arch, targets=("query", "value"), rank=8, experts=4))
     model.head.requires_grad_(True)
     return model
 

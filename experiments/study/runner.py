@@ -28,7 +28,15 @@ from proofs_numeric.jsonio import write_json_atomic
 
 from ..inject import AdapterSpec, adapted_layers, trainable_report
 from ..measure import capture_inputs, measure_layer
-from ..tasks import MINILM, TextTask, accuracy, encode_texts, load_encoder, text_batches
+from ..tasks import (
+    MINILM,
+    TextTask,
+    accuracy,
+    encode_texts,
+    load_encoder,
+    model_config,
+    text_batches,
+)
 from ..train import TrainConfig, train
 from .data import load_task
 from .dynamics import Recorder
@@ -188,7 +196,7 @@ def load_shared(cfg: StudyConfig) -> Shared:
     except (OSError, ValueError) as e:
         raise ConfigError(f"model={cfg.model!r}: not a loadable model directory ({e})") from None
     encoder.float().requires_grad_(False)  # a float16 copy (the GPU run's) trains in float32
-    return Shared(encoder, tokenizer, int(encoder.config.hidden_size), tasks)
+    return Shared(encoder, tokenizer, int(model_config(encoder).hidden_size), tasks)
 
 
 def plan(
@@ -233,7 +241,7 @@ def run_study(
     torch.set_num_threads(threads)
     try:
         sh = load_shared(cfg)
-        cells = plan(cfg, sh.hidden, int(sh.encoder.config.num_hidden_layers))
+        cells = plan(cfg, sh.hidden, int(model_config(sh.encoder).num_hidden_layers))
         records, computed = [], 0
         for i, (task, budget, arch, seed, spec, params) in enumerate(cells, 1):
             if (i - 1) % k_shard != i_shard:
