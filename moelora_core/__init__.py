@@ -1,6 +1,6 @@
 """moelora_core: every MoE-LoRA architecture as a composition of explicit, typed linear maps."""
 
-from .adapter import Adapter
+from .adapter import Adapter, RoutedAdapter
 from .comol import CoMoL, CoMoLConfig
 from .errors import (
     ArgumentTypeError,
@@ -8,6 +8,7 @@ from .errors import (
     DTypeDeviceError,
     MoELoRAError,
     NonFiniteError,
+    NotLinearError,
     ReductionError,
     ShapeError,
     input_checks,
@@ -27,7 +28,7 @@ from .maps import (
     topk_mask,
 )
 from .moelora import MoELoRA, MoELoRAConfig
-from .registry import ARCHITECTURES, architecture, build
+from .registry import ARCHITECTURES, architecture, build, config_class, create
 from .talklora import TalkLoRA, TalkLoRAConfig
 
 __all__ = [
@@ -53,7 +54,9 @@ __all__ = [
     "MoELoRAConfig",
     "MoELoRAError",
     "NonFiniteError",
+    "NotLinearError",
     "ReductionError",
+    "RoutedAdapter",
     "ShapeError",
     "SoftmaxRouter",
     "TalkLoRA",
@@ -61,6 +64,8 @@ __all__ = [
     "architecture",
     "build",
     "chain",
+    "config_class",
+    "create",
     "input_checks",
     "topk_mask",
 ]

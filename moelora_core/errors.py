@@ -21,6 +21,11 @@ class ConfigError(MoELoRAError, ValueError):
     """A configuration value is out of its domain (E < 1, k > E, rank not divisible by E, ...)."""
 
 
+class NotLinearError(ConfigError):
+    """The adapter is not linear in x for fixed routing (Δ(x) ≠ Σ_i g_i(x) P_i x with fixed P_i, e.g.
+    DenseLoRA): it has no expert matrices and no per-token ΔW(x); the bounds use its Lipschitz chain."""
+
+
 class ShapeError(MoELoRAError, ValueError):
     """A tensor has the wrong shape for the map it is given to."""
 

@@ -3,13 +3,14 @@
     Δ(x) = s · Σ_i g_i(x) B_i A x,   A: r_e x n (shared),  B_i: m x r_e,  g = softmax(W_g x), W_g: E x n
 
 Params `r_e·n + E·r_e·m + E·n`. Storage: the B_i are the column blocks of one `B: m x (E·r_e)`, so
-Δ(x) = s · B (g ⊗ A x), with no loop over heads.
+Δ(x) = s · B (g ⊗ A x), with no loop over heads. MACs per token `(r_e + E)·n + E·r_e·m`; sparse top-k
+`(r_e + E)·n + k·r_e·m` (the shared A x is computed once, only the k chosen heads B_i run).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import sympy as sp
 import torch
@@ -18,9 +19,10 @@ from torch import Tensor
 
 from . import sparse
 from . import symbols as S
-from .adapter import Adapter
+from .adapter import AdapterSpecLike, ExpertFactors, Reduction, RoutedAdapter
 from .errors import require_finite_float, require_positive_int, require_top_k
 from .maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
+from .spec import refuse_shared, spec_expert_rank, spec_options
 from .validate import checked_construction, require_layer_size
 
 
@@ -44,9 +46,23 @@ class HydraLoRAConfig:
         require_layer_size(repr(self), r_e * n + E * r_e * self.out_features + E * n)
 
 
-class HydraLoRA(Adapter):
+class HydraLoRA(RoutedAdapter):
     family: ClassVar[str] = "hydralora"
+    config_class: ClassVar[type] = HydraLoRAConfig
     config: HydraLoRAConfig
+
+    @classmethod
+    def config_from_spec(
+        cls, spec: AdapterSpecLike, in_features: int, out_features: int
+    ) -> HydraLoRAConfig:
+        """E = experts (heads), r_e = expert_rank (default rank // experts), top_k, scale."""
+        refuse_shared(cls.family, spec)
+        taken = {"num_experts", "expert_rank", "top_k", "scale"}
+        extra: dict[str, Any] = spec_options(HydraLoRAConfig, spec, taken)
+        return HydraLoRAConfig(
+            in_features=in_features, out_features=out_features, num_experts=spec.experts,
+            expert_rank=spec_expert_rank(spec), top_k=spec.top_k, scale=spec.scale, **extra,
+        )  # fmt: skip
 
     def __init__(
         self,
@@ -84,9 +100,8 @@ class HydraLoRA(Adapter):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        assert self.router is not None
         if sparse.use_sparse(self.router, x):
-            return sparse.hydralora_forward(self, x)
+            return self.sparse_forward(x)
         c = self.config
         h, logits = F.linear(x, torch.cat([self.A.weight, self.router.logits.dense()])).split(
             [c.expert_rank, c.num_experts], dim=-1
@@ -115,6 +130,48 @@ class HydraLoRA(Adapter):
     def param_formula(self) -> sp.Expr:
         return S.r_e * S.n + S.E * S.r_e * S.m + S.E * S.n
 
-    def param_subs(self) -> dict[sp.Symbol, int]:
+    def macs_formula(self) -> sp.Expr:
+        """[A; W_g] x (r_e·n + E·n), then B (E·r_e·m)."""
+        return S.r_e * S.n + S.E * S.n + S.E * S.r_e * S.m
+
+    def sparse_macs_formula(self) -> sp.Expr | None:
+        """[A; W_g] x in full, then the k chosen heads B_i."""
+        k = self.config.top_k
+        return None if k is None else (S.r_e + S.E) * S.n + k * S.r_e * S.m
+
+    def subs(self) -> dict[sp.Symbol, int]:
         c = self.config
         return {S.n: c.in_features, S.m: c.out_features, S.E: c.num_experts, S.r_e: c.expert_rank}
+
+    @torch.no_grad()
+    def expert_factors(self) -> ExpertFactors:
+        """P_i = s · B_i · A: left (B_i (E, m, r_e),), right A (1, r_e, n), shared by the heads."""
+        c = self.config
+        B = self.B.weight.detach().to("cpu", torch.float64)
+        Bh = B.unflatten(1, (c.num_experts, c.expert_rank)).permute(1, 0, 2)  # (E, m, r_e)
+        A = self.A.weight.detach().to("cpu", torch.float64).unsqueeze(0)  # (1, r_e, n)
+        return ExpertFactors((Bh,), A, c.scale)
+
+    @classmethod
+    def reductions(cls) -> tuple[Reduction, ...]:
+        """Equal heads B_i = B_1 -> LoRA (A, B_1)."""
+        from . import preconditions as pre
+
+        return (
+            Reduction("equal_heads_is_lora", "lora", pre.on(HydraLoRA, pre.equal_heads_),
+                      pre.on(HydraLoRA, pre.first_head_lora)),
+        )  # fmt: skip
+
+    def sparse_forward(self, x: Tensor) -> Tensor:
+        """Σ_j w_j B_{idx_j} (A x), the shared A x computed once (see `sparse`)."""
+        c, k = self.config, sparse.top_k_of(self.router)
+        xf = sparse.flat_tokens(x)
+        W = self.router.logits.dense()
+        h, logits = F.linear(xf, torch.cat([self.A.weight, W])).split(
+            [c.expert_rank, c.num_experts], dim=-1
+        )  # (T, r_e), (T, E)
+        idx, w = sparse.topk_route(logits, k)
+        coef = ((c.scale * w).unsqueeze(-1) * h.unsqueeze(-2)).flatten(-2)  # (T, k·r_e)
+        cols = sparse.expert_columns(idx, c.expert_rank)
+        out = sparse.mix_columns(cols, coef, self.B.weight.t().contiguous())
+        return out.reshape(*x.shape[:-1], c.out_features)

@@ -1,9 +1,12 @@
-"""LoRA: `Δ(x) = s·B A x`, `A: r x n`, `B: m x r`. Parameters `r(n + m)`."""
+"""LoRA: `Δ(x) = s·B A x`, `A: r x n`, `B: m x r`. Parameters `r(n + m)`, MACs per token `r(n + m)`.
+
+Unrouted (E = 1, g = 1): one expert P_1 = s·B A, factors ((B,), A, s).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import sympy as sp
 import torch
@@ -11,9 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import symbols as S
-from .adapter import Adapter
+from .adapter import Adapter, AdapterSpecLike, ExpertFactors
 from .errors import require_finite_float, require_positive_int
 from .maps import Dense
+from .spec import refuse_shared, spec_options
 from .validate import checked_construction, require_layer_size
 
 
@@ -34,7 +38,20 @@ class LoRAConfig:
 
 class LoRA(Adapter):
     family: ClassVar[str] = "lora"
+    config_class: ClassVar[type] = LoRAConfig
     config: LoRAConfig
+
+    @classmethod
+    def config_from_spec(
+        cls, spec: AdapterSpecLike, in_features: int, out_features: int
+    ) -> LoRAConfig:
+        """rank r and scale s from the spec (experts, top_k and the routers do not apply)."""
+        refuse_shared(cls.family, spec)
+        extra: dict[str, Any] = spec_options(LoRAConfig, spec, {"rank", "scale"})
+        return LoRAConfig(
+            in_features=in_features, out_features=out_features, rank=spec.rank, scale=spec.scale,
+            **extra,
+        )  # fmt: skip
 
     def __init__(
         self,
@@ -71,6 +88,17 @@ class LoRA(Adapter):
     def param_formula(self) -> sp.Expr:
         return S.r * (S.n + S.m)
 
-    def param_subs(self) -> dict[sp.Symbol, int]:
+    def macs_formula(self) -> sp.Expr:
+        """A x (r·n), then B (m·r)."""
+        return S.r * S.n + S.r * S.m
+
+    def subs(self) -> dict[sp.Symbol, int]:
         c = self.config
         return {S.n: c.in_features, S.m: c.out_features, S.r: c.rank}
+
+    @torch.no_grad()
+    def expert_factors(self) -> ExpertFactors:
+        """P_1 = s · B · A: left (B (1, m, r),), right A (1, r, n)."""
+        B = self.B.weight.detach().to("cpu", torch.float64).unsqueeze(0)  # (1, m, r)
+        A = self.A.weight.detach().to("cpu", torch.float64).unsqueeze(0)  # (1, r, n)
+        return ExpertFactors((B,), A, float(self.config.scale))

@@ -10,12 +10,14 @@ Top-k: keep the k largest g_i and renormalise them to sum 1 (MoLA style).
 Storage: the A_i are the row blocks of one `A: r x n`, the B_i the column blocks of one `B: m x r`, so
 the forward pass is two matmuls and a per-head scaling, with no loop over experts:
     Δ(x) = s · B ((g ⊗ 1_{r_e}) ⊙ A x).
+MACs per token: E·r_e(n + m) + E·n (input router) or + E·E·r_e (latent router). Sparse top-k: only the
+k chosen experts' B_i (k·r_e·m), and their A_i when gathering x pays (k·r_e·n instead of E·r_e·n).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import sympy as sp
 import torch
@@ -24,9 +26,10 @@ from torch import Tensor
 
 from . import sparse
 from . import symbols as S
-from .adapter import Adapter, weighted_heads
+from .adapter import AdapterSpecLike, ExpertFactors, Reduction, RoutedAdapter, weighted_heads
 from .errors import ConfigError, require_finite_float, require_positive_int, require_top_k
 from .maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
+from .spec import refuse_shared, spec_expert_rank, spec_options
 from .validate import checked_construction, require_layer_size
 
 RouterKind = Literal["input", "latent"]
@@ -62,9 +65,27 @@ class MoELoRAConfig:
         return self.num_experts * self.expert_rank
 
 
-class MoELoRA(Adapter):
+class MoELoRA(RoutedAdapter):
     family: ClassVar[str] = "moelora"
+    config_class: ClassVar[type] = MoELoRAConfig
     config: MoELoRAConfig
+
+    @classmethod
+    def config_from_spec(
+        cls, spec: AdapterSpecLike, in_features: int, out_features: int
+    ) -> MoELoRAConfig:
+        """E = experts, r_e = expert_rank (default rank // experts), router, top_k, scale."""
+        refuse_shared(cls.family, spec)
+        if spec.router not in ("input", "latent"):
+            raise ConfigError(f"router={spec.router!r}: expected 'input' or 'latent'")
+        router: RouterKind = "latent" if spec.router == "latent" else "input"
+        taken = {"num_experts", "expert_rank", "router", "top_k", "scale"}
+        extra: dict[str, Any] = spec_options(MoELoRAConfig, spec, taken)
+        return MoELoRAConfig(
+            in_features=in_features, out_features=out_features, num_experts=spec.experts,
+            expert_rank=spec_expert_rank(spec), router=router, top_k=spec.top_k, scale=spec.scale,
+            **extra,
+        )  # fmt: skip
 
     def __init__(
         self,
@@ -107,9 +128,8 @@ class MoELoRA(Adapter):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        assert self.router is not None
         if sparse.use_sparse(self.router, x):
-            return sparse.moelora_forward(self, x)
+            return self.sparse_forward(x)
         c = self.config
         if c.router == "input":  # one matmul [A; W_g] x: x is read once, and dx is one matmul
             h, logits = F.linear(x, torch.cat([self.A.weight, self.router.logits.dense()])).split(
@@ -148,6 +168,76 @@ class MoELoRA(Adapter):
         router = S.E * S.n if self.config.router == "input" else S.E * (S.E * S.r_e)
         return S.E * S.r_e * (S.n + S.m) + router
 
-    def param_subs(self) -> dict[sp.Symbol, int]:
+    def macs_formula(self) -> sp.Expr:
+        """[A; W_g] x or A x then W_r h, then B: E·r_e(n + m) + router."""
+        router = S.E * S.n if self.config.router == "input" else S.E**2 * S.r_e
+        return S.E * S.r_e * (S.n + S.m) + router
+
+    def sparse_macs_formula(self) -> sp.Expr | None:
+        """Router and whatever it reads in full, then the k chosen experts (k a number, not a symbol)."""
+        c, k = self.config, self.config.top_k
+        if k is None:
+            return None
+        if c.router == "latent":
+            return S.E * S.r_e * S.n + S.E * S.E * S.r_e + k * S.r_e * S.m
+        gather = sparse.gather_wins(c.num_experts, k, c.expert_rank)
+        down = k * S.r_e * S.n if gather else S.E * S.r_e * S.n
+        return S.E * S.n + down + k * S.r_e * S.m
+
+    def subs(self) -> dict[sp.Symbol, int]:
         c = self.config
         return {S.n: c.in_features, S.m: c.out_features, S.E: c.num_experts, S.r_e: c.expert_rank}
+
+    @torch.no_grad()
+    def expert_factors(self) -> ExpertFactors:
+        """P_i = s · B_i · A_i: left (B_i (E, m, r_e),), right A_i (E, r_e, n)."""
+        c = self.config
+        B = self.B.weight.detach().to("cpu", torch.float64)
+        A = self.A.weight.detach().to("cpu", torch.float64)
+        Bh = B.unflatten(1, (c.num_experts, c.expert_rank)).permute(1, 0, 2)  # (E, m, r_e)
+        return ExpertFactors((Bh,), A.unflatten(0, (c.num_experts, c.expert_rank)), c.scale)
+
+    @classmethod
+    def reductions(cls) -> tuple[Reduction, ...]:
+        """Identical experts -> LoRA (A_1, B_1); -> CoMoL of rank E·r_e (block-selector cores);
+        latent router -> TalkLoRA (K_i = I, T = I)."""
+        from . import preconditions as pre
+        from . import reductions as red
+
+        return (
+            Reduction("identical_experts_is_lora", "lora", pre.on(MoELoRA, pre.equal_experts_),
+                      pre.on(MoELoRA, pre.first_expert_lora)),
+            Reduction("moelora_in_comol", "comol", pre.no_preparation,
+                      pre.on(MoELoRA, red.moelora_to_comol), unprepared_fails=False),
+            Reduction("latent_moelora_is_talklora", "talklora", pre.no_preparation,
+                      pre.on(MoELoRA, red.moelora_to_talklora), unprepared_fails=False,
+                      applies=_latent),
+        )  # fmt: skip
+
+    def sparse_forward(self, x: Tensor) -> Tensor:
+        """Σ_j w_j B_{idx_j} A_{idx_j} x with the k chosen experts only (see `sparse`)."""
+        c, k = self.config, sparse.top_k_of(self.router)
+        E, d = c.num_experts, c.expert_rank
+        xf = sparse.flat_tokens(x)  # (T, n)
+        W = self.router.logits.dense()
+        if c.router == "input" and sparse.gather_wins(E, k, d):
+            idx, w = sparse.topk_route(F.linear(xf, W), k)
+            h = sparse.grouped_down(xf, idx, self.A.weight.unflatten(0, (E, d)))  # (T, k, d)
+        else:
+            if c.router == "input":  # [A; W_g] x in one matmul
+                hall, logits = F.linear(xf, torch.cat([self.A.weight, W])).split([c.rank, E], -1)
+            else:
+                hall = F.linear(xf, self.A.weight)
+                logits = F.linear(hall, W)
+            idx, w = sparse.topk_route(logits, k)
+            h = hall.gather(-1, sparse.expert_columns(idx, d)).unflatten(-1, (k, d))  # (T, k, d)
+        coef = (h * (c.scale * w).unsqueeze(-1)).flatten(-2)  # (T, k·d)
+        out = sparse.mix_columns(
+            sparse.expert_columns(idx, d), coef, self.B.weight.t().contiguous()
+        )
+        return out.reshape(*x.shape[:-1], c.out_features)
+
+
+def _latent(config: Any) -> bool:
+    """The configs on which MoELoRA -> TalkLoRA is claimed: a latent router."""
+    return getattr(config, "router", None) == "latent"

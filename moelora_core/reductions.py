@@ -27,20 +27,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .adapter import Adapter
+from .adapter import RoutedAdapter
 from .comol import CoMoL, CoMoLConfig
 from .errors import ReductionError
 from .hydralora import HydraLoRA, HydraLoRAConfig
 from .lora import LoRA, LoRAConfig
-from .moelora import MoELoRA, MoELoRAConfig
+from .moelora import MoELoRA, MoELoRAConfig, RouterKind
 from .talklora import TalkLoRA, TalkLoRAConfig
 from .validate import require_instance, require_int, require_seed, require_tolerance
 
 
-def _router_weight(a: Adapter) -> Tensor:
+def _router_weight(a: RoutedAdapter) -> Tensor:
     """The router's logit matrix W (a Parameter, writable in place)."""
-    if a.router is None:
-        raise ReductionError(f"{type(a).__name__} has no router")
     return a.router.logits.dense()
 
 
@@ -157,9 +155,7 @@ def talklora_to_input_moelora(t: TalkLoRA) -> MoELoRA:
     out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
     out.A.weight.copy_(m.A.weight)
     out.B.weight.copy_(m.B.weight)
-    logit_map = t.router_logit_map()
-    assert logit_map is not None
-    _router_weight(out).copy_(logit_map.dense())
+    _router_weight(out).copy_(t.router_logit_map().dense())
     return out
 
 
@@ -169,13 +165,13 @@ def comol_to_moelora(c_: CoMoL) -> MoELoRA:
     require_instance("c_", c_, CoMoL)
     c = c_.config
     N, r = c.num_cores, c.rank
-    kind = "latent" if c.core_router else "input"
+    kind: RouterKind = "latent" if c.core_router else "input"
     cfg = MoELoRAConfig(
         in_features=c.in_features,
         out_features=c.out_features,
         num_experts=N,
         expert_rank=r,
-        router=kind,  # type: ignore[arg-type]
+        router=kind,
         top_k=c.top_k,
         scale=c.scale,
     )

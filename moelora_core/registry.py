@@ -1,28 +1,35 @@
-"""Names of the architectures, their classes and their configs."""
+"""Every architecture by name: one line each. A new architecture is its module plus one line here.
+
+`architecture(name)` is its class, `config_class(name)` its config, `build(name, **config)` an instance
+from keyword arguments, `create(config, ...)` an instance from a config of any registered type.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .adapter import Adapter
-from .comol import CoMoL, CoMoLConfig
-from .errors import ArgumentTypeError, ConfigError
-from .hydralora import HydraLoRA, HydraLoRAConfig
-from .lora import LoRA, LoRAConfig
-from .moelora import MoELoRA, MoELoRAConfig
-from .talklora import TalkLoRA, TalkLoRAConfig
+import torch
+from torch import nn
 
-ARCHITECTURES: dict[str, tuple[type[Adapter], type[Any]]] = {
-    "lora": (LoRA, LoRAConfig),
-    "moelora": (MoELoRA, MoELoRAConfig),
-    "hydralora": (HydraLoRA, HydraLoRAConfig),
-    "talklora": (TalkLoRA, TalkLoRAConfig),
-    "comol": (CoMoL, CoMoLConfig),
+from .adapter import Adapter
+from .comol import CoMoL
+from .errors import ArgumentTypeError, ConfigError
+from .hydralora import HydraLoRA
+from .lora import LoRA
+from .moelora import MoELoRA
+from .talklora import TalkLoRA
+
+ARCHITECTURES: dict[str, type[Adapter]] = {
+    "lora": LoRA,
+    "moelora": MoELoRA,
+    "hydralora": HydraLoRA,
+    "talklora": TalkLoRA,
+    "comol": CoMoL,
 }
 
 
-def architecture(name: str) -> tuple[type[Adapter], type[Any]]:
-    """(class, config class) for a registered name; ConfigError naming the known ones otherwise."""
+def architecture(name: str) -> type[Adapter]:
+    """The class registered as `name`; ConfigError naming the known ones otherwise."""
     if not isinstance(name, str):
         raise ArgumentTypeError(f"architecture={name!r}: expected one of {sorted(ARCHITECTURES)}")
     try:
@@ -33,11 +40,41 @@ def architecture(name: str) -> tuple[type[Adapter], type[Any]]:
         ) from None
 
 
+def config_class(name: str) -> type:
+    """The config class of the architecture registered as `name`."""
+    return architecture(name).config_class
+
+
 def build(name: str, **config: Any) -> Adapter:
     """`build("comol", in_features=64, out_features=64, rank=8, num_cores=4)`."""
-    cls, cfg_cls = architecture(name)
+    cls = architecture(name)
     try:
-        cfg = cfg_cls(**config)
+        cfg = cls.config_class(**config)
     except TypeError as e:
         raise ConfigError(f"config for {name!r}: {e}") from None
-    return cls(cfg)
+    return cls.create(cfg)
+
+
+def architecture_of(config: object) -> type[Adapter]:
+    """The registered class whose `config_class` `config` is an instance of."""
+    for cls in ARCHITECTURES.values():
+        if type(config) is cls.config_class:
+            return cls
+    for cls in ARCHITECTURES.values():  # a subclass of a registered config
+        if isinstance(config, cls.config_class):
+            return cls
+    names = sorted(cls.config_class.__name__ for cls in ARCHITECTURES.values())
+    raise ArgumentTypeError(
+        f"config={type(config).__name__}: expected a config of a registered architecture ({names})"
+    )
+
+
+def create(
+    config: object,
+    *,
+    shared: nn.Module | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Adapter:
+    """The adapter of `config` (any registered config type); `shared` from its class's `make_shared`."""
+    return architecture_of(config).create(config, shared=shared, dtype=dtype, device=device)

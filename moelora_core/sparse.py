@@ -14,7 +14,8 @@ experts. Two torch primitives do it without a loop over experts or tokens:
   the (token, slot) pairs are sorted by expert into an (E, C, n) block of rows (C the largest expert
   load), one `bmm` against the (E, d, n) stacked factors, and the k·d results gathered back.
 
-The k experts are chosen by the dense gate's rule (`maps.topk_mask`: a stable descending sort, ties
+Each architecture's `sparse_forward` (in its own module) is written with these tools; this module
+holds no per-architecture code. The k experts are chosen by the dense gate's rule (`maps.topk_mask`: a stable descending sort, ties
 to the lowest index), so the two paths select the same experts, exactly k, whatever the ties. Which path runs is decided per call by `use_sparse`: the fraction
 k/E at or below `SPARSE_MAX_FRACTION` (CoMoL: `COMOL_MAX_FRACTION`) and at least `SPARSE_MIN_TOKENS`
 tokens, all measured (docs/performance.md, benchmarks/sparse_crossover.py); inside torch.func transforms or forward-mode AD
@@ -35,11 +36,8 @@ from torch import Tensor
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .comol import CoMoL
-    from .hydralora import HydraLoRA
+    from .adapter import Adapter
     from .maps import SoftmaxRouter
-    from .moelora import MoELoRA
-    from .talklora import TalkLoRA
 
 Mode = Literal["auto", "dense", "sparse"]
 
@@ -127,111 +125,30 @@ def grouped_down(x: Tensor, idx: Tensor, A: Tensor) -> Tensor:
     return out
 
 
-def _flat(x: Tensor) -> Tensor:
+def flat_tokens(x: Tensor) -> Tensor:
+    """(..., n) -> (T, n), the leading axes as one token axis."""
     return x.reshape(-1, x.shape[-1])
 
 
-def _gather_wins(E: int, k: int, d: int) -> bool:
+def gather_wins(E: int, k: int, d: int) -> bool:
+    """Whether gathering x per chosen expert beats the dense down-projection (E·d > k·(copy + mac·d))."""
     return E * d > k * (GATHER_COPY + GATHER_MAC * d)
 
 
-def moelora_forward(mod: MoELoRA, x: Tensor) -> Tensor:
-    """Sparse MoELoRA: Σ_j w_j B_{idx_j} A_{idx_j} x with the k chosen experts only."""
-    assert mod.router is not None and mod.router.top_k is not None
-    c, k = mod.config, mod.router.top_k
-    E, d = c.num_experts, c.expert_rank
-    xf = _flat(x)  # (T, n)
-    W = mod.router.logits.dense()
-    if c.router == "input" and _gather_wins(E, k, d):
-        idx, w = topk_route(F.linear(xf, W), k)
-        h = grouped_down(xf, idx, mod.A.weight.unflatten(0, (E, d)))  # (T, k, d)
-    else:
-        if c.router == "input":  # [A; W_g] x in one matmul
-            hall, logits = F.linear(xf, torch.cat([mod.A.weight, W])).split([c.rank, E], dim=-1)
-        else:
-            hall = F.linear(xf, mod.A.weight)
-            logits = F.linear(hall, W)
-        idx, w = topk_route(logits, k)
-        h = hall.gather(-1, expert_columns(idx, d)).unflatten(-1, (k, d))  # (T, k, d)
-    coef = (h * (c.scale * w).unsqueeze(-1)).flatten(-2)  # (T, k·d)
-    out = mix_columns(expert_columns(idx, d), coef, mod.B.weight.t().contiguous())
-    return out.reshape(*x.shape[:-1], c.out_features)
+def top_k_of(router: SoftmaxRouter) -> int:
+    """The router's k; ConfigError for a soft router (the sparse path needs top-k routing)."""
+    if router.top_k is None:
+        raise ConfigError("top_k=None: expected an integer k for the sparse top-k forward")
+    return router.top_k
 
 
-def hydralora_forward(mod: HydraLoRA, x: Tensor) -> Tensor:
-    """Sparse HydraLoRA: Σ_j w_j B_{idx_j} (A x), the shared A x computed once."""
-    assert mod.router is not None and mod.router.top_k is not None
-    c, k = mod.config, mod.router.top_k
-    xf = _flat(x)
-    W = mod.router.logits.dense()
-    h, logits = F.linear(xf, torch.cat([mod.A.weight, W])).split(
-        [c.expert_rank, c.num_experts], dim=-1
-    )  # (T, r_e), (T, E)
-    idx, w = topk_route(logits, k)
-    coef = ((c.scale * w).unsqueeze(-1) * h.unsqueeze(-2)).flatten(-2)  # (T, k·r_e)
-    out = mix_columns(expert_columns(idx, c.expert_rank), coef, mod.B.weight.t().contiguous())
-    return out.reshape(*x.shape[:-1], c.out_features)
-
-
-def talklora_forward(mod: TalkLoRA, x: Tensor) -> Tensor:
-    """Sparse TalkLoRA: the router reads every talked head; only the k chosen heads run K_i and B_i."""
-    assert mod.router is not None and mod.router.top_k is not None
-    c, k = mod.config, mod.router.top_k
-    E, d = c.num_experts, c.head_dim
-    xf = _flat(x)
-    h = F.linear(xf, mod.A.weight)  # (T, r)
-    idx, w = topk_route(F.linear(h, mod.router.logits.dense() @ mod.talk.dense()), k)
-    heads = h.unflatten(-1, (E, d)).gather(1, idx.unsqueeze(-1).expand(-1, -1, d))  # (T, k, d)
-    kh = torch.einsum("tkij,tkj->tki", mod.K.weight[idx], heads)  # K_{idx_j} h_{idx_j}
-    coef = (kh * (c.scale * w).unsqueeze(-1)).flatten(-2)  # (T, k·d)
-    out = mix_columns(expert_columns(idx, d), coef, mod.B.weight.t().contiguous())
-    return out.reshape(*x.shape[:-1], c.out_features)
-
-
-def comol_forward(mod: CoMoL, x: Tensor) -> Tensor:
-    """Sparse CoMoL: Σ_j w_j M_{idx_j} h with the k chosen cores, h = A x, then B."""
-    assert mod.router is not None and mod.router.top_k is not None
-    c, k = mod.config, mod.router.top_k
-    N, r = c.num_cores, c.rank
-    xf = _flat(x)
-    W = mod.router.logits.dense()
-    if c.core_router:
-        h = F.linear(xf, mod.A.weight)  # (T, r)
-        logits = F.linear(h, W)
-    else:
-        h, logits = F.linear(xf, torch.cat([mod.A.weight, W])).split([r, N], dim=-1)
-    idx, w = topk_route(logits, k)
-    coef = (w.unsqueeze(-1) * h.unsqueeze(-2)).flatten(-2)  # (T, k·r): blocks w_j h
-    table = mod.cores.transpose(1, 2).reshape(N * r, r)  # row i·r + ρ = column ρ of M_i
-    merged = mix_columns(expert_columns(idx, r), coef, table)  # (T, r) = Σ_j w_j M_{idx_j} h
-    out = F.linear(c.scale * merged, mod.B.weight)
-    return out.reshape(*x.shape[:-1], c.out_features)
-
-
-def sparse_macs(mod: MoELoRA | HydraLoRA | TalkLoRA | CoMoL) -> int:
-    """Matmul multiply–adds per token of the sparse top-k forward (the dense count is
-    `proofs_numeric.complexity.macs_formula`): the router and whatever the router reads in full,
-    then only the k chosen experts."""
-    from .comol import CoMoL
-    from .hydralora import HydraLoRA
-    from .moelora import MoELoRA
-
-    assert mod.router is not None and mod.router.top_k is not None
-    k, n, m = mod.router.top_k, mod.in_features, mod.out_features
-    if isinstance(mod, MoELoRA):
-        mc = mod.config
-        E, d = mc.num_experts, mc.expert_rank
-        if mc.router == "input":
-            down = k * d * n if _gather_wins(E, k, d) else E * d * n
-            return E * n + down + k * d * m
-        return E * d * n + E * E * d + k * d * m
-    if isinstance(mod, HydraLoRA):
-        hc = mod.config
-        return (hc.expert_rank + hc.num_experts) * n + k * hc.expert_rank * m
-    if isinstance(mod, CoMoL):
-        cc = mod.config
-        router = cc.num_cores * (cc.rank if cc.core_router else n)
-        return cc.rank * n + router + k * cc.rank * cc.rank + cc.rank * m
-    tc = mod.config  # TalkLoRA
-    d = tc.head_dim
-    return tc.rank * n + tc.num_experts * tc.rank + k * d * d + k * d * m
+def sparse_macs(mod: Adapter) -> int:
+    """Matmul multiply–adds per token of `mod`'s sparse top-k forward, `mod.sparse_macs_formula()` at
+    its sizes (the dense count is `mod.macs_formula()`); ConfigError if it has no sparse path."""
+    formula = mod.sparse_macs_formula()
+    if formula is None:
+        raise ConfigError(
+            f"adapter={type(mod).__name__} (top_k={getattr(mod.config, 'top_k', None)!r}): expected "
+            "an adapter with a sparse top-k forward"
+        )
+    return int(formula.subs(mod.subs()))

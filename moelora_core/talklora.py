@@ -13,6 +13,8 @@ no α/r scaling (s = 1).
 
 Storage: K is one block-diagonal map diag(K_1..K_E), B one `m x r` matrix [B_1 ... B_E], so
     Δ(x) = s · B ((g ⊗ 1_{r/E}) ⊙ K A x)     with no loop over experts.
+MACs per token `r·n + r² + E·r + r·m` (the dense diag(K_i) costs r², one matmul beating E tiny ones);
+sparse top-k `r·n + E·r + k·(r/E)² + k·(r/E)·m` (the router reads every talked head).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import Tensor, nn
 
 from . import sparse
 from . import symbols as S
-from .adapter import Adapter, weighted_heads
+from .adapter import AdapterSpecLike, ExpertFactors, Reduction, RoutedAdapter, weighted_heads
 from .errors import (
     ConfigError,
     ShapeError,
@@ -45,10 +47,12 @@ from .maps import (
     LinearMap,
     SoftmaxRouter,
 )
+from .spec import spec_options
 from .validate import (
     checked_construction,
     require_bool,
     require_choice,
+    require_instance,
     require_layer_size,
     require_shared,
 )
@@ -99,8 +103,9 @@ def _fill_talk_alias(module: nn.Module, state: dict[str, Any], prefix: str, *_: 
         state.setdefault(prefix + _TALK_ALIAS, state[prefix + _TALK_KEY])
 
 
-class TalkLoRA(Adapter):
+class TalkLoRA(RoutedAdapter):
     family: ClassVar[str] = "talklora"
+    config_class: ClassVar[type] = TalkLoRAConfig
     config: TalkLoRAConfig
 
     def __init__(
@@ -165,18 +170,67 @@ class TalkLoRA(Adapter):
             config.out_features, config.rank, "zeros", name="B", dtype=dtype, device=device
         )
 
+    # ----- building ----------------------------------------------------------------------------------
+    @classmethod
+    def config_from_spec(
+        cls, spec: AdapterSpecLike, in_features: int, out_features: int
+    ) -> TalkLoRAConfig:
+        """rank r, E = experts, top_k, scale; `shared` is share_b (B shared by a module type)."""
+        taken = {"rank", "num_experts", "top_k", "scale", "share_b"}
+        extra: dict[str, Any] = spec_options(TalkLoRAConfig, spec, taken)
+        return TalkLoRAConfig(
+            in_features=in_features, out_features=out_features, rank=spec.rank,
+            num_experts=spec.experts, top_k=spec.top_k, scale=spec.scale, share_b=spec.shared,
+            **extra,
+        )  # fmt: skip
+
+    @classmethod
+    def create(
+        cls,
+        config: Any,
+        *,
+        shared: nn.Module | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> TalkLoRA:
+        """With share_b, `shared` is the B from `make_shared` (made here when None)."""
+        require_instance("config", config, TalkLoRAConfig)
+        b = None if shared is None else require_instance("shared", shared, Dense)
+        if config.share_b and b is None:
+            b = cls.shared_b(config, dtype=dtype, device=device)
+        return cls(config, b=b, dtype=dtype, device=device)
+
+    @classmethod
+    def make_shared(
+        cls,
+        config: Any,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Dense | None:
+        """The shared B (m x r) under share_b; None otherwise."""
+        require_instance("config", config, TalkLoRAConfig)
+        return cls.shared_b(config, dtype=dtype, device=device) if config.share_b else None
+
+    def shared_part(self) -> Dense | None:
+        return self.B if self.config.share_b else None
+
     @property
     def num_experts(self) -> int:
         return self.config.num_experts
+
+    @property
+    def talking(self) -> Dense:
+        """The talking module T (E x E), for callers that ask (`adapter.HasTalking`)."""
+        return self.T
 
     def expert_B(self, i: int) -> Tensor:
         return self.heads.cols(self.B.weight, i)  # (m, r/E)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        assert self.router is not None
         if sparse.use_sparse(self.router, x):
-            return sparse.talklora_forward(self, x)
+            return self.sparse_forward(x)
         c = self.config
         h = F.linear(x, self.A.weight)  # (..., r)
         # One small matmul gives the expert heads K_i h_i and the logits W_r (T ⊗ I) h: the r x r
@@ -215,6 +269,66 @@ class TalkLoRA(Adapter):
         per_layer = S.r * S.n + S.r**2 / S.E + S.E**2 + S.E * S.r
         return per_layer if self.config.share_b else per_layer + S.r * S.m
 
-    def param_subs(self) -> dict[sp.Symbol, int]:
+    def shared_param_formula(self) -> sp.Expr:
+        """B (r·m) once per module type under share_b."""
+        return S.r * S.m if self.config.share_b else sp.Integer(0)
+
+    def macs_formula(self) -> sp.Expr:
+        """A, then one fused matmul with [diag(K_i); W_r (T⊗I)] ((r + E) x r, the router folded once
+        per call), then B. The dense diag(K_i) costs r² instead of r²/E per token; r² << r·n in
+        practice, and one matmul beats E tiny ones (docs/performance.md)."""
+        return S.r * S.n + S.r**2 + S.E * S.r + S.r * S.m
+
+    def sparse_macs_formula(self) -> sp.Expr | None:
+        """A and the router over every talked head, then K_i and B_i of the k chosen heads."""
+        k = self.config.top_k
+        d = S.r / S.E  # head dimension
+        return None if k is None else S.r * S.n + S.E * S.r + k * d**2 + k * d * S.m
+
+    def subs(self) -> dict[sp.Symbol, int]:
         c = self.config
         return {S.n: c.in_features, S.m: c.out_features, S.r: c.rank, S.E: c.num_experts}
+
+    # ----- bounds, declared claims, sparse top-k -----------------------------------------------------
+    @torch.no_grad()
+    def expert_factors(self) -> ExpertFactors:
+        """P_i = s · B_i K_i · A_(i): left (B_i (E, m, d), K_i (E, d, d)), right A_(i) (E, d, n)."""
+        c = self.config
+        B = self.B.weight.detach().to("cpu", torch.float64)
+        Bh = B.unflatten(1, (c.num_experts, c.head_dim)).permute(1, 0, 2)  # (E, m, d)
+        K = self.K.weight.detach().to("cpu", torch.float64)  # (E, d, d)
+        A = self.A.weight.detach().to("cpu", torch.float64)
+        return ExpertFactors((Bh, K), A.unflatten(0, (c.num_experts, c.head_dim)), c.scale)
+
+    @classmethod
+    def reductions(cls) -> tuple[Reduction, ...]:
+        """T = I -> latent MoELoRA (B_i' = B_i K_i; exact for any T, by absorbing T into W_r); SPEC
+        claim 1 as stated (A_i = K_i A_(i), W_r unchanged) after T = I and K_i = I; -> input-router
+        MoELoRA with W_g = W_r (T ⊗ I) A (any T)."""
+        from . import preconditions as pre
+        from . import reductions as red
+
+        return (
+            Reduction("identity_talking_is_moelora", "moelora",
+                      pre.on(TalkLoRA, pre.identity_talking_),
+                      pre.on(TalkLoRA, red.talklora_to_moelora), unprepared_fails=False),
+            Reduction("identity_talking_and_experts_as_stated", "moelora",
+                      pre.on(TalkLoRA, pre.identity_talking_and_experts_),
+                      pre.on(TalkLoRA, red.talklora_to_moelora_as_stated)),
+            Reduction("talklora_in_input_moelora", "moelora", pre.no_preparation,
+                      pre.on(TalkLoRA, red.talklora_to_input_moelora), unprepared_fails=False),
+        )  # fmt: skip
+
+    def sparse_forward(self, x: Tensor) -> Tensor:
+        """The router reads every talked head; only the k chosen heads run K_i and B_i."""
+        c, k = self.config, sparse.top_k_of(self.router)
+        E, d = c.num_experts, c.head_dim
+        xf = sparse.flat_tokens(x)
+        h = F.linear(xf, self.A.weight)  # (T, r)
+        idx, w = sparse.topk_route(F.linear(h, self.router.logits.dense() @ self.talk.dense()), k)
+        heads = h.unflatten(-1, (E, d)).gather(1, idx.unsqueeze(-1).expand(-1, -1, d))  # (T, k, d)
+        kh = torch.einsum("tkij,tkj->tki", self.K.weight[idx], heads)  # K_{idx_j} h_{idx_j}
+        coef = (kh * (c.scale * w).unsqueeze(-1)).flatten(-2)  # (T, k·d)
+        cols = sparse.expert_columns(idx, d)
+        out = sparse.mix_columns(cols, coef, self.B.weight.t().contiguous())
+        return out.reshape(*x.shape[:-1], c.out_features)

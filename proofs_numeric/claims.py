@@ -101,7 +101,7 @@ def _talk_to_moelora_forget_K(t: TalkLoRA) -> MoELoRA:
 def _talk_to_moelora_ignore_T(t: TalkLoRA) -> MoELoRA:
     """Mutated twin: absorb nothing (W_r' = W_r) although T != I."""
     mo = R.talklora_to_moelora(t)
-    mo.router.logits.dense().copy_(t.router.logits.dense())  # type: ignore[union-attr]
+    mo.router.logits.dense().copy_(t.router.logits.dense())
     return mo
 
 
@@ -109,7 +109,7 @@ def _talk_to_moelora_ignore_T(t: TalkLoRA) -> MoELoRA:
 def _talk_to_input_moelora_ignore_T(t: TalkLoRA) -> MoELoRA:
     """Mutated twin: W_g = W_r A (the talking module dropped)."""
     mo = R.talklora_to_input_moelora(t)
-    mo.router.logits.dense().copy_(t.router.logits.dense() @ t.A.weight)  # type: ignore[union-attr]
+    mo.router.logits.dense().copy_(t.router.logits.dense() @ t.A.weight)
     return mo
 
 
@@ -120,7 +120,7 @@ def _moelora_to_talk_random_T(mo: MoELoRA) -> TalkLoRA:
     gen = torch.Generator().manual_seed(7)
     T = torch.randn(t.num_experts, t.num_experts, generator=gen, dtype=DTYPE)
     t.T.weight.copy_(T)
-    t.router.logits.dense().copy_(mo.router.logits.dense() @ t.talk.dense().T)  # type: ignore[union-attr]
+    t.router.logits.dense().copy_(mo.router.logits.dense() @ t.talk.dense().T)
     return t
 
 

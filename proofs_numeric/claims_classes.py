@@ -111,8 +111,8 @@ def _core_in_x_router(drop_A: bool) -> Callable[[Case[CoMoLConfig]], Outcome]:
             tgt.load_state_dict(
                 {k: v for k, v in src.state_dict().items() if "router" not in k}, strict=False
             )
-            W_c = src.router.logits.dense()  # type: ignore[union-attr]
-            W_g = tgt.router.logits.dense()  # type: ignore[union-attr]
+            W_c = src.router.logits.dense()
+            W_g = tgt.router.logits.dense()
             if drop_A:
                 W_g.zero_()
                 k = min(W_c.shape[1], W_g.shape[1])

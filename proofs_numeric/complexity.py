@@ -28,14 +28,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from moelora_core import symbols as S
 from moelora_core.adapter import Adapter
-from moelora_core.comol import CoMoL
 from moelora_core.errors import ArgumentTypeError
-from moelora_core.hydralora import HydraLoRA
-from moelora_core.lora import LoRA
-from moelora_core.moelora import MoELoRA
-from moelora_core.talklora import TalkLoRA
 from moelora_core.validate import require_instance
 
 from .theta import Assumption, ThetaUndecided, big_o_region, growth_witness, region
@@ -141,27 +135,15 @@ def _positive_finite_limit(ratio: sp.Expr) -> bool:
 
 
 def macs_formula(adapter: Adapter) -> sp.Expr:
-    """Matmul multiply–adds of one token's forward pass (what torch's FLOP counter counts / 2)."""
-    n, m, r, r_e, E, N = S.n, S.m, S.r, S.r_e, S.E, S.N
-    if isinstance(adapter, LoRA):
-        return r * (n + m)
-    if isinstance(adapter, MoELoRA):
-        router = E * n if adapter.config.router == "input" else E * (E * r_e)
-        return E * r_e * (n + m) + router
-    if isinstance(adapter, HydraLoRA):
-        return r_e * n + E * n + E * r_e * m
-    if isinstance(adapter, TalkLoRA):
-        # A, then one fused matmul with [diag(K_i); W_r (T⊗I)] ((r + E) x r, the router folded once per
-        # call), then B. The dense diag(K_i) costs r² instead of r²/E per token; r² << r·n in practice,
-        # and one matmul beats E tiny ones (docs/performance.md).
-        return r * n + r**2 + E * r + r * m
-    if isinstance(adapter, CoMoL):
-        router = N * r if adapter.config.core_router else N * n
-        # A, router, then [M_1 ... M_N] (g ⊗ h): one (r x N·r) matmul (N r²), then B
-        return r * n + router + N * r**2 + r * m
-    raise ArgumentTypeError(
-        f"adapter={type(adapter).__name__}: expected an adapter with a MAC formula"
-    )
+    """Matmul multiply–adds of one token's forward pass (what torch's FLOP counter counts / 2): the
+    adapter's own `macs_formula()`; ArgumentTypeError for an adapter that defines none."""
+    require_instance("adapter", adapter, Adapter)
+    try:
+        return adapter.macs_formula()
+    except NotImplementedError:
+        raise ArgumentTypeError(
+            f"adapter={type(adapter).__name__}: expected an adapter with a MAC formula"
+        ) from None
 
 
 class MatmulFlops(TorchDispatchMode):

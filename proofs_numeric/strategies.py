@@ -8,6 +8,7 @@ weight on the edge cases the claims must survive: E = 1, r = E (one rank per hea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -16,12 +17,11 @@ from hypothesis import strategies as st
 
 from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoLConfig
-from moelora_core.errors import ArgumentTypeError
 from moelora_core.hydralora import HydraLoRAConfig
 from moelora_core.lora import LoRAConfig
 from moelora_core.maps import Init
 from moelora_core.moelora import MoELoRAConfig
-from moelora_core.registry import ARCHITECTURES
+from moelora_core.registry import create
 from moelora_core.talklora import TalkLoRAConfig
 
 C = TypeVar("C")
@@ -52,10 +52,10 @@ class Case(Generic[C]):
 
 
 def build_random(config: Any, seed: int, **kwargs: Any) -> Adapter:
-    for cls, cfg_cls in ARCHITECTURES.values():
-        if isinstance(config, cfg_cls):
-            return cls(config, dtype=DTYPE, **kwargs).randomize_(seed)
-    raise ArgumentTypeError(f"config={config!r}: expected one of the registered config types")
+    """The one random builder: `registry.create(config, dtype=float64, **kwargs).randomize_(seed)`
+    (kwargs: `shared`, `device`); ArgumentTypeError for a config of no registered architecture."""
+    kwargs.setdefault("dtype", DTYPE)
+    return create(config, **kwargs).randomize_(seed)
 
 
 def _dims(lo: int) -> st.SearchStrategy[int]:
@@ -67,11 +67,12 @@ def _top_k(E: int) -> st.SearchStrategy[int | None]:
 
 
 # Every config strategy takes `lo`, the smallest size drawn for every dimension, rank and expert count
-# (1 by default, so the edge cases E = 1, r = E and n < r are drawn).
+# (1 by default, so the edge cases E = 1, r = E and n < r are drawn), and `top_k` (False: soft
+# routing only; an unrouted architecture accepts and ignores it).
 
 
 @st.composite
-def lora_configs(draw: st.DrawFn, lo: int = 1) -> LoRAConfig:
+def lora_configs(draw: st.DrawFn, lo: int = 1, top_k: bool = True) -> LoRAConfig:
     return LoRAConfig(
         in_features=draw(_dims(lo)),
         out_features=draw(_dims(lo)),
@@ -161,11 +162,16 @@ def cases(configs: st.SearchStrategy[C]) -> st.SearchStrategy[Case[C]]:
     return st.builds(Case, configs, seeds, seeds, batch_shapes)
 
 
+CONFIG_STRATEGIES: dict[str, Callable[..., st.SearchStrategy[Any]]] = {
+    "lora": lora_configs,
+    "moelora": moelora_configs,
+    "hydralora": hydralora_configs,
+    "talklora": talklora_configs,
+    "comol": comol_configs,
+}
+"""One config strategy per registered family (each takes `lo` and `top_k`)."""
+
+
 def any_config(lo: int = 1, top_k: bool = True) -> st.SearchStrategy[Any]:
-    return st.one_of(
-        lora_configs(lo=lo),
-        moelora_configs(lo=lo, top_k=top_k),
-        hydralora_configs(lo=lo, top_k=top_k),
-        talklora_configs(lo=lo, top_k=top_k),
-        comol_configs(lo=lo, top_k=top_k),
-    )
+    """A config of any family in `CONFIG_STRATEGIES`."""
+    return st.one_of(*(strategy(lo=lo, top_k=top_k) for strategy in CONFIG_STRATEGIES.values()))

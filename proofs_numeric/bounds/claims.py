@@ -361,7 +361,7 @@ class TightCase:
             1.0,
         )
         with torch.no_grad():
-            a.router.logits.dense().copy_(self.weight())  # type: ignore[union-attr]
+            a.router.logits.dense().copy_(self.weight())
         return a
 
 
@@ -469,7 +469,7 @@ def _talk_heads(diagonal_only: bool) -> Callable[[TalkCase], Outcome]:
         with input_checks(False):
             lower = _talk_head_lower(t, t, Domain("unconstrained", 0.0, 0), None, None, 8, c.seed)
         T_ = t.T.weight.detach()
-        Wn = float(torch.linalg.matrix_norm(t.router.logits.dense().detach(), ord=2))  # type: ignore[union-attr]
+        Wn = float(torch.linalg.matrix_norm(t.router.logits.dense().detach(), ord=2))
         items: list[tuple[str, float | None, float | None]] = []
         gen = torch.Generator().manual_seed(c.seed)
         for j in range(E):  # E <= 4 heads: the per-head statements

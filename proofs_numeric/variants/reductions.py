@@ -58,7 +58,7 @@ def target_class(target: str | type) -> tuple[str, type[Adapter]]:
             raise VariantError(
                 f"architecture {target!r} is not registered; expected one of {sorted(ARCHITECTURES)}"
             )
-        return key, ARCHITECTURES[key][0]
+        return key, ARCHITECTURES[key]
     if isinstance(target, type) and issubclass(target, Adapter):
         return target.__name__, target
     raise VariantError(
