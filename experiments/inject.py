@@ -18,19 +18,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import sympy as sp
 import torch
 from torch import Tensor, nn
 
-from moelora_core import symbols as S
 from moelora_core.adapter import Adapter
-from moelora_core.comol import CoMoL, CoMoLConfig
 from moelora_core.errors import ConfigError, ShapeError
-from moelora_core.hydralora import HydraLoRA, HydraLoRAConfig
-from moelora_core.lora import LoRA, LoRAConfig
-from moelora_core.maps import Dense
-from moelora_core.moelora import MoELoRA, MoELoRAConfig
-from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
+from moelora_core.registry import architecture
 
 from .spec import AdapterSpec
 
@@ -94,79 +87,24 @@ class AdaptedLinear(nn.Module):
         return f"name={self.name!r}, type={self.module_type!r}, arch={self.spec.arch!r}"
 
 
-Shared = Dense | tuple[Dense, Dense]
-
-
-def core_config(spec: AdapterSpec, in_features: int, out_features: int) -> Any:
-    """The `moelora_core` config of `spec` for an `in_features -> out_features` layer."""
-    kw: dict[str, Any] = {"in_features": in_features, "out_features": out_features}
-    kw.update(scale=spec.scale, **spec.options)
-    if spec.shared and spec.arch not in ("talklora", "comol"):
-        raise ConfigError(f"shared=True with arch={spec.arch!r}: {spec.arch} shares no part")
-    if spec.arch != "lora":
-        kw["top_k"] = spec.top_k
-    if spec.arch in ("moelora", "hydralora"):
-        kw.update(num_experts=spec.experts, expert_rank=spec.resolved_expert_rank)
-        if spec.resolved_expert_rank < 1:
-            raise ConfigError(
-                f"expert_rank={spec.expert_rank!r} (rank={spec.rank}, experts={spec.experts}): "
-                "expected a per-expert rank >= 1 (set expert_rank, or rank >= experts)"
-            )
-    if spec.arch == "moelora":
-        kw["router"] = spec.router
-    elif spec.arch == "talklora":
-        kw.update(rank=spec.rank, num_experts=spec.experts, share_b=spec.shared)
-    elif spec.arch == "comol":
-        kw.update(rank=spec.rank, num_cores=spec.experts, core_router=spec.core_router)
-        kw["share_ab"] = spec.shared
-    elif spec.arch == "lora":
-        kw["rank"] = spec.rank
-    config_class = {
-        "lora": LoRAConfig,
-        "moelora": MoELoRAConfig,
-        "hydralora": HydraLoRAConfig,
-        "talklora": TalkLoRAConfig,
-        "comol": CoMoLConfig,
-    }[spec.arch]
-    try:
-        return config_class(**kw)
-    except TypeError as e:
-        raise ConfigError(f"options={spec.options!r} for {spec.arch!r}: {e}") from None
-
-
 def build_adapter(
     spec: AdapterSpec,
     in_features: int,
     out_features: int,
     *,
-    shared: Shared | None = None,
+    shared: nn.Module | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> Adapter:
-    """One adapter for an `in_features -> out_features` layer; `shared` is the module type's shared part."""
-    cfg = core_config(spec, in_features, out_features)
-    if isinstance(cfg, TalkLoRAConfig):
-        b = shared if isinstance(shared, Dense) else None
-        if cfg.share_b and b is None:
-            b = TalkLoRA.shared_b(cfg, dtype=dtype, device=device)
-        return TalkLoRA(cfg, b=b, dtype=dtype, device=device)
-    if isinstance(cfg, CoMoLConfig):
-        ab = shared if isinstance(shared, tuple) else None
-        if cfg.share_ab and ab is None:
-            ab = CoMoL.shared_ab(cfg, dtype=dtype, device=device)
-        return CoMoL(cfg, ab=ab, dtype=dtype, device=device)
-    cls = {LoRAConfig: LoRA, MoELoRAConfig: MoELoRA, HydraLoRAConfig: HydraLoRA}[type(cfg)]
-    adapter: Adapter = cls(cfg, dtype=dtype, device=device)
-    return adapter
-
-
-def shared_part(adapter: Adapter) -> Shared | None:
-    """The part `adapter` shares with the other layers of its module type (None: nothing)."""
-    if isinstance(adapter, TalkLoRA) and adapter.config.share_b:
-        return adapter.B
-    if isinstance(adapter, CoMoL) and adapter.config.share_ab:
-        return (adapter.A, adapter.B)
-    return None
+    """One adapter for an `in_features -> out_features` layer; `shared` is the module type's shared
+    part (`Adapter.make_shared`; None: made here if the spec shares one)."""
+    cls = architecture(spec.arch)
+    return cls.create(
+        cls.config_from_spec(spec, in_features, out_features),
+        shared=shared,
+        dtype=dtype,
+        device=device,
+    )
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -237,7 +175,7 @@ def _wrap_all(
 ) -> dict[str, AdaptedLinear]:
     """Wrap every match; `done` records (name, base) of each replaced layer, for undoing."""
     shapes: dict[str, tuple[int, int]] = {}
-    shared: dict[str, Shared | None] = {}
+    shared: dict[str, nn.Module | None] = {}
     out: dict[str, AdaptedLinear] = {}
     for name, mtype, base in matches:
         feats = linear_features(base)
@@ -258,7 +196,7 @@ def _wrap_all(
             dtype=dtype or (w.dtype if floating else torch.float32),
             device=device or w.device,
         )
-        shared.setdefault(mtype, shared_part(adapter))
+        shared.setdefault(mtype, adapter.shared_part())
         layer = AdaptedLinear(base, adapter, name, mtype, spec)
         _set_submodule(model, name, layer)
         done.append((name, base))
@@ -280,15 +218,6 @@ def remove_adapters(model: nn.Module) -> int:
     for name, layer in layers.items():
         _set_submodule(model, name, layer.base)
     return len(layers)
-
-
-def _shared_formula(adapter: Adapter) -> sp.Expr:
-    """Closed form of the parameters a module type shares once (not part of `param_formula`)."""
-    if isinstance(adapter, TalkLoRA) and adapter.config.share_b:
-        return S.r * S.m
-    if isinstance(adapter, CoMoL) and adapter.config.share_ab:
-        return S.r * (S.n + S.m)
-    return sp.Integer(0)
 
 
 @dataclass(frozen=True)
@@ -338,12 +267,12 @@ def trainable_report(model: nn.Module) -> TrainableReport:
         per_type[t] = per_type.get(t, 0) + sum(p.numel() for p in new if p.requires_grad)
         key = (type(a), a.config)
         if key not in cache:
-            cache[key] = a.param_formula_value()
+            cache[key] = int(a.param_formula().subs(a.subs()))
         first = t not in nlayers
         nlayers[t] = nlayers.get(t, 0) + 1
         formula[t] = formula.get(t, 0) + cache[key]
         if first:
-            formula[t] += int(_shared_formula(a).subs(a.param_subs()))
+            formula[t] += int(a.shared_param_formula().subs(a.subs()))
     other = base = 0
     seen: set[int] = set()
     for p in model.parameters():

@@ -1,6 +1,6 @@
 """The PEFT tuner layer of the routed architectures: a frozen linear layer plus named `moelora_core` adapters.
 
-    y = W0 x + b0 + Σ_{a active} Δ_a(dropout(x))        (Δ_a a MoELoRA, HydraLoRA, TalkLoRA or CoMoL)
+    y = W0 x + b0 + Σ_{a active} Δ_a(dropout(x))        (Δ_a any registered architecture)
 
 The adapters live in `layer.<prefix>adapter[name]` (one `nn.ModuleDict` per layer, keyed by adapter name,
 as PEFT's LoRA keeps `lora_A[name]`), so PEFT's named adapters, `set_adapter`, `disable_adapter()`,
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from moelora_core.adapter import Adapter
 from moelora_core.errors import ConfigError
 
-from .inject import Shared, build_adapter, linear_features
+from .inject import build_adapter, linear_features
 
 __all__ = ["NotMergeableError", "RoutedLayer", "RoutedLinear"]
 
@@ -77,7 +77,7 @@ class RoutedLayer(BaseTunerLayer):
         return dtype, device if device is not None else torch.device("cpu")
 
     def update_layer(
-        self, adapter_name: str, config: Any, shared: Shared | None, inference_mode: bool = False
+        self, adapter_name: str, config: Any, shared: nn.Module | None, inference_mode: bool = False
     ) -> Adapter:
         """Build the adapter `adapter_name` (the toolkit's build_adapter), add it, return it."""
         dtype, device = self._adapter_dtype_device()
@@ -115,7 +115,7 @@ class RoutedLinear(nn.Module, RoutedLayer):
         base_layer: nn.Module,
         adapter_name: str,
         config: Any,
-        shared: Shared | None = None,
+        shared: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()

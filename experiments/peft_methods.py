@@ -5,7 +5,7 @@ MoELoRA, HydraLoRA, TalkLoRA and CoMoL have hand-written configs (`peft_config`)
 config's fields (`peft_generated`).
 
     from peft import get_peft_model, PeftModel
-    from moelora_experiments.peft_methods import TalkLoRAPeftConfig  # the import registers the four methods
+    from moelora_experiments.peft_methods import TalkLoRAPeftConfig  # the import registers every method
 
     model = get_peft_model(base, TalkLoRAPeftConfig(target_modules=["q_proj", "v_proj"], r=8))
     model.save_pretrained("out")            # adapter-only: adapter_model.safetensors + adapter_config.json
@@ -29,9 +29,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, regis
 from torch import nn
 
 from moelora_core.errors import ConfigError
-from moelora_core.maps import Dense
 
-from .inject import Shared, shared_part
 from .peft_config import (
     CoMoLPeftConfig,
     HydraLoRAPeftConfig,
@@ -97,7 +95,7 @@ class RoutedTuner(BaseTuner):
         if adapter_name not in store:
             store[adapter_name] = nn.ModuleDict()
         types = _module_dict(store[adapter_name])
-        shared = _as_shared(types[mtype]) if mtype in types else None
+        shared = types[mtype] if mtype in types else None
         if layer is not None:
             adapter = layer.update_layer(adapter_name, config, shared, config.inference_mode)
         else:
@@ -106,9 +104,9 @@ class RoutedTuner(BaseTuner):
                 new.requires_grad_(False)  # an added adapter is not trainable until set_adapter
             self._replace_module(parent, target_name, new, target)
             adapter = new.adapter(adapter_name)
-        part = shared_part(adapter)
+        part = adapter.shared_part()
         if shared is None and part is not None:
-            types[mtype] = part if isinstance(part, nn.Module) else nn.ModuleList(part)
+            types[mtype] = part
 
     def _check_merge_allowed(self) -> None:
         raise not_mergeable(self.prefix.rstrip("_"))
@@ -169,17 +167,6 @@ def _module_dict(module: nn.Module) -> nn.ModuleDict:
     if not isinstance(module, nn.ModuleDict):
         raise ConfigError(f"{type(module).__name__}: expected the tuner's nn.ModuleDict store")
     return module
-
-
-def _as_shared(module: nn.Module) -> Shared:
-    """A shared part as the store holds it: a Dense, or (A, B) in an nn.ModuleList."""
-    if isinstance(module, Dense):
-        return module
-    if isinstance(module, nn.ModuleList) and all(isinstance(m, Dense) for m in module):
-        a, b = module[0], module[1]
-        assert isinstance(a, Dense) and isinstance(b, Dense)
-        return (a, b)
-    raise ConfigError(f"shared store entry {type(module).__name__}: expected a Dense or (A, B)")
 
 
 def _strip(name: str) -> str:

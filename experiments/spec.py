@@ -54,11 +54,8 @@ class AdapterSpec:
         self._check_types()
         self._resolve_shared()
         object.__setattr__(self, "options", _checked_options(self.options))
-        if self.router not in ("input", "latent"):
-            raise ConfigError(f"router={self.router!r}: expected 'input' or 'latent'")
-        from .inject import core_config
-
-        core_config(self, 1, 1)  # the architecture's own checks (rank % E, top_k <= E, ...)
+        # the architecture's own checks (rank % E, top_k <= E, router, options, sharing, ...)
+        ARCHITECTURES[self.arch].config_from_spec(self, 1, 1)
 
     def _check_targets(self) -> None:
         raw: object = self.targets  # whatever the caller passed, before it is checked
@@ -115,13 +112,6 @@ class AdapterSpec:
         object.__setattr__(self, "shared", shared)
         for alias, arch in SHARED_ALIASES.items():
             object.__setattr__(self, alias, shared and self.arch == arch)
-
-    @property
-    def resolved_expert_rank(self) -> int:
-        """r_e: `expert_rank` if given, else rank // experts."""
-        return (
-            self.expert_rank if self.expert_rank is not None else self.rank // max(1, self.experts)
-        )
 
     def matches(self, name: str) -> str | None:
         """The module type `name` matches (see the module docstring), or None."""
