@@ -95,7 +95,7 @@ class RoutedTuner(BaseTuner):
         if adapter_name not in store:
             store[adapter_name] = nn.ModuleDict()
         types = _module_dict(store[adapter_name])
-        shared = types[mtype] if mtype in types else None
+        shared = dict(types.items()).get(mtype)  # nn.ModuleDict has no get()
         if layer is not None:
             adapter = layer.update_layer(adapter_name, config, shared, config.inference_mode)
         else:
