@@ -89,12 +89,16 @@ def _lora(n: int, m: int, r: int, E: int, re_: int, spec: dict[str, Any]) -> Cou
     return r * (n + m), 0
 
 
-def _moelora(n: int, m: int, r: int, E: int, re_: int, spec: dict[str, Any]) -> Counts:
+def _moelora(n: int, m: int, r: int, E: int, re_: int, spec: dict[str, Any]) -> Counts | None:
+    if re_ < 1:
+        return None
     router = E * E * re_ if spec["router"] == "latent" else E * n  # reads [A_i x] or x
     return E * re_ * (n + m) + router, 0
 
 
-def _hydralora(n: int, m: int, r: int, E: int, re_: int, spec: dict[str, Any]) -> Counts:
+def _hydralora(n: int, m: int, r: int, E: int, re_: int, spec: dict[str, Any]) -> Counts | None:
+    if re_ < 1:
+        return None
     return re_ * n + E * re_ * m + E * n, 0
 
 
@@ -130,8 +134,10 @@ def closed_form(spec: dict[str, Any], n: int, m: int) -> Counts | None:
     if arch not in FORMULAS or spec["options"] or (spec["shared"] and arch not in SHARING):
         return None
     re_ = spec["expert_rank"] if spec["expert_rank"] is not None else r // max(1, E)
-    ints = (r, E, re_) + (() if k is None else (k,))
+    ints = (r, E) + (() if k is None else (k,))
     if not all(type(v) is int and v >= 1 for v in ints) or (k is not None and k > E):
+        return None
+    if type(re_) is not int:
         return None
     if spec["router"] not in ("input", "latent"):
         return None
