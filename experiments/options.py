@@ -49,14 +49,6 @@ def _dict_keys(node: ast.stmt, name: str) -> tuple[str, ...] | None:
     return tuple(str(k) for k in keys)
 
 
-def check_arch(value: str) -> str:
-    """`--arch` callback: a registered architecture name, else a usage error (exit status 2)."""
-    names = registered_architectures()
-    if value not in names:
-        raise typer.BadParameter(f"{value!r}: expected one of {', '.join(names)}")
-    return value
-
-
 def resolve_shared(arch: str, shared: bool, **aliases: bool) -> dict[str, bool] | None:
     """`shared` and its aliases as `AdapterSpec` stores them (the alias of `arch` equal to `shared`,
     the others False); None when an alias names another architecture's sharing."""
@@ -119,7 +111,6 @@ def arch_option(default: str) -> Any:
     return typer.Option(
         default,
         "--arch",
-        callback=check_arch,
         help="A registered architecture: " + ", ".join(registered_architectures()) + ".",
     )
 

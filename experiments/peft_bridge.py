@@ -31,7 +31,7 @@ PEFT_CONFIG = "adapter_config.json"
 
 def peft_config_for(spec: AdapterSpec, **extra: Any) -> Any:
     """The PEFT config that builds `spec`'s adapters (targets: suffixes, a regex or 'all-linear')."""
-    from .peft_methods import PEFT_CONFIGS, PEFT_NATIVE
+    from .peft_methods import PEFT_NATIVE, peft_method
 
     if spec.targets == ("all-linear",):
         targets: Any = "all-linear"
@@ -39,7 +39,7 @@ def peft_config_for(spec: AdapterSpec, **extra: Any) -> Any:
         targets = list(spec.targets) if spec.targets else spec.target_regex
     if spec.arch in PEFT_NATIVE:
         return _lora_config(spec, targets, **extra)
-    return PEFT_CONFIGS[spec.arch].from_spec(spec, targets, **extra)
+    return peft_method(spec.arch).from_spec(spec, targets, **extra)
 
 
 def _lora_config(spec: AdapterSpec, targets: Any, **extra: Any) -> Any:

@@ -49,6 +49,7 @@ __all__ = [
     "RoutedPeftConfig",
     "RoutedTuner",
     "TalkLoRAPeftConfig",
+    "peft_method",
     "routed_layers",
 ]
 
@@ -230,34 +231,37 @@ HAND_WRITTEN: dict[str, type[RoutedPeftConfig]] = {
 PEFT_NATIVE = ("lora",)  # registered architectures that are PEFT's own methods (LoraConfig)
 
 
-def _configs() -> dict[str, type[RoutedPeftConfig]]:
-    """{arch: PEFT config class} for every registered architecture that PEFT does not have."""
-    from moelora_core.registry import ARCHITECTURES
-
-    from .peft_generated import generated_config
-
-    return {
-        arch: HAND_WRITTEN.get(arch) or generated_config(arch)
-        for arch in ARCHITECTURES
-        if arch not in PEFT_NATIVE
-    }
+PEFT_CONFIGS: dict[str, type[RoutedPeftConfig]] = {}  # arch -> config class, once registered
+TUNERS: dict[str, type[RoutedTuner]] = {}
 
 
-PEFT_CONFIGS = _configs()
-
-
-def _register() -> dict[str, type[RoutedTuner]]:
+def peft_method(arch: str) -> type[RoutedPeftConfig]:
+    """The PEFT config class of the registered architecture `arch` (hand-written, else generated
+    from its core config), registered with PEFT on first use."""
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
+    from .peft_generated import generated_config
     from .peft_types import peft_type
 
-    out: dict[str, type[RoutedTuner]] = {}
-    for arch, cfg in PEFT_CONFIGS.items():
+    if arch in PEFT_NATIVE:
+        raise ConfigError(f"arch={arch!r}: PEFT's own method (LoraConfig), not registered here")
+    if arch not in PEFT_CONFIGS:
+        cfg = HAND_WRITTEN.get(arch) or generated_config(arch)
         existing = PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type(arch))
         if existing is not None and not issubclass(existing, RoutedTuner):
             raise ConfigError(f"PEFT type {arch.upper()}: already taken by {existing.__name__}")
-        out[arch] = existing if existing is not None else _make(arch, cfg)
-    return out
+        TUNERS[arch] = existing if existing is not None else _make(arch, cfg)
+        PEFT_CONFIGS[arch] = cfg
+    return PEFT_CONFIGS[arch]
 
 
-TUNERS = _register()
+def _register_all() -> None:
+    """Every architecture registered in `moelora_core.registry` (PEFT's own aside)."""
+    from moelora_core.registry import ARCHITECTURES
+
+    for arch in ARCHITECTURES:
+        if arch not in PEFT_NATIVE:
+            peft_method(arch)
+
+
+_register_all()
