@@ -52,10 +52,7 @@ def finetune_causal_lm(
     from .loading import from_pretrained, load_tokenizer
 
     opts = opts or HFRunOptions()
-    if not (opts.progress_stream or sys.stderr).isatty():
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # no carriage-return bars in a batch job's log
+    _quiet_unless_terminal(opts.progress_stream or sys.stderr)
     tok = load_tokenizer(model_name)
     where = {"data": data, "hf_dataset": hf_dataset, "split": split, "limit": limit}
     train_ds, eval_ds = _datasets(tok, max_length, where, eval_data, eval_fraction, cfg.seed)
@@ -91,6 +88,14 @@ def finetune_causal_lm(
         write_json_atomic(out / "adapter" / RUN_INFO, info)
         result.adapter_dir = out / "adapter"
     return result
+
+
+def _quiet_unless_terminal(stream: Any) -> None:
+    """No carriage-return progress bars of transformers in a batch job's log."""
+    if not stream.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def _datasets(
