@@ -1,4 +1,4 @@
-"""PEFT type names for the routed architectures, added to `peft.PeftType` at import time.
+"""PEFT type names for the registered architectures, added to `peft.PeftType` at import time.
 
 `peft.utils.register_peft_method` accepts only names listed in the `PeftType` enum, and PEFT has no public
 way to extend it; `peft_type(arch)` adds one member per architecture (value = the upper-case name, as for
@@ -9,8 +9,6 @@ the registered config class by that value.
 from __future__ import annotations
 
 from typing import Any
-
-ROUTED_ARCHS = ("moelora", "hydralora", "talklora", "comol")
 
 
 def peft_type(arch: str) -> Any:
