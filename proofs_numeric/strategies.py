@@ -8,6 +8,7 @@ weight on the edge cases the claims must survive: E = 1, r = E (one rank per hea
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -68,7 +69,8 @@ def _top_k(E: int) -> st.SearchStrategy[int | None]:
 
 # Every config strategy takes `lo`, the smallest size drawn for every dimension, rank and expert count
 # (1 by default, so the edge cases E = 1, r = E and n < r are drawn), and `top_k` (False: soft
-# routing only; an unrouted architecture accepts and ignores it).
+# routing only; an unrouted architecture accepts and ignores it). An architecture with a part shared
+# across layers also takes `shared` (True: its sharing flag is drawn too; False by default).
 
 
 @st.composite
@@ -116,7 +118,11 @@ def hydralora_configs(draw: st.DrawFn, top_k: bool = True, lo: int = 1) -> Hydra
 
 @st.composite
 def talklora_configs(
-    draw: st.DrawFn, talk_init: Init = "kaiming_uniform", top_k: bool = True, lo: int = 1
+    draw: st.DrawFn,
+    talk_init: Init = "kaiming_uniform",
+    top_k: bool = True,
+    lo: int = 1,
+    shared: bool = False,
 ) -> TalkLoRAConfig:
     E = draw(st.integers(lo, 4))
     rank = E * draw(st.integers(lo, 3))  # r = E (one rank per head) included when lo = 1
@@ -129,7 +135,7 @@ def talklora_configs(
         num_experts=E,
         top_k=k,
         scale=draw(scales),
-        share_b=False,
+        share_b=draw(st.booleans()) if shared else False,
         talk_init=talk_init,
     )
 
@@ -141,6 +147,7 @@ def comol_configs(
     core_router: bool | None = None,
     top_k: bool = True,
     lo: int = 1,
+    shared: bool = False,
 ) -> CoMoLConfig:
     N = num_cores if num_cores is not None else draw(st.integers(lo, 4))
     cr = core_router if core_router is not None else draw(st.booleans())
@@ -154,6 +161,7 @@ def comol_configs(
         core_router=cr,
         top_k=k,
         scale=draw(scales),
+        share_ab=draw(st.booleans()) if shared else False,
     )
 
 
@@ -162,16 +170,22 @@ def cases(configs: st.SearchStrategy[C]) -> st.SearchStrategy[Case[C]]:
     return st.builds(Case, configs, seeds, seeds, batch_shapes)
 
 
-CONFIG_STRATEGIES: dict[str, Callable[..., st.SearchStrategy[Any]]] = {
+CONFIG_STRATEGIES: dict[str, Callable[..., st.SearchStrategy[Any]]] = {  # one line per family
     "lora": lora_configs,
     "moelora": moelora_configs,
     "hydralora": hydralora_configs,
     "talklora": talklora_configs,
     "comol": comol_configs,
 }
-"""One config strategy per registered family (each takes `lo` and `top_k`)."""
+"""One config strategy per registered family (each takes `lo`, `top_k`, and `shared` if it shares)."""
 
 
-def any_config(lo: int = 1, top_k: bool = True) -> st.SearchStrategy[Any]:
-    """A config of any family in `CONFIG_STRATEGIES`."""
-    return st.one_of(*(strategy(lo=lo, top_k=top_k) for strategy in CONFIG_STRATEGIES.values()))
+def any_config(lo: int = 1, top_k: bool = True, shared: bool = False) -> st.SearchStrategy[Any]:
+    """A config of any family in `CONFIG_STRATEGIES`; `shared=True` also draws the sharing flags
+    of the families whose strategy takes `shared`."""
+    kw: dict[str, Any] = {"lo": lo, "top_k": top_k}
+    out = []
+    for strategy in CONFIG_STRATEGIES.values():
+        takes_shared = "shared" in inspect.signature(strategy).parameters
+        out.append(strategy(**kw, shared=True) if shared and takes_shared else strategy(**kw))
+    return st.one_of(*out)

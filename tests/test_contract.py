@@ -1,26 +1,42 @@
-"""The contract every registered architecture keeps, one table for all (`any_config` draws every one).
+"""The contract every registered architecture keeps, one table for all (`any_config` draws every family
+of `proofs_numeric.strategies.CONFIG_STRATEGIES`, one per entry of `moelora_core.registry`).
 
 * the fused `forward` equals `reference_delta` (the paper's sum over experts, unfused), outputs and
   gradients with respect to every parameter and the input, in float64 (EXACT_TOL);
-* routing weights are a distribution: non-negative, summing to 1, exactly k non-zero under top-k;
+* Δ = 0 at initialisation (`registry.create`, shared parts from `make_shared`);
+* counted trainable parameters of L layers sharing one `make_shared` part
+  = L · `param_formula` + `shared_param_formula`, and each layer's own count = `param_formula`;
+* counted matmul multiply–adds per token (`counted_macs_per_token`) = `macs_formula`;
+* routing by the class's `routing_kind`: softmax and threshold gates are distributions (softmax:
+  exactly k non-zero under top-k), a mask has exactly k ones, an unrouted adapter has no g;
 * batch-shape invariance: the leading axes are only batch axes;
 * a state-dict round trip into a fresh instance gives the same Δ;
-* the certified router-Lipschitz bound of a soft router is not exceeded between the drawn points.
+* the certified router-Lipschitz bound of a soft router declared "half_norm" is not exceeded between
+  the drawn points.
 
-Each property has a mutated twin that the checker must refute.
+Each property has a mutated twin that the checker must refute. A property that does not apply to a
+family is left out by the family's declarations (`routing_kind`, `linear_experts`, `router_lipschitz`),
+never by its name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sympy as sp
 import torch
 
+from moelora_core import symbols as S
 from moelora_core.adapter import Adapter
+from moelora_core.registry import architecture_of, create
 from proofs_numeric.bounds import router_bounds
-from proofs_numeric.checking import Claim, Outcome, check_claim, exact
-from proofs_numeric.strategies import Case, any_config, build_random, cases
+from proofs_numeric.checking import Claim, Outcome, check_claim, claim_with_twin, exact
+from proofs_numeric.complexity import counted_macs_per_token
+from proofs_numeric.strategies import DTYPE, Case, any_config, build_random, cases
+
+Case_ = Callable[[Case[Any]], Outcome]
 
 
 def _grads(a: Adapter, x: torch.Tensor, out: torch.Tensor) -> list[torch.Tensor]:
@@ -31,7 +47,7 @@ def _grads(a: Adapter, x: torch.Tensor, out: torch.Tensor) -> list[torch.Tensor]
     return [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads, strict=True)]
 
 
-def _fused_vs_reference(uniform_routing: bool = False) -> Any:
+def _fused_vs_reference(uniform_routing: bool = False) -> Case_:
     def case(c: Case[Any]) -> Outcome:
         a = c.build()
         x = c.inputs().requires_grad_(True)
@@ -46,22 +62,90 @@ def _fused_vs_reference(uniform_routing: bool = False) -> Any:
     return case
 
 
-def _routing_is_a_distribution(c: Case[Any]) -> Outcome:
-    a = c.build()
-    with torch.no_grad():
-        g = a.routing(c.inputs())
-    if g is None:
-        return Outcome(0.0, 0.0, "unrouted")
-    k = a.router.top_k if a.router is not None and a.router.top_k is not None else g.shape[-1]
-    nonzero = (g > 0).sum(-1)
-    err = max(float((g.sum(-1) - 1).abs().max()), float((-g).clamp_min(0).max()))
-    wrong_k = float((nonzero != k).any())
-    return Outcome(
-        max(err, wrong_k), 1e-12, f"sum err {err:.2e}, non-zero counts {nonzero.tolist()}"
-    )
+def _zero_at_init(randomised: bool = False) -> Case_:
+    """max |Δ(x)| of a freshly created adapter (twin: after `randomize_`)."""
+
+    def case(c: Case[Any]) -> Outcome:
+        a = create(c.config, dtype=DTYPE)
+        if randomised:
+            a.randomize_(c.seed)
+        with torch.no_grad():
+            err = float(a(c.inputs()).abs().max())
+        return Outcome(err, 0.0, f"max |Δ(x)| = {err:.3g} at initialisation")
+
+    return case
 
 
-def _batch_invariance(flatten_wrong: bool = False) -> Any:
+def _value(a: Adapter, formula: sp.Expr) -> int:
+    return int(sp.sympify(formula).subs(a.subs()))
+
+
+def _params(shared_per_layer: bool = False, layers: int = 2) -> Case_:
+    """Unique trainable parameters of `layers` layers sharing one `make_shared` part (twin: the shared
+    part counted in every layer); each layer's own count must equal its `param_formula`."""
+
+    def case(c: Case[Any]) -> Outcome:
+        cls = architecture_of(c.config)
+        shared = cls.make_shared(c.config, device="meta")
+        built = [cls.create(c.config, shared=shared, device="meta") for _ in range(layers)]
+        unique = {id(p): p for a in built for p in a.parameters() if p.requires_grad}
+        counted = sum(p.numel() for p in unique.values())
+        per = _value(built[0], built[0].param_formula())
+        once = _value(built[0], built[0].shared_param_formula())
+        expected = layers * (per + once) if shared_per_layer else layers * per + once
+        own = max(abs(a.num_trainable_params() - per) for a in built)
+        return Outcome(
+            float(abs(counted - expected) + own),
+            0.0,
+            f"counted {counted} over {layers} layers, formula {expected}; per layer off by {own}",
+        )
+
+    return case
+
+
+def _macs(swap_in_out: bool = False) -> Case_:
+    """Counted MACs per token = macs_formula (twin: the formula with n and m swapped)."""
+
+    def case(c: Case[Any]) -> Outcome:
+        a = c.build()
+        formula = a.macs_formula()
+        if swap_in_out:
+            formula = sp.sympify(formula).subs({S.n: S.m, S.m: S.n}, simultaneous=True)
+        expected, counted = _value(a, formula), counted_macs_per_token(a)
+        return Outcome(
+            float(abs(counted - expected)), 0.0, f"counted {counted}, formula {expected}"
+        )
+
+    return case
+
+
+def _routing(unnormalised: bool = False) -> Case_:
+    """g(x) as the class's `routing_kind` says (twin: every row divided by its largest weight)."""
+
+    def case(c: Case[Any]) -> Outcome:
+        a = c.build()
+        with torch.no_grad():
+            g = a.routing(c.inputs())
+        if a.routing_kind == "none":
+            return Outcome(0.0 if g is None else 1.0, 0.0, "unrouted: g must be None")
+        assert g is not None, f"{type(a).__name__} declares routing_kind={a.routing_kind!r}"
+        if unnormalised:
+            g = g / g.amax(-1, keepdim=True)
+        top_k = getattr(a.config, "top_k", None)
+        k = g.shape[-1] if top_k is None else int(top_k)
+        nonzero = (g > 0).sum(-1)
+        if a.routing_kind == "mask":
+            err = float(((g != 0) & (g != 1)).any()) + float((nonzero != k).any())
+            return Outcome(err, 0.0, f"mask rows with {nonzero.tolist()} ones, expected {k}")
+        err = max(float((g.sum(-1) - 1).abs().max()), float((-g).clamp_min(0).max()))
+        if a.routing_kind == "softmax":
+            err = max(err, float((nonzero != k).any()))
+        return Outcome(err, 1e-12, f"sum err {err:.2e}, non-zero counts {nonzero.tolist()}")
+
+    return case
+
+
+def _batch_invariance(flatten_wrong: bool = False) -> Case_:
     def case(c: Case[Any]) -> Outcome:
         a = c.build()
         x = c.inputs()
@@ -73,7 +157,7 @@ def _batch_invariance(flatten_wrong: bool = False) -> Any:
     return case
 
 
-def _round_trip(drop_router: bool = False) -> Any:
+def _round_trip(drop_router: bool = False) -> Case_:
     def case(c: Case[Any]) -> Outcome:
         a = c.build()
         b = build_random(c.config, c.seed + 1)  # same architecture, other weights
@@ -87,7 +171,7 @@ def _round_trip(drop_router: bool = False) -> Any:
     return case
 
 
-def _bound_holds(shrink: float = 1.0) -> Any:
+def _bound_holds(shrink: float = 1.0) -> Case_:
     """max over pairs of drawn points of ‖g(x) − g(y)‖ / ‖x − y‖ <= shrink · certified bound."""
 
     def case(c: Case[Any]) -> Outcome:
@@ -105,72 +189,88 @@ def _bound_holds(shrink: float = 1.0) -> Any:
     return case
 
 
-ROUTED = any_config().filter(lambda cfg: type(cfg).__name__ != "LoRAConfig")
-SOFT = any_config(top_k=False).filter(lambda cfg: type(cfg).__name__ != "LoRAConfig")
+def _declares(predicate: Callable[[type[Adapter]], bool]) -> Callable[[Any], bool]:
+    return lambda config: predicate(architecture_of(config))
+
+
+ROUTED_LINEAR = any_config().filter(
+    _declares(lambda cls: cls.routing_kind != "none" and cls.linear_experts)
+)
+ROUTED = any_config().filter(_declares(lambda cls: cls.routing_kind != "none"))
+HALF_NORM = any_config(top_k=False).filter(
+    _declares(lambda cls: cls.router_lipschitz == "half_norm")
+)
 
 CONTRACT: list[Claim[Any]] = [
-    Claim(
+    *claim_with_twin(
         "fused_equals_reference_delta",
         "forward = reference_delta (outputs and gradients), every architecture",
         cases(any_config()),
         _fused_vs_reference(),
+        twin="uniform_g: the reference with uniform routing (linear, routed architectures)",
+        twin_case=_fused_vs_reference(uniform_routing=True),
+        twin_strategy=cases(ROUTED_LINEAR),
     ),
-    Claim(
-        "fused_equals_reference_delta__uniform_g",
-        "twin: the reference with uniform routing",
-        cases(ROUTED),
-        _fused_vs_reference(uniform_routing=True),
-        "refuted",
-        "fused_equals_reference_delta",
+    *claim_with_twin(
+        "zero_at_initialisation",
+        "Δ(x) = 0 for a freshly created adapter (shared parts included), every architecture",
+        cases(any_config(shared=True)),
+        _zero_at_init(),
+        twin="randomised: the same adapter after randomize_",
+        twin_case=_zero_at_init(randomised=True),
     ),
-    Claim(
-        "routing_is_a_distribution",
-        "g(x) >= 0, Σ g = 1, exactly k non-zero (k = E without top-k)",
+    *claim_with_twin(
+        "params_equal_formula",
+        "counted trainable parameters of 2 layers sharing one make_shared part = 2 · param_formula "
+        "+ shared_param_formula, and each layer's own count = param_formula",
+        cases(any_config(shared=True)),
+        _params(),
+        twin="shared_per_layer: the shared part counted in every layer",
+        twin_case=_params(shared_per_layer=True),
+    ),
+    *claim_with_twin(
+        "macs_equal_formula",
+        "counted matmul multiply–adds per token = macs_formula (sizes >= 2: torch lowers a size-1 "
+        "contraction to an elementwise product, which no FLOP counter sees)",
+        cases(any_config(lo=2)),
+        _macs(),
+        twin="in_out_swapped: the formula with n and m swapped",
+        twin_case=_macs(swap_in_out=True),
+    ),
+    *claim_with_twin(
+        "routing_as_declared",
+        "g(x) as routing_kind says: softmax a distribution with exactly k non-zero (k = E without "
+        "top-k), threshold a distribution, mask exactly k ones, none no g",
         cases(any_config()),
-        _routing_is_a_distribution,
+        _routing(),
+        twin="unnormalised: every row divided by its largest weight",
+        twin_case=_routing(unnormalised=True),
     ),
-    Claim(
+    *claim_with_twin(
         "batch_shape_invariance",
         "Δ on (..., n) equals Δ on the flattened rows, reshaped",
         cases(any_config()),
         _batch_invariance(),
+        twin="rows_flipped: rows reordered between the two calls",
+        twin_case=_batch_invariance(flatten_wrong=True),
     ),
-    Claim(
-        "batch_shape_invariance__rows_flipped",
-        "twin: rows reordered between the two calls",
-        cases(any_config()),
-        _batch_invariance(flatten_wrong=True),
-        "refuted",
-        "batch_shape_invariance",
-    ),
-    Claim(
+    *claim_with_twin(
         "state_dict_round_trip",
         "a fresh instance loading the state dict computes the same Δ and g",
         cases(any_config()),
         _round_trip(),
+        twin="router_dropped: the router's weights left out",
+        twin_case=_round_trip(drop_router=True),
+        twin_strategy=cases(ROUTED),
     ),
-    Claim(
-        "state_dict_round_trip__router_dropped",
-        "twin: the router's weights left out",
-        cases(ROUTED),
-        _round_trip(drop_router=True),
-        "refuted",
-        "state_dict_round_trip",
-    ),
-    Claim(
+    *claim_with_twin(
         "router_bound_not_exceeded",
-        "‖g(x) − g(y)‖ <= certified Lip · ‖x − y‖ between drawn points, every soft router (top-k "
-        "routing jumps: bounds/topk.py gives its witnesses)",
-        cases(SOFT),
+        "‖g(x) − g(y)‖ <= certified Lip · ‖x − y‖ between drawn points, every soft router declared "
+        "half_norm (top-k routing jumps: bounds/topk.py gives its witnesses)",
+        cases(HALF_NORM),
         _bound_holds(),
-    ),
-    Claim(
-        "router_bound_not_exceeded__bound_over_1000",
-        "twin: the certified bound divided by 1000",
-        cases(SOFT),
-        _bound_holds(shrink=1e-3),
-        "refuted",
-        "router_bound_not_exceeded",
+        twin="bound_over_1000: the certified bound divided by 1000",
+        twin_case=_bound_holds(shrink=1e-3),
     ),
 ]
 
