@@ -182,3 +182,35 @@ def test_peft_config_is_generated_and_trainer_adds_auxiliary_loss(
         AutoModelForCausalLM.from_pretrained(lm / "model"), tmp_path / "adapter"
     )
     assert sum(isinstance(a, BalancedLoRA) for a in adapters_of(again)) == len(adapters_of(model))
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(6, 6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.q(x)
+        return out
+
+
+def test_save_load_and_measure_a_registered_architecture(registered: str, tmp_path: Path) -> None:
+    from moelora_experiments.checkpoint import load_adapters, save_adapters
+    from moelora_experiments.measure import measure_adapted_model
+
+    spec = AdapterSpec(arch=registered, targets=("q",), rank=2, options={"balance": 0.75})
+    torch.manual_seed(0)
+    model = _Tiny()
+    inject_adapters(model, spec)
+    with torch.no_grad():
+        model.q.adapter.B.weight.normal_()  # a non-zero Δ, so that the reload is checked
+    save_adapters(model, tmp_path, spec)
+    torch.manual_seed(0)
+    again = _Tiny()  # the same base weights; its adapters come from the files
+    load_adapters(again, tmp_path)
+    assert again.q.spec == spec and again.q.adapter.config.balance == 0.75
+    x = torch.randn(2, 3, 6)
+    assert torch.equal(again(x), model(x))
+    out = measure_adapted_model(again, [{"x": x}], max_tokens=4)
+    assert out["q"]["arch"] == registered and out["q"]["tokens"] == 4
+    assert out["q"]["bounds"] is None and out["q"]["amplification"] is None  # unrouted
