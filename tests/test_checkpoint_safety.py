@@ -94,17 +94,9 @@ def test_checkpoint_files_and_directories_are_fsynced(
 
 
 def test_failed_injection_leaves_the_model_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
-    from transformers import BertConfig, BertModel
+    from tiny_models import tiny_bert
 
-    torch.manual_seed(0)
-    bert = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-    )
-    model = BertModel(bert)
+    model = tiny_bert(vocab=50, intermediate=64).train()
     before = {n: type(m) for n, m in model.named_modules()}
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     calls = {"n": 0}

@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from tiny_models import tiny_gpt2, tiny_llama
+from tiny_models import tiny_bert, tiny_gpt2, tiny_llama
 from torch import nn
-from transformers import (
-    BertConfig,
-    BertModel,
-)
 
 from moelora_core import CoMoL, ConfigError, ShapeError, TalkLoRA
 from moelora_experiments.checkpoint import (
@@ -37,18 +33,6 @@ from moelora_experiments.inject import (
 
 ARCHS = ("lora", "moelora", "hydralora", "talklora", "comol")
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
-
-
-def tiny_bert() -> BertModel:
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        vocab_size=64,
-    )
-    return BertModel(cfg).eval()
 
 
 def spec_for(
