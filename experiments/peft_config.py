@@ -42,6 +42,10 @@ class RoutedPeftConfig(PeftConfig):
     """Fields common to every routed architecture (PEFT's LoRA names and meanings)."""
 
     arch: ClassVar[str] = ""
+    # this config's fields that set AdapterSpec fields ({field: spec field}), and those that are
+    # passed on as AdapterSpec.options (the generated configs' own fields)
+    spec_names: ClassVar[dict[str, str]] = {}
+    option_names: ClassVar[tuple[str, ...]] = ()
     r: int = field(default=8, metadata={"help": "Total rank r (split into E heads where needed)."})
     lora_alpha: float = field(default=8.0, metadata={"help": "Scale s = lora_alpha / r."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input x."})
@@ -90,13 +94,18 @@ class RoutedPeftConfig(PeftConfig):
         return float(self.lora_alpha) / float(self.r)
 
     def spec_fields(self) -> dict[str, Any]:
-        """The architecture's own AdapterSpec fields."""
-        return {}
+        """The architecture's own AdapterSpec fields (`spec_names`) and its `options`."""
+        out = {spec: getattr(self, mine) for mine, spec in self.spec_names.items()}
+        out["options"] = {**self.options, **{n: getattr(self, n) for n in self.option_names}}
+        return out
 
     @classmethod
     def fields_of_spec(cls, spec: AdapterSpec) -> dict[str, Any]:
-        """The inverse of `spec_fields`: this config's own fields from a spec."""
-        return {}
+        """The inverse of `spec_fields`: this config's own fields and options from a spec."""
+        out = {mine: getattr(spec, name) for mine, name in cls.spec_names.items()}
+        out.update({n: spec.options[n] for n in cls.option_names if n in spec.options})
+        out["options"] = {k: v for k, v in spec.options.items() if k not in cls.option_names}
+        return out
 
     @classmethod
     def from_spec(cls, spec: AdapterSpec, targets: Any, **extra: Any) -> RoutedPeftConfig:
@@ -107,7 +116,6 @@ class RoutedPeftConfig(PeftConfig):
             lora_alpha=spec.scale * spec.rank,  # s = lora_alpha / r
             num_experts=spec.experts,
             top_k=spec.top_k,
-            options=dict(spec.options),
             **cls.fields_of_spec(spec),
             **extra,
         )
@@ -123,7 +131,7 @@ class RoutedPeftConfig(PeftConfig):
             experts=self.num_experts,
             top_k=self.top_k,
             scale=self.scale,
-            **{"options": dict(self.options), **self.spec_fields()},
+            **self.spec_fields(),
         )
 
 
@@ -132,17 +140,11 @@ class MoELoRAPeftConfig(RoutedPeftConfig):
     """MoELoRA (MoLoRA): E LoRA experts of rank r_e, an input or latent softmax router."""
 
     arch: ClassVar[str] = "moelora"
+    spec_names: ClassVar[dict[str, str]] = {"expert_rank": "expert_rank", "router": "router"}
     expert_rank: int | None = field(default=None, metadata={"help": "r_e (default r // E)."})
     router: Literal["input", "latent"] = field(
         default="input", metadata={"help": "Router reads x ('input') or A x ('latent')."}
     )
-
-    def spec_fields(self) -> dict[str, Any]:
-        return {"expert_rank": self.expert_rank, "router": self.router}
-
-    @classmethod
-    def fields_of_spec(cls, spec: AdapterSpec) -> dict[str, Any]:
-        return {"expert_rank": spec.expert_rank, "router": spec.router}
 
 
 @dataclass
@@ -150,14 +152,8 @@ class HydraLoRAPeftConfig(RoutedPeftConfig):
     """HydraLoRA: one shared A of rank r_e, E heads B_i, an input router."""
 
     arch: ClassVar[str] = "hydralora"
+    spec_names: ClassVar[dict[str, str]] = {"expert_rank": "expert_rank"}
     expert_rank: int | None = field(default=None, metadata={"help": "r_e (default r // E)."})
-
-    def spec_fields(self) -> dict[str, Any]:
-        return {"expert_rank": self.expert_rank}
-
-    @classmethod
-    def fields_of_spec(cls, spec: AdapterSpec) -> dict[str, Any]:
-        return {"expert_rank": spec.expert_rank}
 
 
 @dataclass
@@ -165,16 +161,10 @@ class TalkLoRAPeftConfig(RoutedPeftConfig):
     """TalkLoRA: heads of A x mixed by a talking module T for the router; optional layer-shared B."""
 
     arch: ClassVar[str] = "talklora"
+    spec_names: ClassVar[dict[str, str]] = {"share_b": "shared"}
     share_b: bool = field(
         default=False, metadata={"help": "Share B by the layers of one module type."}
     )
-
-    def spec_fields(self) -> dict[str, Any]:
-        return {"shared": self.share_b}
-
-    @classmethod
-    def fields_of_spec(cls, spec: AdapterSpec) -> dict[str, Any]:
-        return {"share_b": spec.shared}
 
 
 @dataclass
@@ -182,14 +172,8 @@ class CoMoLPeftConfig(RoutedPeftConfig):
     """CoMoL: shared A, B and N cores mixed in the r x r core space; optional layer-shared A, B."""
 
     arch: ClassVar[str] = "comol"
+    spec_names: ClassVar[dict[str, str]] = {"core_router": "core_router", "share_ab": "shared"}
     core_router: bool = field(default=True, metadata={"help": "Route on A x (else on x)."})
     share_ab: bool = field(
         default=False, metadata={"help": "Share A, B by the layers of one module type."}
     )
-
-    def spec_fields(self) -> dict[str, Any]:
-        return {"core_router": self.core_router, "shared": self.share_ab}
-
-    @classmethod
-    def fields_of_spec(cls, spec: AdapterSpec) -> dict[str, Any]:
-        return {"core_router": spec.core_router, "share_ab": spec.shared}

@@ -23,7 +23,6 @@ import dataclasses
 from functools import partial
 from typing import Any
 
-from .inject import AdapterSpec
 from .peft_config import RoutedPeftConfig
 
 __all__ = ["generated_config"]
@@ -69,24 +68,10 @@ def generated_config(arch: str) -> type[RoutedPeftConfig]:
         *((name, Any, _field_like(by_name[name])) for name in (*named, *option_names)),
     ]
 
-    def spec_fields(self: RoutedPeftConfig) -> dict[str, Any]:
-        options = {**self.options, **{n: getattr(self, n) for n in option_names}}
-        return {
-            "shared": getattr(self, "shared"),  # noqa: B009 (a generated field)
-            "options": options,
-            **{n: getattr(self, n) for n in named},
-        }
-
-    def fields_of_spec(cls: type[RoutedPeftConfig], spec: AdapterSpec) -> dict[str, Any]:
-        out: dict[str, Any] = {"shared": spec.shared}
-        out.update({n: getattr(spec, n) for n in named})
-        out.update({n: spec.options[n] for n in option_names if n in spec.options})
-        return out
-
     namespace = {
         "arch": arch,
-        "spec_fields": spec_fields,
-        "fields_of_spec": classmethod(fields_of_spec),
+        "spec_names": {"shared": "shared", **{n: n for n in named}},
+        "option_names": tuple(option_names),
         "__doc__": f"{adapter_class.__name__} (generated from {config_class.__name__}'s fields).",
         "__module__": __name__,
     }
