@@ -30,9 +30,10 @@ class NotMergeableError(ConfigError):
 
 def not_mergeable(arch: str) -> NotMergeableError:
     return NotMergeableError(
-        f"arch={arch!r}: a routed adapter cannot be merged into a static weight; its update "
-        "Δ(x) = Σ_i g_i(x) P_i x changes with the input through the routing weights g(x). "
-        "Keep the adapter unmerged (or use unload() to drop it); only LoRA (PEFT's LoraConfig) merges"
+        f"arch={arch!r}: this adapter cannot be merged into a static weight; its update changes "
+        "with the input (Δ(x) = Σ_i g_i(x) P_i x through the routing weights g(x), or a "
+        "non-linearity). Keep the adapter unmerged (or use unload() to drop it); only LoRA "
+        "(PEFT's LoraConfig) merges"
     )
 
 
