@@ -2,9 +2,11 @@
 
 1. `capture_inputs` runs held-out text through the model with forward hooks on every `AdaptedLinear`
    and keeps, per layer, the inputs x of real (non-padding) tokens: X ∈ R^{N x n}.
-2. `measure_layer` hands X to `proofs_numeric.bounds` (certified router-Lipschitz bounds in product and
+2. `measure_layer` hands X to `proofs_numeric.bounds` (for a gate the architecture declares
+   ½‖W‖-Lipschitz, `router_lipschitz == "half_norm"`: certified router-Lipschitz bounds in product and
    tight form, an empirical lower bound and the gap; TalkLoRA's ‖T‖₂ and per-head attenuation ‖T e_j‖₂;
-   routing statistics of g(X)), and adds the perturbation amplification of the router under Gaussian
+   routing statistics of g(X), a k-hot mask gate's as the uniform distribution over its k experts),
+   and adds the perturbation amplification of the router under Gaussian
    input noise, an empirical quantity that the certified bound must dominate:
 
        amp(ε) = ‖g(x + δ) − g(x)‖₂ / ‖δ‖₂,   δ = ε · rms(x) · ξ,  ξ ~ N(0, I_n)
@@ -139,10 +141,12 @@ def measure_layer(
     scales = tuple(scales)
     with input_checks(False):
         out: dict[str, Any] = {"arch": type(a).family, "tokens": int(X.shape[0])}
-        out["bounds"] = (
-            layer_report(a, inputs=X, seed=seed).to_dict() if a.routing_kind != "none" else None
-        )
-        g = a.routing(X)
+        # the certified router bounds hold for gates that are ½‖W‖-Lipschitz (softmax) only
+        certified = type(a).router_lipschitz == "half_norm"
+        out["bounds"] = layer_report(a, inputs=X, seed=seed).to_dict() if certified else None
+        g = a.routing(X)  # (N, E)
+        if g is not None and a.routing_kind == "mask":  # k-hot: uniform over its k experts
+            g = g / g.sum(-1, keepdim=True).clamp_min(1.0)
         out["routing"] = routing_stats(g.cpu()).to_dict() if g is not None else None
         out["amplification"] = amplification(a, X, scales, seed)
         if isinstance(a, HasTalking):
