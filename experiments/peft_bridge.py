@@ -46,10 +46,10 @@ def _lora_config(spec: AdapterSpec, targets: Any, **extra: Any) -> Any:
     """PEFT's own LoraConfig, s = lora_alpha / r (equal to our LoRA: tests/test_peft_parity.py)."""
     from peft import LoraConfig
 
-    if spec.options or spec.top_k is not None:
+    if spec.options:
         raise ConfigError(
-            f"options={spec.options!r}, top_k={spec.top_k!r} with arch='lora': expected none "
-            "(PEFT's LoraConfig has no such fields)"
+            f"options={spec.options!r} with arch='lora': expected none (PEFT's LoraConfig is "
+            "built from rank and scale alone)"
         )
     alpha = spec.scale * spec.rank
     # PEFT annotates lora_alpha as int, but computes scaling = lora_alpha / r with any real value
