@@ -58,6 +58,10 @@ def resolve_shared(arch: str, shared: bool, **aliases: bool) -> dict[str, bool] 
     return {"shared": shared} | {a: shared and owner == arch for a, owner in SHARED_ALIASES.items()}
 
 
+class OptionError(ValueError):
+    """A malformed command-line option (reported as one line, exit status 2)."""
+
+
 def parse_options(items: list[str] | None) -> dict[str, Any]:
     """`["key=value", ...]` (the repeatable `--option`) as a dict; each value read as JSON when it
     is JSON (`0.01`, `true`, `[1, 2]`), else kept as a string (`orthogonal`)."""
@@ -66,9 +70,9 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise typer.BadParameter(f"{item!r}: expected key=value, e.g. balance_weight=0.01")
+            raise OptionError(f"--option {item!r}: expected key=value, e.g. balance_weight=0.01")
         if key in out:
-            raise typer.BadParameter(f"{key}: given twice; expected each key once")
+            raise OptionError(f"--option {key}: given twice; expected each key once")
         try:
             out[key] = json.loads(text)
         except ValueError:

@@ -145,7 +145,7 @@ def params_command(
     ),
 ) -> None:
     """Count trainable adapter parameters per module type on a model built from its config (no weights)."""
-    spec_kw = opt.spec_kwargs(
+    spec_kw = _spec_kwargs(
         arch=arch,
         rank=rank,
         experts=experts,
@@ -170,6 +170,15 @@ def params_command(
             err=True,
         )
         raise typer.Exit(1)
+
+
+def _spec_kwargs(**options: Any) -> dict[str, Any]:
+    """`options.spec_kwargs`; a malformed option is one line on stderr, exit status 2."""
+    try:
+        return opt.spec_kwargs(**options)
+    except opt.OptionError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _meta_count(config: str, spec_kw: dict[str, Any]) -> dict[str, Any]:

@@ -180,7 +180,7 @@ def _train_from_options(args: dict[str, Any]) -> None:
             **{k: args[k] for k in ("eval_data", "eval_fraction")},
             opts=_run_options(args),
         )
-    except MoELoRAError as e:
+    except (MoELoRAError, opt.OptionError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     if not r.main_process:

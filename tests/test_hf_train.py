@@ -156,6 +156,8 @@ def test_measure_accepts_peft_models(lm: Path, dataset: Any) -> None:
         (["--device", "tpu"], "device='tpu'"),
         (["--load-in-4bit"], "bitsandbytes"),
         (["--rank", "3"], "rank=3"),
+        (["--option", "talk_init"], "key=value"),
+        (["--option", "nope=1"], "nope"),
     ],
 )
 def test_cli_user_mistakes_are_one_line(
