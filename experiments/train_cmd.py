@@ -193,19 +193,19 @@ def _train_from_options(args: dict[str, Any]) -> None:
     )
 
 
-SPEC_OPTIONS = ("arch", "rank", "experts", "expert_rank", "router", "top_k", "core_router")
+# the options `options.spec_kwargs` reads (targets and scale aside)
+SPEC_OPTIONS = (
+    *("arch", "rank", "experts", "expert_rank", "router", "top_k", "core_router"),
+    *("shared", "shared_b", "shared_ab", "option"),
+)
 
 
 def _spec(args: dict[str, Any]) -> AdapterSpec:
     from .hf_train import spec_targets
 
-    kw = opt.spec_kwargs(
-        **{k: args[k] for k in SPEC_OPTIONS},
-        **{k: args[k] for k in ("shared", "shared_b", "shared_ab", "option")},
-    )
-    return AdapterSpec(
-        **kw, **spec_targets(args["targets"], args["target_regex"]), scale=args["scale"]
-    )
+    kw = opt.spec_kwargs(**{k: args[k] for k in SPEC_OPTIONS})
+    kw.update(spec_targets(args["targets"], args["target_regex"]), scale=args["scale"])
+    return AdapterSpec(**kw)
 
 
 def _train_config(args: dict[str, Any]) -> TrainConfig:
