@@ -30,37 +30,34 @@ import torch
 
 from moelora_core import (
     Adapter,
-    CoMoL,
     CoMoLConfig,
-    HydraLoRA,
     HydraLoRAConfig,
-    MoELoRA,
     MoELoRAConfig,
-    TalkLoRA,
     TalkLoRAConfig,
+    create,
 )
 from proofs_numeric.bounds import LayerBoundReport, layer_report
 from proofs_numeric.jsonio import write_json_atomic
+from proofs_numeric.threads import torch_threads
+
+
+def layer_config(kind: str, n: int, m: int, r: int = 32, E: int = 8) -> Any:
+    """The config of one benchmark layer n -> m of total rank r with E experts (or cores)."""
+    if kind == "talklora":
+        return TalkLoRAConfig(in_features=n, out_features=m, rank=r, num_experts=E)
+    if kind in ("moelora-latent", "moelora-input"):
+        router: Literal["input", "latent"] = "latent" if kind == "moelora-latent" else "input"
+        return MoELoRAConfig(
+            in_features=n, out_features=m, num_experts=E, expert_rank=r // E, router=router
+        )
+    if kind == "hydralora":
+        return HydraLoRAConfig(in_features=n, out_features=m, num_experts=E, expert_rank=r // E)
+    return CoMoLConfig(in_features=n, out_features=m, rank=r, num_cores=E)
 
 
 def build_layer(kind: str, n: int, m: int, r: int = 32, E: int = 8) -> Adapter:
     """A random float32 adapter n -> m (total rank r, E experts), B ~ N(0, 0.02²) so Δ != 0."""
-    a: Adapter
-    if kind == "talklora":
-        a = TalkLoRA(TalkLoRAConfig(in_features=n, out_features=m, rank=r, num_experts=E))
-    elif kind in ("moelora-latent", "moelora-input"):
-        router: Literal["input", "latent"] = "latent" if kind == "moelora-latent" else "input"
-        a = MoELoRA(
-            MoELoRAConfig(
-                in_features=n, out_features=m, num_experts=E, expert_rank=r // E, router=router
-            )
-        )
-    elif kind == "hydralora":
-        a = HydraLoRA(
-            HydraLoRAConfig(in_features=n, out_features=m, num_experts=E, expert_rank=r // E)
-        )
-    else:
-        a = CoMoL(CoMoLConfig(in_features=n, out_features=m, rank=r, num_cores=E))
+    a = create(layer_config(kind, n, m, r, E))
     with torch.no_grad():
         for name, p in a.named_parameters():
             if name.startswith("B."):
@@ -90,19 +87,26 @@ def _time(a: Adapter, X: torch.Tensor, radius: float | None, repeats: int) -> di
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--n", type=int, default=4096)
-    ap.add_argument("--rank", type=int, default=32)
-    ap.add_argument("--experts", type=int, default=8)
-    ap.add_argument("--inputs", type=int, default=1024)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--only-main", action="store_true", help="only the TalkLoRA cases")
-    ap.add_argument("--json", dest="json_out", default=None)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def _print_case(kind: str, radius: float | None, res: dict[str, Any]) -> None:
+    parts = "  ".join(f"{k} {v * 1e3:.0f}" for k, v in res["parts_s"].items())
+    domain = "points" if radius is None else f"balls R={radius:g}"
+    print(
+        f"{kind:<15} {domain:<12} min {res['min_s']:.3f}s (cpu {res['cpu_s_of_min']:.3f}s)  "
+        f"median {res['median_s']:.3f}s  | parts (ms): {parts}",
+        flush=True,
+    )
+    local = (
+        f"; local Lip(Δ) <= {res['local_upper']:.4g}, found {res['local_lower']:.4g}"
+        if res["local_upper"] is not None
+        else ""
+    )
+    print(
+        f"{'':<28} Lip(g) <= {res['upper']:.4g}, found {res['lower']:.4g} (gap {res['gap']:.3f})"
+        + local
+    )
+
+
+def _run(args: argparse.Namespace) -> list[dict[str, Any]]:
     X = torch.randn(args.inputs, args.n, generator=torch.Generator().manual_seed(0))
     cases: list[tuple[str, float | None]] = [("talklora", None), ("talklora", 1.0)]
     if not args.only_main:
@@ -120,26 +124,28 @@ def main(argv: list[str] | None = None) -> int:
         res = _time(a, X, radius, args.repeats)
         res.update(kind=kind, radius=radius)
         results.append(res)
-        parts = "  ".join(f"{k} {v * 1e3:.0f}" for k, v in res["parts_s"].items())
-        domain = "points" if radius is None else f"balls R={radius:g}"
-        print(
-            f"{kind:<15} {domain:<12} min {res['min_s']:.3f}s (cpu {res['cpu_s_of_min']:.3f}s)  "
-            f"median {res['median_s']:.3f}s  "
-            f"| parts (ms): {parts}",
-            flush=True,
-        )
-        print(
-            f"{'':<28} Lip(g) <= {res['upper']:.4g}, found {res['lower']:.4g} (gap {res['gap']:.3f})"
-            + (
-                f"; local Lip(Δ) <= {res['local_upper']:.4g}, found {res['local_lower']:.4g}"
-                if res["local_upper"] is not None
-                else ""
-            )
-        )
+        _print_case(kind, radius, res)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--experts", type=int, default=8)
+    ap.add_argument("--inputs", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only-main", action="store_true", help="only the TalkLoRA cases")
+    ap.add_argument("--json", dest="json_out", default=None)
+    args = ap.parse_args(argv)
+    with torch_threads(args.threads):
+        results = _run(args)
+        threads = torch.get_num_threads()
     if args.json_out:
         payload = {
             "machine": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
+            "threads": threads,
             "load_average": os.getloadavg(),
             "torch": torch.__version__,
             "args": vars(args),

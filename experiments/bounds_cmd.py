@@ -27,7 +27,9 @@ import typer
 from torch import nn
 
 from moelora_core.errors import ConfigError, MoELoRAError
+from moelora_core.validate import require_int
 from proofs_numeric.jsonio import write_json_atomic
+from proofs_numeric.threads import torch_threads
 
 from . import options as opt
 from .checkpoint import ADAPTER_CONFIG, CheckpointError, load_adapters, read_config
@@ -217,17 +219,22 @@ def run_bounds(
     max_tokens: int = 512,
     seed: int = 0,
     placement: Placement | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Measure every checkpoint found at `path`; write JSON if asked; return {label: result}."""
+    """Measure every checkpoint found at `path`; write JSON if asked; return {label: result}.
+    threads: torch's intra-op threads while measuring (None: unchanged; 1 on a shared machine)."""
+    if threads is not None:
+        require_int("threads", threads, minimum=1)
     given = texts_from(data, text)
     out: dict[str, Any] = {}
     for label, directory in adapter_dirs(path):
         loaded = load_checkpoint(directory, model, placement)
         chosen, source = inputs_for(loaded, given, texts, seed)
-        result = measure_checkpoint(
-            loaded, chosen, max_length=max_length, max_tokens=max_tokens, seed=seed,
-            device=_measure_device(placement),
-        )  # fmt: skip
+        with torch_threads(threads):
+            result = measure_checkpoint(
+                loaded, chosen, max_length=max_length, max_tokens=max_tokens, seed=seed,
+                device=_measure_device(placement),
+            )  # fmt: skip
         out[label] = {"directory": str(directory), "inputs": source, "texts": len(chosen), **result}
     if json_out:
         write_json_atomic(json_out, out)
@@ -256,6 +263,9 @@ def bounds_command(
     ),
     device_map: str | None = opt.DEVICE_MAP,
     load_in_4bit: bool = opt.LOAD_IN_4BIT,
+    threads: int | None = typer.Option(
+        None, "--threads", help="torch threads while measuring (1 on a shared machine)."
+    ),
 ) -> None:
     """Measure router bounds, noise amplification and routing statistics of a trained checkpoint."""
     from rich.console import Console
@@ -268,7 +278,7 @@ def bounds_command(
         )
         results = run_bounds(
             path, data=data, text=text, json_out=json_out, model=model, texts=texts, max_length=max_length,
-            max_tokens=max_tokens, seed=seed, placement=placement,
+            max_tokens=max_tokens, seed=seed, placement=placement, threads=threads,
         )  # fmt: skip
     except MoELoRAError as e:
         typer.echo(f"error: {e}", err=True)

@@ -174,15 +174,16 @@ class MoELoRA(RoutedAdapter):
         return S.E * S.r_e * (S.n + S.m) + router
 
     def sparse_macs_formula(self) -> sp.Expr | None:
-        """Router and whatever it reads in full, then the k chosen experts (k a number, not a symbol)."""
+        """Router, then the k chosen experts (k a number, not a symbol). When `sparse.gather_wins`,
+        only their A_i x (a latent router reads x through W_r A, folded once per call); else all of A x."""
         c, k = self.config, self.config.top_k
         if k is None:
             return None
+        if sparse.gather_wins(c.num_experts, k, c.expert_rank):  # latent: W_r A folded per call
+            return S.E * S.n + k * S.r_e * S.n + k * S.r_e * S.m
         if c.router == "latent":
             return S.E * S.r_e * S.n + S.E * S.E * S.r_e + k * S.r_e * S.m
-        gather = sparse.gather_wins(c.num_experts, k, c.expert_rank)
-        down = k * S.r_e * S.n if gather else S.E * S.r_e * S.n
-        return S.E * S.n + down + k * S.r_e * S.m
+        return S.E * S.n + S.E * S.r_e * S.n + k * S.r_e * S.m
 
     def subs(self) -> dict[sp.Symbol, int]:
         c = self.config
@@ -220,9 +221,10 @@ class MoELoRA(RoutedAdapter):
         E, d = c.num_experts, c.expert_rank
         xf = sparse.flat_tokens(x)  # (T, n)
         W = self.router.logits.dense()
-        if c.router == "input" and sparse.gather_wins(E, k, d):
-            idx, w = sparse.topk_route(F.linear(xf, W), k)
-            h = sparse.grouped_down(xf, idx, self.A.weight.unflatten(0, (E, d)))  # (T, k, d)
+        if sparse.gather_wins(E, k, d):  # the router reads x: W_g, or the folded W_r A (E x n)
+            Wx = W if c.router == "input" else W @ self.A.weight  # latent: E·r·n MACs per call
+            idx, w, cols, hk = sparse.route_and_dot(xf, Wx, self.A.weight, k, d)  # the chosen rows
+            h = hk.unflatten(-1, (k, d))  # (T, k, d): A_{idx_j} x
         else:
             if c.router == "input":  # [A; W_g] x in one matmul
                 hall, logits = F.linear(xf, torch.cat([self.A.weight, W])).split([c.rank, E], -1)
@@ -230,11 +232,10 @@ class MoELoRA(RoutedAdapter):
                 hall = F.linear(xf, self.A.weight)
                 logits = F.linear(hall, W)
             idx, w = sparse.topk_route(logits, k)
-            h = hall.gather(-1, sparse.expert_columns(idx, d)).unflatten(-1, (k, d))  # (T, k, d)
+            cols = sparse.expert_columns(idx, d)
+            h = hall.gather(-1, cols).unflatten(-1, (k, d))  # (T, k, d)
         coef = (h * (c.scale * w).unsqueeze(-1)).flatten(-2)  # (T, k·d)
-        out = sparse.mix_columns(
-            sparse.expert_columns(idx, d), coef, self.B.weight.t().contiguous()
-        )
+        out = sparse.mix_columns(cols, coef, self.B.weight.t().contiguous())  # (T, m)
         return out.reshape(*x.shape[:-1], c.out_features)
 
 

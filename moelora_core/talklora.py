@@ -280,10 +280,16 @@ class TalkLoRA(RoutedAdapter):
         return S.r * S.n + S.r**2 + S.E * S.r + S.r * S.m
 
     def sparse_macs_formula(self) -> sp.Expr | None:
-        """A and the router over every talked head, then K_i and B_i of the k chosen heads."""
-        k = self.config.top_k
+        """The router, then K_i and B_i of the k chosen heads. When `sparse.gather_wins`, the router
+        reads x through W_r (T ⊗ I) A (folded once per call) and only the chosen heads' A_(i) x run;
+        else all of A x, and the router reads the talked heads."""
+        c, k = self.config, self.config.top_k
         d = S.r / S.E  # head dimension
-        return None if k is None else S.r * S.n + S.E * S.r + k * d**2 + k * d * S.m
+        if k is None:
+            return None
+        if sparse.gather_wins(c.num_experts, k, c.head_dim):
+            return S.E * S.n + k * d * S.n + k * d**2 + k * d * S.m
+        return S.r * S.n + S.E * S.r + k * d**2 + k * d * S.m
 
     def subs(self) -> dict[sp.Symbol, int]:
         c = self.config
@@ -320,15 +326,21 @@ class TalkLoRA(RoutedAdapter):
         )  # fmt: skip
 
     def sparse_forward(self, x: Tensor) -> Tensor:
-        """The router reads every talked head; only the k chosen heads run K_i and B_i."""
+        """Only the k chosen heads run K_i and B_i; the router reads every talked head, through the
+        folded W_r (T ⊗ I) A when `sparse.gather_wins` (then only the chosen heads' A_(i) x run)."""
         c, k = self.config, sparse.top_k_of(self.router)
         E, d = c.num_experts, c.head_dim
         xf = sparse.flat_tokens(x)
-        h = F.linear(xf, self.A.weight)  # (T, r)
-        idx, w = sparse.topk_route(F.linear(h, self.router.logits.dense() @ self.talk.dense()), k)
-        heads = h.unflatten(-1, (E, d)).gather(1, idx.unsqueeze(-1).expand(-1, -1, d))  # (T, k, d)
+        Wt = self.router.logits.dense() @ self.talk.dense()  # (E, r) = W_r (T ⊗ I)
+        if sparse.gather_wins(E, k, d):  # router through the folded W_r (T ⊗ I) A (E x n, per call)
+            idx, w, cols, hk = sparse.route_and_dot(xf, Wt @ self.A.weight, self.A.weight, k, d)
+            heads = hk.unflatten(-1, (k, d))  # (T, k, d): the chosen heads A_(i) x
+        else:
+            h = F.linear(xf, self.A.weight)  # (T, r)
+            idx, w = sparse.topk_route(F.linear(h, Wt), k)
+            heads = h.unflatten(-1, (E, d)).gather(1, idx.unsqueeze(-1).expand(-1, -1, d))
+            cols = sparse.expert_columns(idx, d)
         kh = torch.einsum("tkij,tkj->tki", self.K.weight[idx], heads)  # K_{idx_j} h_{idx_j}
         coef = (kh * (c.scale * w).unsqueeze(-1)).flatten(-2)  # (T, k·d)
-        cols = sparse.expert_columns(idx, d)
         out = sparse.mix_columns(cols, coef, self.B.weight.t().contiguous())
         return out.reshape(*x.shape[:-1], c.out_features)

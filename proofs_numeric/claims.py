@@ -25,7 +25,7 @@ from moelora_core.hydralora import HydraLoRA
 from moelora_core.moelora import MoELoRA
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 
-from .bounds.claims import BOUND_CLAIMS
+from .catalogue.bounds import BOUND_CLAIMS
 from .checking import EXACT_TOL, Claim, Outcome, exact
 from .claims_classes import CLASS_CLAIMS
 from .claims_counts import COUNT_CLAIMS

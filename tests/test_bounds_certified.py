@@ -13,8 +13,8 @@ from moelora_core.moelora import MoELoRA, MoELoRAConfig
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 from proofs_numeric.bounds import head_bounds, layer_report, router_bounds, talk_bounds
 from proofs_numeric.bounds.certified import effective_matrix, logit_factors, tightness_reasons
-from proofs_numeric.bounds.claims import ARCHS, build, randomized
 from proofs_numeric.bounds.domain import Domain
+from proofs_numeric.bounds.instances import ARCHS, build, randomized
 from proofs_numeric.bounds.spectral import centring
 
 D = torch.float64

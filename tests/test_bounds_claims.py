@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from proofs_numeric.bounds.claims import BOUND_CLAIMS
+from proofs_numeric.catalogue.bounds import BOUND_CLAIMS
 from proofs_numeric.checking import Claim, check_claim
 
 NAMES = {c.name for c in BOUND_CLAIMS}

@@ -8,8 +8,10 @@ from torch import Tensor
 
 from moelora_core.errors import input_checks
 from proofs_numeric.bounds.certified import effective_matrix, logit_factors
-from proofs_numeric.bounds.claims import build, randomized
-from proofs_numeric.bounds.empirical import (
+from proofs_numeric.bounds.instances import build, randomized
+from proofs_numeric.bounds.searches import pair_targets, routing_fn
+from proofs_numeric.bounds.spectral import softmax_jacobian
+from proofs_numeric.search import (
     Probe,
     Region,
     exact_small,
@@ -18,8 +20,6 @@ from proofs_numeric.bounds.empirical import (
     screen,
     search,
 )
-from proofs_numeric.bounds.searches import pair_targets, routing_fn
-from proofs_numeric.bounds.spectral import softmax_jacobian
 
 D = torch.float64
 GEN = torch.Generator().manual_seed(0)
@@ -104,7 +104,7 @@ def test_pair_ratio_skips_coincident_points() -> None:
 
 def test_top_singular_survives_overflow_and_float32() -> None:
     """Rows with non-finite entries score 0; float32 Grams are diagonalised in float64."""
-    from proofs_numeric.bounds.empirical import top_singular
+    from proofs_numeric.search import top_singular
 
     J = torch.randn(3, 4, 6, generator=GEN).float()
     J[1, 0, 0] = float("nan")

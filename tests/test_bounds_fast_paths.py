@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from moelora_core import CoMoL, CoMoLConfig
-from proofs_numeric.bounds.local import centred_response_norms, expert_factors, stack_norms
+from proofs_numeric.bounds.factors import expert_factors
+from proofs_numeric.bounds.norms import centred_response_norms, stack_norms
 from proofs_numeric.bounds.rigorous import (
     Enclosure,
     exact_t,

@@ -13,14 +13,10 @@ from moelora_core.maps import Dense, Identity, LinearMap, SoftmaxRouter
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 from proofs_numeric.bounds import expert_factors, layer_report, stack_norms
 from proofs_numeric.bounds.certified import effective_matrix, logit_factors
-from proofs_numeric.bounds.claims import ARCHS, build, randomized
-from proofs_numeric.bounds.local import (
-    ExpertFactors,
-    centred_response_norms,
-    check_factors,
-    local_bounds,
-    mixed_norm_fn,
-)
+from proofs_numeric.bounds.factors import ExpertFactors, check_factors
+from proofs_numeric.bounds.instances import ARCHS, build, randomized
+from proofs_numeric.bounds.local import local_bounds
+from proofs_numeric.bounds.norms import centred_response_norms, mixed_norm_fn
 from proofs_numeric.bounds.spectral import centring
 
 D = torch.float64
@@ -58,6 +54,8 @@ def test_stack_norms_against_dense(a: Adapter) -> None:
     assert sn.stack == pytest.approx(n2(stack), rel=1e-9)
     assert sn.stack_centred == pytest.approx(n2(centred), rel=1e-9)
     assert sn.stack_centred <= sn.stack * (1 + 1e-12)
+    mean = n2(P.mean(0))  # ‖P̄‖₂: the cheap per-centre bound ‖P̄‖ + ‖p − 1/E‖‖𝒫_c‖ starts there
+    assert mean <= sn.mean <= mean * (1 + 1e-9) + 1e-15
 
 
 @pytest.mark.parametrize("a", ADAPTERS, ids=list(ARCHS))

@@ -17,7 +17,7 @@ from moelora_core.errors import (
 from moelora_core.lora import LoRA, LoRAConfig
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 from proofs_numeric.bounds import LayerBoundReport, NoRouterError, layer_report
-from proofs_numeric.bounds.claims import build, randomized
+from proofs_numeric.bounds.instances import build, randomized
 
 D = torch.float64
 GEN = torch.Generator().manual_seed(0)
@@ -126,3 +126,21 @@ def test_bad_input() -> None:
         t.T.weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match=r"T\.weight"):
         layer_report(t)
+
+
+def test_options_are_one_validated_value() -> None:
+    from moelora_core.errors import ArgumentTypeError
+    from proofs_numeric.bounds import ReportOptions, report_layer
+
+    t = _talk()
+    opts = ReportOptions(seed=3, samples=8, iterations=2, local=False)
+    a, b = report_layer(t, radius=0.5, options=opts), layer_report(t, radius=0.5, **opts.to_dict())
+    assert a.to_dict()["upper"] == b.to_dict()["upper"] and a.lower == b.lower and a.local is None
+    with pytest.raises(ArgumentTypeError, match="options"):
+        report_layer(t, options={"samples": 8})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="local_samples"):
+        ReportOptions(local_samples=0)
+    with pytest.raises(ArgumentTypeError, match="local"):
+        ReportOptions(local=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ReportOptions(0)  # type: ignore[misc]  # keyword-only

@@ -38,8 +38,8 @@ from proofs_numeric.bounds import (
     talk_bounds,
 )
 from proofs_numeric.bounds.certified import effective_matrix, logit_factors
-from proofs_numeric.bounds.claims import ARCHS, build, randomized
-from proofs_numeric.bounds.local import centred_response_norms, mixed_norm_fn
+from proofs_numeric.bounds.instances import ARCHS, build, randomized
+from proofs_numeric.bounds.norms import centred_response_norms, mixed_norm_fn
 from proofs_numeric.bounds.report import check_consistent
 from proofs_numeric.bounds.rigorous import CertificateError
 from proofs_numeric.bounds.spectral import centring

@@ -10,7 +10,7 @@ import torch
 from moelora_core.moelora import MoELoRA, MoELoRAConfig
 from proofs_numeric.bounds import layer_report, topk_witness
 from proofs_numeric.bounds.certified import effective_matrix, logit_factors
-from proofs_numeric.bounds.claims import ARCHS, build, randomized
+from proofs_numeric.bounds.instances import ARCHS, build, randomized
 
 D = torch.float64
 

@@ -27,7 +27,7 @@ from proofs_numeric.bounds import (
     talk_bounds,
 )
 from proofs_numeric.bounds.certified import effective_matrix, logit_factors
-from proofs_numeric.bounds.local import centred_response_norms
+from proofs_numeric.bounds.norms import centred_response_norms
 from proofs_numeric.bounds.spectral import certify, gram_pair_norm, psd_sqrt, subspace_norm
 from proofs_numeric.function_class import analytic_jacobian
 
@@ -286,7 +286,7 @@ def test_adaptive_bound_holds_where_routing_changes(
 def test_search_region_projects_onto_the_ball() -> None:
     """A measured "lower bound" on the local constant in B(c, R) must come from points of that ball:
     the search projects every step back onto it (points already inside stay where they are)."""
-    from proofs_numeric.bounds.empirical import Region
+    from proofs_numeric.search import Region
 
     R = 0.5
     centres = torch.randn(2, 3, generator=_gen(12), dtype=F64)

@@ -48,3 +48,12 @@ def test_sparse_crossover_quick(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert ("| MoELoRA input |" in text and "SPARSE_MAX_FRACTION" in text) or "not faster" in text
     assert sys.modules["sparse_crossover"].K == 2
+
+
+def test_sparse_kernels_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every down-projection variant agrees with the dense layer (checked inside) and is timed."""
+    import sparse_kernels
+
+    sparse_kernels.main(["--quick"])
+    text = capsys.readouterr().out
+    assert "| 8 | 4 |" in text and "route-and-dot" in text and "floor" in text

@@ -2,6 +2,7 @@
 
     from proofs_numeric.bounds import layer_report, routing_stats
     rep = layer_report(adapter, inputs, radius=0.5)   # LayerBoundReport; rep.to_dict(), print(rep)
+    reps = model_report(model, {name: inputs})        # every adapted layer, grouped by shape
     stats = routing_stats(adapter.routing(inputs))    # RoutingStats
 
 Upper bounds are certified (exact spectral norms, or certified intervals, in float64 with a stated
@@ -10,8 +11,13 @@ rounding margin); lower bounds are measured (Jacobian norms and pair ratios foun
 
 from .certified import RouterBounds, TalkBounds, head_bounds, router_bounds, talk_bounds
 from .domain import Domain, NoRouterError, RoutingWeightsError
-from .local import ExpertFactors, LocalBounds, expert_factors, local_bounds, stack_norms
-from .report import LayerBoundReport, MapReport, layer_report
+from .factors import ExpertFactors, expert_factors
+from .local import LocalBounds, local_bounds
+from .model import ModelBoundReport, model_report
+from .norms import stack_norms
+from .options import ReportOptions
+from .report import layer_report, report_layer
+from .results import LayerBoundReport, MapReport
 from .spectral import CERT_RTOL, SOFTMAX_LIP, SpectralNorm, softmax_jacobian, spectral_norm
 from .stats import RoutingStats, routing_stats
 from .talk import averaging_talk, reference_init_amplification
@@ -25,7 +31,9 @@ __all__ = [
     "LayerBoundReport",
     "LocalBounds",
     "MapReport",
+    "ModelBoundReport",
     "NoRouterError",
+    "ReportOptions",
     "RouterBounds",
     "RoutingStats",
     "RoutingWeightsError",
@@ -37,7 +45,9 @@ __all__ = [
     "head_bounds",
     "layer_report",
     "local_bounds",
+    "model_report",
     "reference_init_amplification",
+    "report_layer",
     "router_bounds",
     "routing_stats",
     "softmax_jacobian",

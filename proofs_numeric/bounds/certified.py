@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from moelora_core.adapter import Adapter
+from moelora_core.adapter import Adapter, HasTalking
+from moelora_core.errors import ArgumentTypeError
 from moelora_core.maps import BlockDiagonal, Dense, Identity, KronIdentity, LinearMap
-from moelora_core.talklora import TalkLoRA
-from moelora_core.validate import require_instance
 
+from ..pairwise import farthest_pair
 from .domain import Domain, NoRouterError, require_routed
 from .rigorous import (
     Enclosure,
@@ -73,7 +73,7 @@ def factor_name(f: LinearMap) -> str:
 def logit_factors(adapter: Adapter) -> list[LinearMap]:
     """The factors of the router's logit map x -> L x, innermost first."""
     lm = adapter.router_logit_map()
-    if lm is None or adapter.router is None:
+    if lm is None or getattr(adapter, "router", None) is None:
         raise NoRouterError(f"adapter={type(adapter).__name__}: has no router")
     return lm.factors()
 
@@ -137,12 +137,8 @@ def pair_alignment(PL: Tensor, centred_norm: float) -> tuple[float, tuple[int, i
     E = PL.shape[0]
     if E < 2 or centred_norm == 0.0:
         return 1.0, None
-    G = PL @ PL.T  # (E, E)
-    d2 = (G.diagonal().unsqueeze(0) + G.diagonal().unsqueeze(1) - 2 * G).clamp_min(0)
-    d2 = d2.triu(1)
-    flat = int(torch.argmax(d2))
-    i, j = divmod(flat, E)
-    a = math.sqrt(float(d2[i, j]) / 2.0) / centred_norm
+    i, j, d2 = farthest_pair(PL)  # ‖l_i − l_j‖², i < j
+    a = math.sqrt(max(float(d2[i, j]), 0.0) / 2.0) / centred_norm
     return min(a, 1.0), (i, j)
 
 
@@ -266,13 +262,19 @@ class TalkBounds:
         }
 
 
-def talk_bounds(t: TalkLoRA) -> TalkBounds:
-    require_routed(require_instance("t", t, TalkLoRA))
-    T = t.T.weight.detach().to("cpu", F64)  # (E, E)
-    E, d = t.num_experts, t.config.head_dim
-    W = t.router.logits.dense().detach().to("cpu", F64) if t.router is not None else None
-    if W is None:
-        raise NoRouterError("TalkLoRA without a router")
+def talk_bounds(t: Adapter) -> TalkBounds:
+    """The per-head bounds of an adapter with a talking module T (`HasTalking`: TalkLoRA): ‖T‖₂,
+    ‖T e_j‖₂ and the head-j bounds, for the router W_r over E heads of size d = r / E."""
+    t = require_routed(t)
+    if not isinstance(t, HasTalking):
+        raise ArgumentTypeError(
+            f"t={type(t).__name__}: expected a TalkLoRA or another adapter with a talking module "
+            "(`.talking`, moelora_core.adapter.HasTalking)"
+        )
+    T = t.talking.dense().detach().to("cpu", F64)  # (E, E)
+    W = logit_factors(t)[-1].dense().detach().to("cpu", F64)  # W_r: (E, E d)
+    E = T.shape[0]
+    d = W.shape[1] // E
     talk_norm = spectral_norm(T, "T").lower  # ‖T‖₂ as measured (compared with 1)
     att = torch.linalg.vector_norm(T, dim=0)  # (E,) column norms ‖T e_j‖₂
     w_norm = spectral_norm(W, "W_r").upper

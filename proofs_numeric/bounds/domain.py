@@ -29,6 +29,8 @@ from moelora_core.errors import (
 )
 from moelora_core.validate import require_real
 
+from .rigorous import all_finite
+
 DomainKind = Literal["unconstrained", "ball", "points"]
 
 
@@ -68,7 +70,7 @@ def require_adapter(adapter: object) -> Adapter:
             raise DTypeDeviceError(
                 f"adapter parameter {name}: on the meta device; expected parameters with values"
             )
-        if not bool(torch.isfinite(p).all()):
+        if not all_finite(p):
             raise NonFiniteError(f"adapter parameter {name}: non-finite values; expected finite")
     return adapter
 
@@ -76,7 +78,7 @@ def require_adapter(adapter: object) -> Adapter:
 def require_routed(adapter: object) -> Adapter:
     """The adapter, if it is a moelora_core Adapter with a router; project errors otherwise."""
     adapter = require_adapter(adapter)
-    if adapter.router is None or adapter.router_logit_map() is None:
+    if getattr(adapter, "router", None) is None or adapter.router_logit_map() is None:
         raise NoRouterError(
             f"adapter={type(adapter).__name__}: has no router; router bounds need a routed adapter "
             "(MoELoRA, HydraLoRA, TalkLoRA, CoMoL)"
@@ -123,7 +125,7 @@ def require_inputs(adapter: Adapter, inputs: object) -> Tensor | None:
             f"inputs: dtype={x.dtype}, device={x.device}; expected {ref.dtype} on {ref.device}, "
             "those of the adapter's parameters"
         )
-    if not bool(torch.isfinite(x).all()):  # checked even when per-call input checks are off
+    if not all_finite(x):  # checked even when per-call input checks are off
         bad = int((~torch.isfinite(x)).sum())
         raise NonFiniteError(f"inputs: {bad} non-finite value(s) (NaN or inf); expected finite")
     flat = x.detach().reshape(-1, adapter.in_features)

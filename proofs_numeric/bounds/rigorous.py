@@ -59,8 +59,18 @@ def up_t(x: Tensor) -> Tensor:
     return torch.nextafter(x, torch.full_like(x, INF))
 
 
+def all_finite(t: Tensor) -> bool:
+    """No NaN or inf in t. A finite sum (one pass) proves it, since a NaN or inf entry makes every
+    partial sum containing it NaN or inf; only a non-finite sum (also: an overflow of finite
+    entries) needs the entrywise check."""
+    with torch.no_grad():
+        if math.isfinite(float(t.sum())):
+            return True
+        return bool(torch.isfinite(t).all())
+
+
 def _finite(t: Tensor, what: str) -> Tensor:
-    if not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         raise CertificateError(f"{what}: non-finite intermediate (overflow); no certificate")
     return t
 
@@ -114,14 +124,14 @@ def matmul(A: Enclosure, B: Enclosure) -> Enclosure:
     return Enclosure(mid, rad)
 
 
-def matmul_floats(A: Tensor, B: Tensor | Enclosure) -> Enclosure:
+def matmul_floats(A: Tensor, B: Tensor | Enclosure, abs_a: Tensor | None = None) -> Enclosure:
     """`matmul(exact_t(A), B)` for a float64 CPU tensor A taken as exact (B exact too when given as
     a tensor), without forming or scanning zero radii: the same bound, |A|(rad_B + γ_k|B|), and
-    the same support mask."""
+    the same support mask. `abs_a`: |A| when the caller has it already (shared inputs)."""
     k = A.shape[-1]
     Bm, Br = (B, None) if isinstance(B, Tensor) else B.pair
     mid = A @ Bm
-    aA, aB = A.abs(), Bm.abs()
+    aA, aB = (A.abs() if abs_a is None else abs_a), Bm.abs()
     r = gamma(k) * (aA @ aB) if Br is None else aA @ (Br + gamma(k) * aB)
     rad = _bound(r, 2 * k + 2)
     if not bool(r.all()):  # entries with no nonzero term are exactly 0 (no underflow allowance)
@@ -200,7 +210,7 @@ def frob_upper(A: Enclosure) -> Tensor:
 def row_norms_upper(X: Tensor) -> Tensor:
     """Upper bound on ‖x‖₂ for every row of a float64 CPU tensor X taken as exact (N, n) -> (N,):
     `frob_upper` without the (zero) radius term."""
-    s = _bound((X * X).sum(-1), X.shape[-1] + 2)
+    s = _bound(torch.einsum("...i,...i->...", X, X), X.shape[-1] + 2)  # one pass, any order
     return _finite(up_t(s.sqrt()), "row norm")
 
 
@@ -291,6 +301,16 @@ def softmax_error(Z: Enclosure) -> tuple[Tensor, Tensor, Tensor]:
     dev = torch.maximum(p_up - p_hat, p_hat - p_lo).clamp_min(0.0)
     l1 = _finite(_bound((dev + U_ROUND * (p_up + p_hat)).sum(-1), E + 4), "routing error")
     return p_hat, _finite(p_up, "routing bound"), l1
+
+
+def centred_rows_norm_upper(P: Tensor) -> Tensor:
+    """Upper bound on ‖p − 1/E‖₂ for every float row p of P (N, E) (exact 1/E): the float norm of
+    fl(p − fl(1/E)) with its γ_{E+4} slack, plus u per entry for the two roundings of the difference
+    (|fl(1/E) − 1/E| <= u/E, |fl(d) − d| <= u|d|, so the vector errs by <= u‖d‖ + u/√E <= 2u in
+    2-norm for rows of the simplex)."""
+    E = P.shape[-1]
+    n = torch.linalg.vector_norm(P - 1.0 / E, dim=-1)
+    return _finite(up_t(_bound(n, E + 4) + 2.0 * U_ROUND), "routing deviation")
 
 
 def half_up(x: float) -> float:

@@ -21,9 +21,10 @@ from torch import Tensor
 from moelora_core.adapter import Adapter
 from moelora_core.maps import LinearMap
 
+from ..pairwise import pairwise_sq_distances
+from ..search import Fn, Probe, Region, SearchResult, search
 from .certified import logit_factors
 from .domain import Domain
-from .empirical import Fn, Probe, Region, SearchResult, search
 from .spectral import F64, centring
 
 PAIR_LOGIT = 12.0  # pair-target starts: logits of (i, j) this far above the rest (p_rest ~ e^-12)
@@ -70,10 +71,8 @@ def pair_targets(M: Tensor, count: int) -> Tensor:
         return torch.zeros(0, M.shape[1], dtype=F64)
     Pi = centring(E)
     PM = Pi @ M
-    G = PM @ PM.T
-    d2 = (G.diagonal().unsqueeze(0) + G.diagonal().unsqueeze(1) - 2 * G).triu(1)
     iu = torch.triu_indices(E, E, 1)
-    scores = d2[iu[0], iu[1]]
+    scores = pairwise_sq_distances(PM)[iu[0], iu[1]]  # ‖m_i − m_j‖² (centred), i < j
     order = torch.argsort(scores, descending=True)[:count]
     Z = torch.zeros(order.numel(), E, dtype=F64)
     rows = torch.arange(order.numel())

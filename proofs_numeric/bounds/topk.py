@@ -35,6 +35,7 @@ from moelora_core.validate import (
     require_tensor,
 )
 
+from ..pairwise import farthest_pair
 from .domain import require_routed
 from .spectral import F64, centring
 
@@ -124,6 +125,30 @@ def _bisect(
     return x0 + lo * u, x0 + hi * u
 
 
+def _witness(
+    adapter: Adapter, L: Tensor, k: int, epsilon: float, x: Tensor, xp: Tensor
+) -> TopKWitness:
+    """The pair (x, x') across a change of the kept set, with the adapter's own routing jump."""
+    ref = adapter.reference
+    with torch.no_grad(), input_checks(False):
+        g = adapter.routing(torch.stack([x, xp]).to(dtype=ref.dtype, device=ref.device))
+    assert g is not None
+    g = g.to(F64).cpu()
+    kept = _kept(L, torch.stack([x, xp]), k)
+    return TopKWitness(
+        top_k=k,
+        epsilon=epsilon,
+        distance=float(torch.linalg.vector_norm(x - xp)),
+        jump=float(torch.linalg.vector_norm(g[0] - g[1])),
+        kept=(
+            [int(i) for i in kept[0].nonzero().flatten()],
+            [int(i) for i in kept[1].nonzero().flatten()],
+        ),
+        x=x,
+        x_prime=xp,
+    )
+
+
 def topk_witness(
     adapter: Adapter, L: Tensor, k: int, epsilon: float, seed: int = 0, starts: int = 4
 ) -> TopKWitness | None:
@@ -142,11 +167,10 @@ def topk_witness(
     L = L.cpu()
     E, n = L.shape
     PL = centring(E) @ L
-    G = PL @ PL.T
-    d2 = (G.diagonal().unsqueeze(0) + G.diagonal().unsqueeze(1) - 2 * G).triu(1)
-    if E < 2 or k >= E or float(d2.max()) <= 1e-24 * max(1.0, float(G.diagonal().max())):
+    a, b, d2 = farthest_pair(PL)  # ‖l_a − l_b‖² largest, a < b
+    scale = max(1.0, float(torch.linalg.vector_norm(PL, dim=1).max()) ** 2)  # max_i ‖l_i‖²
+    if E < 2 or k >= E or float(d2[a, b]) <= 1e-24 * scale:
         return None
-    a, b = divmod(int(torch.argmax(d2)), E)
     u = PL[a] - PL[b]
     u = u / torch.linalg.vector_norm(u)
     others = [j for j in range(E) if j not in (a, b)]
@@ -159,31 +183,12 @@ def topk_witness(
     candidates = [x_target] + [
         scale * torch.randn(n, generator=gen, dtype=F64) / n**0.5 for _ in range(starts)
     ]
-    ref = adapter.reference
     best: TopKWitness | None = None
     for c, x0 in enumerate(candidates):  # a handful of line searches, not a forward-pass loop
         pair = _bisect(L, x0, u, k, epsilon, at_tie=c == 0)
         if pair is None:
             continue
-        x, xp = pair
-        with torch.no_grad(), input_checks(False):
-            g = adapter.routing(torch.stack([x, xp]).to(dtype=ref.dtype, device=ref.device))
-        assert g is not None
-        g = g.to(F64).cpu()
-        jump = float(torch.linalg.vector_norm(g[0] - g[1]))
-        kept = _kept(L, torch.stack([x, xp]), k)
-        w = TopKWitness(
-            top_k=k,
-            epsilon=epsilon,
-            distance=float(torch.linalg.vector_norm(x - xp)),
-            jump=jump,
-            kept=(
-                [int(i) for i in kept[0].nonzero().flatten()],
-                [int(i) for i in kept[1].nonzero().flatten()],
-            ),
-            x=x,
-            x_prime=xp,
-        )
+        w = _witness(adapter, L, k, epsilon, *pair)
         if best is None or w.jump > best.jump:
             best = w
         if c == 0 and w.jump >= 1e-3:  # the aimed-at tie worked: no need for the random starts
