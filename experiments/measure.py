@@ -2,9 +2,9 @@
 
 1. `capture_inputs` runs held-out text through the model with forward hooks on every `AdaptedLinear`
    and keeps, per layer, the inputs x of real (non-padding) tokens: X ∈ R^{N x n}.
-2. `measure_layer` hands X to `proofs_numeric.bounds` (for a gate the architecture declares
-   ½‖W‖-Lipschitz, `router_lipschitz == "half_norm"`: certified router-Lipschitz bounds in product and
-   tight form, an empirical lower bound and the gap; TalkLoRA's ‖T‖₂ and per-head attenuation ‖T e_j‖₂;
+2. `measure_layer` hands X to `proofs_numeric.bounds` (which asks the architecture what applies: for a
+   gate declared ½‖W‖-Lipschitz, certified router-Lipschitz bounds in product and tight form, an
+   empirical lower bound and the gap; a Lipschitz chain for a non-linear adapter; else the reason; TalkLoRA's ‖T‖₂ and per-head attenuation ‖T e_j‖₂;
    routing statistics of g(X), a k-hot mask gate's as the uniform distribution over its k experts),
    and adds the perturbation amplification of the router under Gaussian
    input noise, an empirical quantity that the certified bound must dominate:
@@ -141,9 +141,10 @@ def measure_layer(
     scales = tuple(scales)
     with input_checks(False):
         out: dict[str, Any] = {"arch": type(a).family, "tokens": int(X.shape[0])}
-        # the certified router bounds hold for gates that are ½‖W‖-Lipschitz (softmax) only
-        certified = type(a).router_lipschitz == "half_norm"
-        out["bounds"] = layer_report(a, inputs=X, seed=seed).to_dict() if certified else None
+        # bounds for a routed or a non-linear layer; `layer_report` asks the architecture which
+        # apply (certified for a ½‖W‖-Lipschitz gate, a Lipschitz chain, or why there is none)
+        bounded = a.routing_kind != "none" or not type(a).linear_experts
+        out["bounds"] = layer_report(a, inputs=X, seed=seed).to_dict() if bounded else None
         g = a.routing(X)  # (N, E)
         if g is not None and a.routing_kind == "mask":  # k-hot: uniform over its k experts
             g = g / g.sum(-1, keepdim=True).clamp_min(1.0)
