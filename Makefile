@@ -24,6 +24,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy moelora_core proofs_numeric
 	$(BIN)/mypy --strict benchmarks
+	$(BIN)/mypy --strict experiments
 
 theorems: $(STAMP)
 	$(BIN)/pytest -m theorems -q

@@ -9,8 +9,11 @@ Equal total rank r = E·r_e (the width of the stacked latent that B reads): LoRA
 experts of rank r_e; HydraLoRA a shared A of rank r_e and E heads; TalkLoRA rank r in E heads; CoMoL
 rank r with N = E cores. One step is forward + backward to x and to every trainable parameter.
 
-Per layer: Δ ms (the adapter alone), the MAC ratio to LoRA from the architecture's own formula
-(`proofs_numeric.complexity.macs_formula`; the sparse top-k rows `moelora_core.sparse.sparse_macs`),
+Every layer is built through the registry from one generic spec (`proofs_numeric.specs.LayerSpec`:
+rank r, E experts of rank r_e, the scale, and the row's router / top-k), so a registered architecture
+joins the table by one `Layer` row. Per layer: Δ ms (the adapter alone), the MAC ratio to LoRA from the
+architecture's own formula (`adapter.macs_formula()`; on the sparse top-k rows
+`adapter.sparse_macs_formula()`),
 time ÷ floor = (Δ time / LoRA Δ time) ÷ MAC ratio (1.00 = as fast per multiply–add as LoRA's two
 matmuls), the whole layer y = W0 x + Δ(x) against PEFT's LoRA layer on the same nn.Linear measured in
 the same run, saved-activation bytes and peak memory. Sweeps over E (r_e fixed) and tokens fit the
@@ -32,23 +35,11 @@ import torch.nn.functional as F
 from measure import Memory, RoundRobin, loglog_slope, machine, memory
 from torch import Tensor, nn
 
-from moelora_core import (
-    Adapter,
-    CoMoL,
-    CoMoLConfig,
-    HydraLoRA,
-    HydraLoRAConfig,
-    LoRA,
-    LoRAConfig,
-    MoELoRA,
-    MoELoRAConfig,
-    TalkLoRA,
-    TalkLoRAConfig,
-    input_checks,
-)
-from moelora_core.sparse import Mode, sparse_macs, sparse_mode
-from proofs_numeric.complexity import macs_formula
+from moelora_core import Adapter, input_checks
+from moelora_core.registry import create
+from moelora_core.sparse import Mode, sparse_mode
 from proofs_numeric.jsonio import write_json_atomic
+from proofs_numeric.specs import LayerSpec, config_for
 
 SCALE = 0.5
 
@@ -66,68 +57,60 @@ class Shape:
         return self.E * self.re
 
 
-@dataclass(frozen=True)
-class Layer:
-    key: str
-    build: Callable[[Shape], Adapter]
-    mode: Mode = "auto"  # sparse top-k path: forced dense, forced sparse, or the automatic choice
-
-
 def _top(s: Shape) -> int:
     return min(2, s.E)
 
 
-def build_lora(s: Shape) -> LoRA:
-    return LoRA(LoRAConfig(in_features=s.n, out_features=s.m, rank=s.r, scale=SCALE))
+Options = Callable[[Shape], dict[str, Any]]
 
 
-def build_moelora(s: Shape, **config: Any) -> MoELoRA:
-    """E experts of rank r_e at the shape's sizes; `config` adds router / top_k."""
-    cfg = MoELoRAConfig(
-        in_features=s.n, out_features=s.m, num_experts=s.E, expert_rank=s.re, scale=SCALE, **config
-    )
-    return MoELoRA(cfg)
+def _no_options(s: Shape) -> dict[str, Any]:
+    return {}
 
 
-def build_hydralora(s: Shape, **config: Any) -> HydraLoRA:
-    cfg = HydraLoRAConfig(
-        in_features=s.n, out_features=s.m, num_experts=s.E, expert_rank=s.re, scale=SCALE, **config
-    )
-    return HydraLoRA(cfg)
+def _top2(s: Shape) -> dict[str, Any]:
+    return {"top_k": _top(s)}
 
 
-def build_talklora(s: Shape, **config: Any) -> TalkLoRA:
-    cfg = TalkLoRAConfig(
-        in_features=s.n, out_features=s.m, rank=s.r, num_experts=s.E, scale=SCALE, **config
-    )
-    return TalkLoRA(cfg)
+@dataclass(frozen=True)
+class Layer:
+    """One row: a registered family, built at a shape from `LayerSpec(rank=r, experts=E,
+    expert_rank=r_e, scale=SCALE, **options(shape))`."""
+
+    key: str
+    family: str
+    options: Options = _no_options  # the row's router, top_k, core_router
+    mode: Mode = "auto"  # sparse top-k path: forced dense, forced sparse, or the automatic choice
+
+    def config(self, s: Shape) -> Any:
+        spec = LayerSpec(rank=s.r, experts=s.E, expert_rank=s.re, scale=SCALE, **self.options(s))
+        return config_for(self.family, spec, in_features=s.n, out_features=s.m)
+
+    def build(self, s: Shape, device: str | None = None) -> Adapter:
+        return create(self.config(s), device=device)
 
 
-def build_comol(s: Shape, **config: Any) -> CoMoL:
-    cfg = CoMoLConfig(
-        in_features=s.n, out_features=s.m, rank=s.r, num_cores=s.E, scale=SCALE, **config
-    )
-    return CoMoL(cfg)
-
-
+LORA = Layer("LoRA", "lora")
 LAYERS = [
-    Layer("LoRA", build_lora),
-    Layer("MoELoRA input", build_moelora),
-    Layer("MoELoRA latent", lambda s: build_moelora(s, router="latent")),
-    Layer("MoELoRA top-2 dense", lambda s: build_moelora(s, top_k=_top(s)), "dense"),
-    Layer("MoELoRA top-2 sparse", lambda s: build_moelora(s, top_k=_top(s)), "sparse"),
-    Layer("HydraLoRA", build_hydralora),
-    Layer("HydraLoRA top-2 sparse", lambda s: build_hydralora(s, top_k=_top(s)), "sparse"),
-    Layer("TalkLoRA", build_talklora),
-    Layer("CoMoL core router", build_comol),
-    Layer("CoMoL w/o CR", lambda s: build_comol(s, core_router=False)),
+    LORA,
+    Layer("MoELoRA input", "moelora"),
+    Layer("MoELoRA latent", "moelora", lambda s: {"router": "latent"}),
+    Layer("MoELoRA top-2 dense", "moelora", _top2, "dense"),
+    Layer("MoELoRA top-2 sparse", "moelora", _top2, "sparse"),
+    Layer("HydraLoRA", "hydralora"),
+    Layer("HydraLoRA top-2 sparse", "hydralora", _top2, "sparse"),
+    Layer("TalkLoRA", "talklora"),
+    Layer("CoMoL core router", "comol"),
+    Layer("CoMoL w/o CR", "comol", lambda s: {"core_router": False}),
 ]
 
 
 def macs(mod: Adapter, mode: Mode) -> int:
-    if mode == "sparse" and isinstance(mod, MoELoRA | HydraLoRA | TalkLoRA | CoMoL):
-        return sparse_macs(mod)
-    return int(macs_formula(mod).subs(mod.param_subs()))
+    """Multiply–adds per token from the architecture's own formula (its sparse one on a forced-sparse
+    row, where it has a sparse path)."""
+    sparse = mod.sparse_macs_formula() if mode == "sparse" else None
+    formula = sparse if sparse is not None else mod.macs_formula()
+    return int(formula.subs(mod.subs()))
 
 
 def peft_layer(base: nn.Linear, r: int) -> nn.Module:
@@ -185,7 +168,7 @@ def run_shape(
     if not sweep:
         peft = peft_layer(base, s.r)
         rr.add("PEFT", peft, x, dy, [p for p in peft.parameters() if p.requires_grad])
-    lora_macs = macs(LoRA(LoRAConfig(in_features=s.n, out_features=s.m, rank=s.r)), "auto")
+    lora_macs = macs(LORA.build(s, device="meta"), "auto")
     built: list[tuple[Layer, Adapter, Memory | None]] = []
     for layer in layers:
         mod = layer.build(s).to(dtype=dtype, device=device).randomize_(args.seed)

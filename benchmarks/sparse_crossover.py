@@ -20,53 +20,36 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from layers import (
-    Shape,
-    build_comol,
-    build_hydralora,
-    build_lora,
-    build_moelora,
-    build_talklora,
-    macs,
-)
+from layers import LORA, Layer, Shape, macs
 from measure import machine, make_step, timer
 from torch import Tensor
 
-from moelora_core import (
-    Adapter,
-    CoMoL,
-    HydraLoRA,
-    MoELoRA,
-    TalkLoRA,
-    input_checks,
-)
+from moelora_core import Adapter, input_checks
 from moelora_core.sparse import (
     COMOL_MAX_FRACTION,
     SPARSE_MAX_FRACTION,
     SPARSE_MIN_TOKENS,
     Mode,
-    sparse_macs,
     sparse_mode,
 )
 from proofs_numeric.jsonio import write_json_atomic
 
 K = 2
-ARCHS: dict[str, Callable[[Shape], MoELoRA | HydraLoRA | TalkLoRA | CoMoL]] = {
-    "MoELoRA input": lambda s: build_moelora(s, top_k=K),
-    "MoELoRA latent": lambda s: build_moelora(s, router="latent", top_k=K),
-    "HydraLoRA": lambda s: build_hydralora(s, top_k=K),
-    "TalkLoRA": lambda s: build_talklora(s, top_k=K),
-    "CoMoL w/o CR": lambda s: build_comol(s, core_router=False, top_k=K),
-}
+ARCHS: list[Layer] = [  # every row at top-k = K, built through the registry (layers.Layer)
+    Layer("MoELoRA input", "moelora", lambda s: {"top_k": K}),
+    Layer("MoELoRA latent", "moelora", lambda s: {"router": "latent", "top_k": K}),
+    Layer("HydraLoRA", "hydralora", lambda s: {"top_k": K}),
+    Layer("TalkLoRA", "talklora", lambda s: {"top_k": K}),
+    Layer("CoMoL w/o CR", "comol", lambda s: {"core_router": False, "top_k": K}),
+]
 
 
-def paired(s: Shape, build: Callable[[Shape], Adapter], args: argparse.Namespace) -> dict[str, Any]:
+def paired(s: Shape, layer: Layer, args: argparse.Namespace) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(s.tokens, s.n, generator=gen).requires_grad_()
     dy = torch.randn(s.tokens, s.m, generator=gen)
-    lora = build_lora(s)
-    mod = build(s).randomize_(args.seed)
-    assert isinstance(mod, MoELoRA | HydraLoRA | TalkLoRA | CoMoL)
+    lora = LORA.build(s)
+    mod = layer.build(s).randomize_(args.seed)
 
     def f(a: Adapter, mode: Mode) -> Callable[[Tensor], Tensor]:
         def g(t: Tensor) -> Tensor:
@@ -92,7 +75,7 @@ def paired(s: Shape, build: Callable[[Shape], Adapter], args: argparse.Namespace
     vs_lora = statistics.median(
         a / b for a, b in zip(rounds["sparse"], rounds["lora"], strict=True)
     )
-    mac_ratio = sparse_macs(mod) / macs(lora, "auto")
+    mac_ratio = macs(mod, "sparse") / macs(lora, "auto")
     return {
         "E": s.E,
         "sparse_ms": 1e3 * statistics.median(rounds["sparse"]),
@@ -122,10 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.pairs = 1
     rows: dict[str, list[dict[str, Any]]] = {}
-    for name, build in ARCHS.items():
+    for layer in ARCHS:
         for E in experts:
-            print(f"  {name} E={E}", file=sys.stderr)
-            rows.setdefault(name, []).append(paired(Shape(n, n, E, re_, tokens), build, args))
+            print(f"  {layer.key} E={E}", file=sys.stderr)
+            rows.setdefault(layer.key, []).append(paired(Shape(n, n, E, re_, tokens), layer, args))
     mach = machine(torch.device("cpu"), args.threads)
     print(
         f"## sparse ÷ dense top-{K} time (sparse ÷ its floor), n = m = {n}, r_e = {re_}, "

@@ -33,8 +33,10 @@ __all__ = [
     "CheckpointError",
     "adapter_state_dict",
     "check_state",
+    "listing",
     "load_adapter_state",
     "load_adapters",
+    "problem_lines",
     "read_spec",
     "save_adapters",
 ]
@@ -189,9 +191,19 @@ def _read_tensors(directory: Path, spec: AdapterSpec) -> dict[str, Tensor]:
     return tensors
 
 
-def _head(items: list[str], limit: int = 24) -> str:
+def listing(items: list[str], limit: int = 24) -> str:
+    """`[a, b, ... and N more]`: at most `limit` items of a list for an error message."""
     shown = ", ".join(items[:limit])
     return f"[{shown}{f', ... and {len(items) - limit} more' if len(items) > limit else ''}]"
+
+
+def problem_lines(**kinds: list[str]) -> list[str]:
+    """One indented line per non-empty kind: `  missing keys (3): [...]` (underscores as spaces)."""
+    return [
+        f"  {kind.replace('_', ' ')} ({len(items)}): {listing(items)}"
+        for kind, items in kinds.items()
+        if items
+    ]
 
 
 def check_state(
@@ -203,21 +215,18 @@ def check_state(
 ) -> None:
     """Raise CheckpointError listing missing keys, unexpected keys and shape conflicts (if any)."""
     origin = origin or {}
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
     conflicts = [
         f"{k}{' (from ' + origin[k] + ')' if k in origin else ''}: checkpoint {tuple(got[k])}, model {tuple(expected[k])}"
         for k in sorted(set(expected) & set(got))
         if tuple(expected[k]) != tuple(got[k])
     ]
-    if missing or unexpected or conflicts:
-        lines = [f"{what} does not fit the model:"]
-        lines += [f"  missing keys ({len(missing)}): {_head(missing)}"] if missing else []
-        lines += (
-            [f"  unexpected keys ({len(unexpected)}): {_head(unexpected)}"] if unexpected else []
-        )
-        lines += [f"  shape conflicts ({len(conflicts)}): {_head(conflicts)}"] if conflicts else []
-        raise CheckpointError("\n".join(lines))
+    lines = problem_lines(
+        missing_keys=sorted(set(expected) - set(got)),
+        unexpected_keys=sorted(set(got) - set(expected)),
+        shape_conflicts=conflicts,
+    )
+    if lines:
+        raise CheckpointError("\n".join([f"{what} does not fit the model:", *lines]))
 
 
 def _targets(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:

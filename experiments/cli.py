@@ -12,9 +12,8 @@ import importlib
 import importlib.util
 from typing import Any
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 # name -> (module in this package, function); one line each.
 LAZY: dict[str, tuple[str, str]] = {
@@ -38,7 +37,8 @@ def _docstring(module: str, function: str) -> str:
     return ""
 
 
-def _load(name: str) -> click.Command:
+def _load(name: str) -> Any:
+    """The click command (typer's) of LAZY command `name`, its module imported now."""
     module, function = LAZY[name]
     fn = getattr(importlib.import_module(f".{module}", __package__), function)
     one = typer.Typer(add_completion=False)
@@ -46,22 +46,25 @@ def _load(name: str) -> click.Command:
     return typer.main.get_command(one)
 
 
+# The context, formatter and command types of TyperGroup's methods are those of the click that typer
+# uses: the `click` package up to typer 0.2x, its private vendored copy (`typer._click`) since. They
+# are spelled `Any` here so that the overrides fit either.
 class LazyGroup(TyperGroup):
     """A Typer group whose LAZY commands are imported on first use; listings read their docstrings."""
 
     _listing = False
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:
         return [*super().list_commands(ctx), *(n for n in LAZY if n not in self.commands)]
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name in LAZY and cmd_name not in self.commands:
             if self._listing:  # the help listing needs the one-line help only
-                return click.Command(cmd_name, help=_docstring(*LAZY[cmd_name]))
+                return TyperCommand(cmd_name, help=_docstring(*LAZY[cmd_name]))
             self.add_command(_load(cmd_name), cmd_name)
         return super().get_command(ctx, cmd_name)
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> Any:
+    def format_help(self, ctx: Any, formatter: Any) -> Any:
         self._listing = True
         try:
             return super().format_help(ctx, formatter)
@@ -103,7 +106,7 @@ def claims(
 )
 def study(ctx: typer.Context) -> None:
     """Seeds x architectures x tasks x budgets: train, measure, paired statistics (--help for options)."""
-    from moelora_experiments.study.cli import main
+    from .study.cli import main
 
     raise typer.Exit(main(list(ctx.args)))
 
@@ -115,7 +118,7 @@ def study(ctx: typer.Context) -> None:
 )
 def demo(ctx: typer.Context) -> None:
     """What `make demo` runs: `moelora study --preset demo` (every architecture x 5 seeds; runs/demo)."""
-    from moelora_experiments.study.cli import main
+    from .study.cli import main
 
     raise typer.Exit(main(["--preset", "demo", *ctx.args]))
 

@@ -24,8 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from torch import nn
+
+from moelora_core.adapter import Adapter
 from moelora_core.errors import ConfigError
 
+from .auxiliary import AUX_LOSS_WEIGHT, adapters_of, check_weight, with_auxiliary
 from .durable import CheckpointError, load_safetensors, publish_dir, read_json, remove_stale
 from .durable import safe_torch_load as _safe_load
 from .inject import AdapterSpec
@@ -38,10 +42,31 @@ STAGING = ".tmp-checkpoint-"
 def _trainer_cls() -> Any:
     from transformers import Trainer
 
-    class DurableTrainer(Trainer):  # type: ignore[misc]
-        """Trainer whose checkpoints are atomic and durable (staged, fsynced, renamed)."""
+    class DurableTrainer(Trainer):
+        """Trainer whose checkpoints are atomic and durable (staged, fsynced, renamed), and whose
+        training loss adds `aux_loss_weight` · Σ the adapters' auxiliary losses."""
 
         _staging: Path | None = None
+        aux_loss_weight: float = AUX_LOSS_WEIGHT
+        _adapters: list[Adapter] | None = None
+
+        def compute_loss(
+            self,
+            model: nn.Module,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            out = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+            if not model.training:  # evaluation reports the task loss alone
+                return out
+            if self._adapters is None:
+                self._adapters = adapters_of(model)
+            if isinstance(out, tuple):  # return_outputs: (loss, outputs)
+                return with_auxiliary(out[0], self._adapters, self.aux_loss_weight), out[1]
+            return with_auxiliary(out, self._adapters, self.aux_loss_weight)
 
         def _get_output_dir(self, trial: Any) -> str:
             if self._staging is not None:
@@ -79,7 +104,7 @@ def _trainer_cls() -> Any:
 def _plain_progress(stream: TextIO) -> Any:
     from transformers import TrainerCallback
 
-    class PlainProgress(TrainerCallback):  # type: ignore[misc]
+    class PlainProgress(TrainerCallback):
         """One line per log event on `stream` (for logs that are not a terminal)."""
 
         def __init__(self) -> None:
@@ -193,8 +218,10 @@ def make_trainer(
     *,
     progress: bool = True,
     stream: TextIO | None = None,
+    aux_loss_weight: float = AUX_LOSS_WEIGHT,
 ) -> Any:
-    """A DurableTrainer with plain progress lines when the stream is not a terminal."""
+    """A DurableTrainer with plain progress lines when the stream is not a terminal; its training
+    loss adds `aux_loss_weight` · Σ the adapters' auxiliary losses."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer = _trainer_cls()(
@@ -204,6 +231,7 @@ def make_trainer(
         eval_dataset=eval_ds,
         data_collator=data_collator,
     )
+    trainer.aux_loss_weight = check_weight(aux_loss_weight)
     if progress and not (stream or sys.stderr).isatty():
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(_plain_progress(stream or sys.stderr))

@@ -2,11 +2,11 @@ r"""Model-level injection: wrap matching linear layers of any torch / transforme
 
 Each matched layer becomes `AdaptedLinear`, computing
 
-    y = W0 x + b0 + Δ(x)        (W0, b0 frozen; Δ one of the five architectures of `moelora_core`)
+    y = W0 x + b0 + Δ(x)        (W0, b0 frozen; Δ any architecture of `moelora_core.registry`)
 
-The *module type* of a layer is the target suffix it matched (e.g. "q_proj"); layers of one type may
-share parameters across depth: TalkLoRA's `B = [B_1 ... B_E]` (`shared_b`, as in the TalkLoRA reference
-code) and CoMoL's `(A, B)` (`shared_ab`). With sharing, shapes within a type must agree (under GQA
+The *module type* of a layer is the target suffix it matched (e.g. "q_proj"); with `spec.shared`, the
+layers of one type share the architecture's shared part across depth (TalkLoRA's `B = [B_1 ... B_E]`,
+as in the TalkLoRA reference code; CoMoL's `(A, B)`). With sharing, shapes within a type must agree (under GQA
 `k_proj` differs from `q_proj`, which is fine: they are different types; GPT-2's attention and MLP
 `c_proj` differ and share a suffix, so name the types with a regex group:
 `target_regex=r".*\.(attn\.c_proj|mlp\.c_proj)"` gives the types "attn.c_proj" and "mlp.c_proj", since
@@ -15,25 +15,17 @@ a regex's first group, when it has one, is the module type).
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import sympy as sp
 import torch
 from torch import Tensor, nn
 
-from moelora_core import symbols as S
 from moelora_core.adapter import Adapter
-from moelora_core.comol import CoMoL, CoMoLConfig
 from moelora_core.errors import ConfigError, ShapeError
-from moelora_core.hydralora import HydraLoRA, HydraLoRAConfig
-from moelora_core.lora import LoRA, LoRAConfig
-from moelora_core.maps import Dense
-from moelora_core.moelora import MoELoRA, MoELoRAConfig, RouterKind
-from moelora_core.registry import ARCHITECTURES
-from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
+from moelora_core.registry import architecture
+
+from .spec import AdapterSpec
 
 __all__ = [
     "AdaptedLinear",
@@ -46,122 +38,6 @@ __all__ = [
     "remove_adapters",
     "trainable_report",
 ]
-
-
-@dataclass(frozen=True)
-class AdapterSpec:
-    """Which architecture to inject where, with its hyper-parameters. JSON-serialisable."""
-
-    arch: str  # "lora" | "moelora" | "hydralora" | "talklora" | "comol"
-    targets: tuple[str, ...] = ()  # module-name suffixes, e.g. ("q_proj", "v_proj")
-    target_regex: str | None = None  # or one regex, full-matched against qualified module names
-    rank: int = 8  # total rank r (LoRA, TalkLoRA, CoMoL)
-    experts: int = 4  # E (MoELoRA, HydraLoRA, TalkLoRA) or N (CoMoL)
-    expert_rank: int | None = None  # r_e of the MoE baselines; default rank // experts
-    router: str = "input"  # MoELoRA: "input" | "latent"
-    top_k: int | None = None
-    core_router: bool = True  # CoMoL
-    shared_b: bool = False  # TalkLoRA: B shared by the layers of one module type
-    shared_ab: bool = False  # CoMoL: A, B shared by the layers of one module type
-    scale: float = 1.0  # s = alpha / r
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.arch, str) or self.arch not in ARCHITECTURES:
-            raise ConfigError(f"arch={self.arch!r}: expected one of {sorted(ARCHITECTURES)}")
-        if isinstance(self.targets, str):  # a bare string would become its characters
-            raise ConfigError(
-                f"targets={self.targets!r}: expected a tuple of module-name suffixes, e.g. "
-                f"({self.targets!r},), not a string"
-            )
-        try:
-            object.__setattr__(self, "targets", tuple(self.targets))
-        except TypeError:
-            raise ConfigError(
-                f"targets={self.targets!r}: expected a tuple of module-name suffixes"
-            ) from None
-        if not all(isinstance(t, str) and t for t in self.targets):
-            raise ConfigError(f"targets={self.targets!r}: expected non-empty module-name suffixes")
-        if bool(self.targets) == (self.target_regex is not None):
-            raise ConfigError(
-                f"targets={self.targets!r}, target_regex={self.target_regex!r}: "
-                "expected exactly one of them (suffixes or one regex)"
-            )
-        if self.target_regex is not None:
-            if not isinstance(self.target_regex, str):
-                raise ConfigError(f"target_regex={self.target_regex!r}: expected a string")
-            try:
-                re.compile(self.target_regex)
-            except re.error as e:
-                raise ConfigError(
-                    f"target_regex={self.target_regex!r}: not a valid regex ({e})"
-                ) from None
-        self._check_types()
-        if self.router not in ("input", "latent"):
-            raise ConfigError(f"router={self.router!r}: expected 'input' or 'latent'")
-        if self.shared_b and self.arch != "talklora":
-            raise ConfigError(f"shared_b=True with arch={self.arch!r}: expected arch='talklora'")
-        if self.shared_ab and self.arch != "comol":
-            raise ConfigError(f"shared_ab=True with arch={self.arch!r}: expected arch='comol'")
-        if self.arch in ("moelora", "hydralora") and self.resolved_expert_rank < 1:
-            raise ConfigError(
-                f"expert_rank={self.expert_rank!r} (rank={self.rank}, experts={self.experts}): "
-                "expected a per-expert rank >= 1 (set expert_rank, or rank >= experts)"
-            )
-        core_config(self, 1, 1)  # the architecture's own checks (rank % E, top_k <= E, ...)
-
-    def _check_types(self) -> None:
-        for name in ("rank", "experts", "expert_rank", "top_k"):
-            v = getattr(self, name)
-            if v is None and name in ("expert_rank", "top_k"):
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name}={v!r}: expected an integer >= 1")
-        for name in ("core_router", "shared_b", "shared_ab"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name}={getattr(self, name)!r}: expected True or False")
-        s = self.scale
-        if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s):
-            raise ConfigError(f"scale={s!r}: expected a finite float")
-
-    @property
-    def resolved_expert_rank(self) -> int:
-        """r_e: `expert_rank` if given, else rank // experts."""
-        return (
-            self.expert_rank if self.expert_rank is not None else self.rank // max(1, self.experts)
-        )
-
-    def matches(self, name: str) -> str | None:
-        """The module type `name` matches: the target suffix; for a regex, its first group if it has one
-        (e.g. `.*\\.(attn\\.c_proj|mlp\\.c_proj)` gives 'attn.c_proj' and 'mlp.c_proj'), else the last
-        name part."""
-        if self.target_regex is not None:
-            found = re.fullmatch(self.target_regex, name)
-            if found is None:
-                return None
-            group = found.group(1) if found.re.groups and found.group(1) else None
-            return group or name.rsplit(".", 1)[-1]
-        for t in self.targets:
-            if name == t or name.endswith("." + t):
-                return t
-        return None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["targets"] = list(self.targets)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AdapterSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(
-                f"adapter spec keys {unknown}: not recognised; expected a subset of {sorted(known)}"
-            )
-        kw = dict(d)
-        if "targets" in kw:
-            kw["targets"] = tuple(kw["targets"])
-        return cls(**kw)
 
 
 def linear_features(module: nn.Module) -> tuple[int, int] | None:
@@ -211,64 +87,24 @@ class AdaptedLinear(nn.Module):
         return f"name={self.name!r}, type={self.module_type!r}, arch={self.spec.arch!r}"
 
 
-Shared = Dense | tuple[Dense, Dense]
-
-
-def core_config(spec: AdapterSpec, in_features: int, out_features: int) -> Any:
-    """The `moelora_core` config of `spec` for an `in_features -> out_features` layer."""
-    n, m, s, k = in_features, out_features, spec.scale, spec.top_k
-    if spec.arch == "lora":
-        return LoRAConfig(in_features=n, out_features=m, rank=spec.rank, scale=s)
-    if spec.arch in ("moelora", "hydralora"):
-        kw = dict(in_features=n, out_features=m, num_experts=spec.experts, top_k=k, scale=s)
-        r_e = spec.resolved_expert_rank
-        if spec.arch == "hydralora":
-            return HydraLoRAConfig(expert_rank=r_e, **kw)  # type: ignore[arg-type]
-        router: RouterKind = "latent" if spec.router == "latent" else "input"
-        return MoELoRAConfig(expert_rank=r_e, router=router, **kw)  # type: ignore[arg-type]
-    if spec.arch == "talklora":
-        return TalkLoRAConfig(
-            in_features=n, out_features=m, rank=spec.rank, num_experts=spec.experts, top_k=k,
-            scale=s, share_b=spec.shared_b,
-        )  # fmt: skip
-    return CoMoLConfig(
-        in_features=n, out_features=m, rank=spec.rank, num_cores=spec.experts,
-        core_router=spec.core_router, top_k=k, scale=s, share_ab=spec.shared_ab,
-    )  # fmt: skip
-
-
 def build_adapter(
     spec: AdapterSpec,
     in_features: int,
     out_features: int,
     *,
-    shared: Shared | None = None,
+    shared: nn.Module | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> Adapter:
-    """One adapter for an `in_features -> out_features` layer; `shared` is the module type's shared part."""
-    cfg = core_config(spec, in_features, out_features)
-    if isinstance(cfg, TalkLoRAConfig):
-        b = shared if isinstance(shared, Dense) else None
-        if cfg.share_b and b is None:
-            b = TalkLoRA.shared_b(cfg, dtype=dtype, device=device)
-        return TalkLoRA(cfg, b=b, dtype=dtype, device=device)
-    if isinstance(cfg, CoMoLConfig):
-        ab = shared if isinstance(shared, tuple) else None
-        if cfg.share_ab and ab is None:
-            ab = CoMoL.shared_ab(cfg, dtype=dtype, device=device)
-        return CoMoL(cfg, ab=ab, dtype=dtype, device=device)
-    cls = {LoRAConfig: LoRA, MoELoRAConfig: MoELoRA, HydraLoRAConfig: HydraLoRA}[type(cfg)]
-    adapter: Adapter = cls(cfg, dtype=dtype, device=device)
-    return adapter
-
-
-def _shared_part(adapter: Adapter) -> Shared | None:
-    if isinstance(adapter, TalkLoRA) and adapter.config.share_b:
-        return adapter.B
-    if isinstance(adapter, CoMoL) and adapter.config.share_ab:
-        return (adapter.A, adapter.B)
-    return None
+    """One adapter for an `in_features -> out_features` layer; `shared` is the module type's shared
+    part (`Adapter.make_shared`; None: made here if the spec shares one)."""
+    cls = architecture(spec.arch)
+    return cls.create(
+        cls.config_from_spec(spec, in_features, out_features),
+        shared=shared,
+        dtype=dtype,
+        device=device,
+    )
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -339,12 +175,12 @@ def _wrap_all(
 ) -> dict[str, AdaptedLinear]:
     """Wrap every match; `done` records (name, base) of each replaced layer, for undoing."""
     shapes: dict[str, tuple[int, int]] = {}
-    shared: dict[str, Shared | None] = {}
+    shared: dict[str, nn.Module | None] = {}
     out: dict[str, AdaptedLinear] = {}
     for name, mtype, base in matches:
         feats = linear_features(base)
         assert feats is not None
-        if (spec.shared_b or spec.shared_ab) and shapes.setdefault(mtype, feats) != feats:
+        if spec.shared and shapes.setdefault(mtype, feats) != feats:
             raise ShapeError(
                 f"{name}: shape {feats[0]}->{feats[1]} differs from {shapes[mtype][0]}->{shapes[mtype][1]} "
                 f"of earlier layers of type {mtype!r}; expected equal shapes within a module type "
@@ -360,7 +196,7 @@ def _wrap_all(
             dtype=dtype or (w.dtype if floating else torch.float32),
             device=device or w.device,
         )
-        shared.setdefault(mtype, _shared_part(adapter))
+        shared.setdefault(mtype, adapter.shared_part())
         layer = AdaptedLinear(base, adapter, name, mtype, spec)
         _set_submodule(model, name, layer)
         done.append((name, base))
@@ -382,15 +218,6 @@ def remove_adapters(model: nn.Module) -> int:
     for name, layer in layers.items():
         _set_submodule(model, name, layer.base)
     return len(layers)
-
-
-def _shared_formula(adapter: Adapter) -> sp.Expr:
-    """Closed form of the parameters a module type shares once (not part of `param_formula`)."""
-    if isinstance(adapter, TalkLoRA) and adapter.config.share_b:
-        return S.r * S.m
-    if isinstance(adapter, CoMoL) and adapter.config.share_ab:
-        return S.r * (S.n + S.m)
-    return sp.Integer(0)
 
 
 @dataclass(frozen=True)
@@ -440,12 +267,12 @@ def trainable_report(model: nn.Module) -> TrainableReport:
         per_type[t] = per_type.get(t, 0) + sum(p.numel() for p in new if p.requires_grad)
         key = (type(a), a.config)
         if key not in cache:
-            cache[key] = a.param_formula_value()
+            cache[key] = int(a.param_formula().subs(a.subs()))
         first = t not in nlayers
         nlayers[t] = nlayers.get(t, 0) + 1
         formula[t] = formula.get(t, 0) + cache[key]
         if first:
-            formula[t] += int(_shared_formula(a).subs(a.param_subs()))
+            formula[t] += int(a.shared_param_formula().subs(a.subs()))
     other = base = 0
     seen: set[int] = set()
     for p in model.parameters():

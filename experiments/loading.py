@@ -61,7 +61,7 @@ class Placement:
 
 def _require_bitsandbytes() -> None:
     try:
-        import bitsandbytes  # type: ignore[import-not-found]  # noqa: F401
+        import bitsandbytes  # noqa: F401
     except ImportError:
         raise ConfigError(
             "--load-in-4bit: the bitsandbytes package is not installed "

@@ -2,9 +2,11 @@
 
 1. `capture_inputs` runs held-out text through the model with forward hooks on every `AdaptedLinear`
    and keeps, per layer, the inputs x of real (non-padding) tokens: X ∈ R^{N x n}.
-2. `measure_layer` hands X to `proofs_numeric.bounds` (certified router-Lipschitz bounds in product and
-   tight form, an empirical lower bound and the gap; TalkLoRA's ‖T‖₂ and per-head attenuation ‖T e_j‖₂;
-   routing statistics of g(X)), and adds the perturbation amplification of the router under Gaussian
+2. `measure_layer` hands X to `proofs_numeric.bounds` (which asks the architecture what applies: for a
+   gate declared ½‖W‖-Lipschitz, certified router-Lipschitz bounds in product and tight form, an
+   empirical lower bound and the gap; a Lipschitz chain for a non-linear adapter; else the reason; TalkLoRA's ‖T‖₂ and per-head attenuation ‖T e_j‖₂;
+   routing statistics of g(X), a k-hot mask gate's as the uniform distribution over its k experts),
+   and adds the perturbation amplification of the router under Gaussian
    input noise, an empirical quantity that the certified bound must dominate:
 
        amp(ε) = ‖g(x + δ) − g(x)‖₂ / ‖δ‖₂,   δ = ε · rms(x) · ξ,  ξ ~ N(0, I_n)
@@ -25,9 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from moelora_core.adapter import Adapter
-from moelora_core.errors import input_checks
-from moelora_core.talklora import TalkLoRA
+from moelora_core.adapter import Adapter, HasTalking
+from moelora_core.errors import ConfigError, input_checks
 
 from .peft_bridge import measurable_layers
 
@@ -94,11 +95,10 @@ def amplification(
     adapter: Adapter, X: Tensor, scales: Iterable[float], seed: int = 0
 ) -> dict[str, Any] | None:
     """Router perturbation ratios ‖g(x+δ) − g(x)‖ / ‖δ‖ at the rows of X; None without a router."""
-    if adapter.router is None:
+    g0 = adapter.routing(X)  # (N, E)
+    if g0 is None:
         return None
     gen = torch.Generator().manual_seed(seed)
-    g0 = adapter.routing(X)  # (N, E)
-    assert g0 is not None
     rms = X.norm(dim=-1, keepdim=True) / math.sqrt(X.shape[-1])  # (N, 1)
     out: dict[str, Any] = {}
     for eps in scales:
@@ -111,11 +111,15 @@ def amplification(
     return out
 
 
-def with_identity_talk(adapter: TalkLoRA) -> TalkLoRA:
-    """A copy of a TalkLoRA layer whose talking module is T = I (A, K, W_r, B unchanged)."""
+def with_identity_talk(adapter: Adapter) -> Adapter:
+    """A copy of an adapter with a talking module (`HasTalking`, e.g. TalkLoRA) whose talking module
+    is T = I (everything else unchanged)."""
     twin = copy.deepcopy(adapter)
+    if not isinstance(twin, HasTalking):
+        raise ConfigError(f"{type(adapter).__name__}: has no talking module T")
+    T = twin.talking.weight  # (E, E)
     with torch.no_grad():
-        twin.T.weight.copy_(torch.eye(twin.T.in_features, dtype=twin.T.weight.dtype))
+        T.copy_(torch.eye(T.shape[0], dtype=T.dtype, device=T.device))
     return twin
 
 
@@ -137,13 +141,16 @@ def measure_layer(
     scales = tuple(scales)
     with input_checks(False):
         out: dict[str, Any] = {"arch": type(a).family, "tokens": int(X.shape[0])}
-        out["bounds"] = (
-            layer_report(a, inputs=X, seed=seed).to_dict() if a.router is not None else None
-        )
-        g = a.routing(X)
+        # bounds for a routed or a non-linear layer; `layer_report` asks the architecture which
+        # apply (certified for a ½‖W‖-Lipschitz gate, a Lipschitz chain, or why there is none)
+        bounded = a.routing_kind != "none" or not type(a).linear_experts
+        out["bounds"] = layer_report(a, inputs=X, seed=seed).to_dict() if bounded else None
+        g = a.routing(X)  # (N, E)
+        if g is not None and a.routing_kind == "mask":  # k-hot: uniform over its k experts
+            g = g / g.sum(-1, keepdim=True).clamp_min(1.0)
         out["routing"] = routing_stats(g.cpu()).to_dict() if g is not None else None
         out["amplification"] = amplification(a, X, scales, seed)
-        if isinstance(a, TalkLoRA):
+        if isinstance(a, HasTalking):
             out["amplification_identity_talk"] = amplification(
                 with_identity_talk(a), X, scales, seed
             )

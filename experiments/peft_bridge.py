@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -23,36 +23,37 @@ from moelora_core.lora import LoRA, LoRAConfig
 
 from .inject import AdapterSpec, adapted_layers
 
+if TYPE_CHECKING:
+    from peft.tuners.lora import LoraLayer
+
 PEFT_CONFIG = "adapter_config.json"
 
 
 def peft_config_for(spec: AdapterSpec, **extra: Any) -> Any:
     """The PEFT config that builds `spec`'s adapters (targets: suffixes, a regex or 'all-linear')."""
-    from peft import LoraConfig
-
-    from .peft_methods import PEFT_CONFIGS
+    from .peft_methods import PEFT_NATIVE, peft_method
 
     if spec.targets == ("all-linear",):
         targets: Any = "all-linear"
     else:
         targets = list(spec.targets) if spec.targets else spec.target_regex
-    alpha = spec.scale * spec.rank  # s = lora_alpha / r
-    if spec.arch == "lora":
-        return LoraConfig(r=spec.rank, lora_alpha=alpha, target_modules=targets, **extra)
-    common: dict[str, Any] = {
-        "target_modules": targets,
-        "r": spec.rank,
-        "lora_alpha": alpha,
-        "num_experts": spec.experts,
-        "top_k": spec.top_k,
-    }
-    own = {
-        "moelora": {"expert_rank": spec.expert_rank, "router": spec.router},
-        "hydralora": {"expert_rank": spec.expert_rank},
-        "talklora": {"share_b": spec.shared_b},
-        "comol": {"core_router": spec.core_router, "share_ab": spec.shared_ab},
-    }[spec.arch]
-    return PEFT_CONFIGS[spec.arch](**common, **own, **extra)
+    if spec.arch in PEFT_NATIVE:
+        return _lora_config(spec, targets, **extra)
+    return peft_method(spec.arch).from_spec(spec, targets, **extra)
+
+
+def _lora_config(spec: AdapterSpec, targets: Any, **extra: Any) -> Any:
+    """PEFT's own LoraConfig, s = lora_alpha / r (equal to our LoRA: tests/test_peft_parity.py)."""
+    from peft import LoraConfig
+
+    if spec.options:
+        raise ConfigError(
+            f"options={spec.options!r} with arch='lora': expected none (PEFT's LoraConfig is "
+            "built from rank and scale alone)"
+        )
+    alpha = spec.scale * spec.rank
+    # PEFT annotates lora_alpha as int, but computes scaling = lora_alpha / r with any real value
+    return LoraConfig(r=spec.rank, lora_alpha=alpha, target_modules=targets, **extra)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -66,10 +67,10 @@ class PeftLayerView:
         return self.layer.register_forward_hook(hook)
 
 
-def _lora_view(layer: nn.Module, name: str) -> Adapter:
+def _lora_view(layer: LoraLayer, name: str) -> Adapter:
     """Our LoRA carrying PEFT's A, B and s (float copies; equal to PEFT's LoRA: tests)."""
-    A: Tensor = layer.lora_A[name].weight
-    B: Tensor = layer.lora_B[name].weight
+    A = _weight(layer.lora_A[name])  # (r, n)
+    B = _weight(layer.lora_B[name])  # (m, r)
     cfg = LoRAConfig(
         in_features=int(A.shape[1]),
         out_features=int(B.shape[0]),
@@ -83,6 +84,13 @@ def _lora_view(layer: nn.Module, name: str) -> Adapter:
     return out
 
 
+def _weight(module: nn.Module) -> Tensor:
+    w = module.weight
+    if not isinstance(w, Tensor):
+        raise ConfigError(f"{type(module).__name__}.weight: expected a tensor")
+    return w
+
+
 def measurable_layers(model: nn.Module) -> dict[str, Any]:
     """{layer name: object with `.adapter` and `register_forward_hook`} for toolkit or PEFT models."""
     ours = adapted_layers(model)
@@ -90,23 +98,24 @@ def measurable_layers(model: nn.Module) -> dict[str, Any]:
         return dict(ours)
     from peft.tuners.lora import LoraLayer
 
-    from .peft_methods import RoutedLayer
+    from .peft_layer import RoutedLayer
 
     out: dict[str, Any] = {}
     for name, mod in model.named_modules():
         short = name.removeprefix("base_model.model.")
+        layer: nn.Module = mod  # the hookable module, whatever its PEFT layer type
         if isinstance(mod, RoutedLayer):
             active = [a for a in mod.active_adapters if a in mod.adapters]
             if active:
-                out[short] = PeftLayerView(mod, mod.adapters[active[0]])
+                out[short] = PeftLayerView(layer, mod.adapter(active[0]))
         elif isinstance(mod, LoraLayer):
             active = [a for a in mod.active_adapters if a in mod.lora_A]
             if active:
-                out[short] = PeftLayerView(mod, _lora_view(mod, active[0]))
+                out[short] = PeftLayerView(layer, _lora_view(mod, active[0]))
     if not out:
         raise ConfigError(
             f"model {type(model).__name__}: no adapted layer (neither toolkit adapters nor a PEFT "
-            "LoRA/MoELoRA/HydraLoRA/TalkLoRA/CoMoL adapter); expected an adapted model"
+            "LoRA or routed adapter); expected an adapted model"
         )
     return out
 

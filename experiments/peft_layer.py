@@ -1,6 +1,6 @@
 """The PEFT tuner layer of the routed architectures: a frozen linear layer plus named `moelora_core` adapters.
 
-    y = W0 x + b0 + Σ_{a active} Δ_a(dropout(x))        (Δ_a a MoELoRA, HydraLoRA, TalkLoRA or CoMoL)
+    y = W0 x + b0 + Σ_{a active} Δ_a(dropout(x))        (Δ_a any registered architecture)
 
 The adapters live in `layer.<prefix>adapter[name]` (one `nn.ModuleDict` per layer, keyed by adapter name,
 as PEFT's LoRA keeps `lora_A[name]`), so PEFT's named adapters, `set_adapter`, `disable_adapter()`,
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from moelora_core.adapter import Adapter
 from moelora_core.errors import ConfigError
 
-from .inject import Shared, build_adapter, linear_features
+from .inject import build_adapter, linear_features
 
 __all__ = ["NotMergeableError", "RoutedLayer", "RoutedLinear"]
 
@@ -30,18 +30,19 @@ class NotMergeableError(ConfigError):
 
 def not_mergeable(arch: str) -> NotMergeableError:
     return NotMergeableError(
-        f"arch={arch!r}: a routed adapter cannot be merged into a static weight; its update "
-        "Δ(x) = Σ_i g_i(x) P_i x changes with the input through the routing weights g(x). "
-        "Keep the adapter unmerged (or use unload() to drop it); only LoRA (PEFT's LoraConfig) merges"
+        f"arch={arch!r}: this adapter cannot be merged into a static weight; its update changes "
+        "with the input (Δ(x) = Σ_i g_i(x) P_i x through the routing weights g(x), or a "
+        "non-linearity). Keep the adapter unmerged (or use unload() to drop it); only LoRA "
+        "(PEFT's LoraConfig) merges"
     )
 
 
-class RoutedLayer(BaseTunerLayer):  # type: ignore[misc]
+class RoutedLayer(BaseTunerLayer):
     """Adapter bookkeeping shared by every routed layer; subclasses fix `prefix` (e.g. 'talklora_')."""
 
     prefix: ClassVar[str] = ""
-    adapter_layer_names: ClassVar[tuple[str, ...]] = ()
-    other_param_names: ClassVar[tuple[str, ...]] = ()
+    adapter_layer_names: tuple[str, ...] = ()
+    other_param_names: tuple[str, ...] = ()
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -63,14 +64,21 @@ class RoutedLayer(BaseTunerLayer):  # type: ignore[misc]
         out: nn.ModuleDict = getattr(self, self.prefix + "adapter")
         return out
 
+    def adapter(self, name: str) -> Adapter:
+        """The `moelora_core` adapter called `name` in this layer."""
+        found = self.adapters[name]
+        if not isinstance(found, Adapter):
+            raise ConfigError(f"adapter {name!r}: a {type(found).__name__}, expected an Adapter")
+        return found
+
     def _adapter_dtype_device(self) -> tuple[torch.dtype, torch.device]:
-        device, dtype = self._get_base_layer_device_and_dtype(self.get_base_layer())
+        device, dtype = BaseTunerLayer._get_base_layer_device_and_dtype(self, self.get_base_layer())
         if dtype is None or not dtype.is_floating_point:  # a quantised (uint8) base: fp32 adapters
             dtype = torch.float32
         return dtype, device if device is not None else torch.device("cpu")
 
     def update_layer(
-        self, adapter_name: str, config: Any, shared: Shared | None, inference_mode: bool = False
+        self, adapter_name: str, config: Any, shared: nn.Module | None, inference_mode: bool = False
     ) -> Adapter:
         """Build the adapter `adapter_name` (the toolkit's build_adapter), add it, return it."""
         dtype, device = self._adapter_dtype_device()
@@ -108,7 +116,7 @@ class RoutedLinear(nn.Module, RoutedLayer):
         base_layer: nn.Module,
         adapter_name: str,
         config: Any,
-        shared: Shared | None = None,
+        shared: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()

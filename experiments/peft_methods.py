@@ -1,7 +1,11 @@
-"""MoELoRA, HydraLoRA, TalkLoRA and CoMoL as PEFT methods (registered with `peft.utils.register_peft_method`).
+"""Every registered routed architecture as a PEFT method (registered with `peft.utils.register_peft_method`).
+
+MoELoRA, HydraLoRA, TalkLoRA and CoMoL have hand-written configs (`peft_config`); any other architecture of
+`moelora_core.registry` (except LoRA, which is PEFT's own `LoraConfig`) gets one generated from its core
+config's fields (`peft_generated`).
 
     from peft import get_peft_model, PeftModel
-    from moelora_experiments.peft_methods import TalkLoRAPeftConfig  # the import registers the four methods
+    from moelora_experiments.peft_methods import TalkLoRAPeftConfig  # the import registers every method
 
     model = get_peft_model(base, TalkLoRAPeftConfig(target_modules=["q_proj", "v_proj"], r=8))
     model.save_pretrained("out")            # adapter-only: adapter_model.safetensors + adapter_config.json
@@ -19,11 +23,13 @@ import re
 from typing import Any, ClassVar
 
 import torch
+from peft import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, register_peft_method
 from torch import nn
 
-from .inject import Shared, _shared_part
+from moelora_core.errors import ConfigError
+
 from .peft_config import (
     CoMoLPeftConfig,
     HydraLoRAPeftConfig,
@@ -35,6 +41,7 @@ from .peft_layer import NotMergeableError, RoutedLayer, RoutedLinear, not_mergea
 
 __all__ = [
     "PEFT_CONFIGS",
+    "PEFT_NATIVE",
     "CoMoLPeftConfig",
     "HydraLoRAPeftConfig",
     "MoELoRAPeftConfig",
@@ -42,17 +49,22 @@ __all__ = [
     "RoutedPeftConfig",
     "RoutedTuner",
     "TalkLoRAPeftConfig",
+    "peft_method",
     "routed_layers",
 ]
 
 
-class RoutedTuner(BaseTuner):  # type: ignore[misc]
+# PEFT's LoRA defaults per model type ("all-linear" aside), as the list-valued dict BaseTuner declares
+LORA_TARGETS = {k: list(v) for k, v in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.items()}
+
+
+class RoutedTuner(BaseTuner):
     """The BaseTuner of one routed architecture; subclasses fix prefix and layer class."""
 
     prefix: str = ""
     tuner_layer_cls: type[RoutedLayer] = RoutedLayer
     layer_cls: ClassVar[type[RoutedLinear]] = RoutedLinear
-    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    target_module_mapping = LORA_TARGETS
     uses_shared_state = True
 
     @property
@@ -60,26 +72,31 @@ class RoutedTuner(BaseTuner):  # type: ignore[misc]
         name = self.prefix + "shared"
         if name not in self._modules:
             self.add_module(name, nn.ModuleDict())
-        out: nn.ModuleDict = self._modules[name]  # type: ignore[assignment]
-        return out
+        store = self._modules[name]
+        assert store is not None  # added just above
+        return _module_dict(store)
 
     def _create_and_replace(
         self,
-        config: RoutedPeftConfig,
+        peft_config: PeftConfig,
         adapter_name: str,
         target: nn.Module,
         target_name: str,
         parent: nn.Module,
         current_key: str,
-        **optional_kwargs: Any,
+        parameter_name: str | None = None,
     ) -> None:
+        config = peft_config
+        if not isinstance(config, RoutedPeftConfig):
+            raise ConfigError(f"config={type(config).__name__}: expected a RoutedPeftConfig")
         layer = target if isinstance(target, RoutedLayer) else None
         feats = (layer.in_features, layer.out_features) if layer else _features(target)
         mtype = f"{target_name}_{feats[0]}x{feats[1]}"
         store = self.shared_store
         if adapter_name not in store:
             store[adapter_name] = nn.ModuleDict()
-        shared = _as_shared(store[adapter_name][mtype]) if mtype in store[adapter_name] else None
+        types = _module_dict(store[adapter_name])
+        shared = dict(types.items()).get(mtype)  # nn.ModuleDict has no get()
         if layer is not None:
             adapter = layer.update_layer(adapter_name, config, shared, config.inference_mode)
         else:
@@ -87,12 +104,10 @@ class RoutedTuner(BaseTuner):  # type: ignore[misc]
             if adapter_name not in self.active_adapters:
                 new.requires_grad_(False)  # an added adapter is not trainable until set_adapter
             self._replace_module(parent, target_name, new, target)
-            adapter = new.adapters[adapter_name]
-        part = _shared_part(adapter)
+            adapter = new.adapter(adapter_name)
+        part = adapter.shared_part()
         if shared is None and part is not None:
-            store[adapter_name][mtype] = (
-                part if isinstance(part, nn.Module) else nn.ModuleList(part)
-            )
+            types[mtype] = part
 
     def _check_merge_allowed(self) -> None:
         raise not_mergeable(self.prefix.rstrip("_"))
@@ -149,11 +164,10 @@ def _features(module: nn.Module) -> tuple[int, int]:
     return feats
 
 
-def _as_shared(module: nn.Module) -> Shared:
-    if isinstance(module, nn.ModuleList):
-        a, b = module[0], module[1]
-        return (a, b)  # type: ignore[return-value]
-    return module  # type: ignore[return-value]
+def _module_dict(module: nn.Module) -> nn.ModuleDict:
+    if not isinstance(module, nn.ModuleDict):
+        raise ConfigError(f"{type(module).__name__}: expected the tuner's nn.ModuleDict store")
+    return module
 
 
 def _strip(name: str) -> str:
@@ -208,24 +222,46 @@ def _make(arch: str, config_cls: type[RoutedPeftConfig]) -> type[RoutedTuner]:
     return tuner
 
 
-PEFT_CONFIGS: dict[str, type[RoutedPeftConfig]] = {
+HAND_WRITTEN: dict[str, type[RoutedPeftConfig]] = {
     "moelora": MoELoRAPeftConfig,
     "hydralora": HydraLoRAPeftConfig,
     "talklora": TalkLoRAPeftConfig,
     "comol": CoMoLPeftConfig,
 }
+PEFT_NATIVE = ("lora",)  # registered architectures that are PEFT's own methods (LoraConfig)
 
 
-def _register() -> dict[str, type[RoutedTuner]]:
+PEFT_CONFIGS: dict[str, type[RoutedPeftConfig]] = {}  # arch -> config class, once registered
+TUNERS: dict[str, type[RoutedTuner]] = {}
+
+
+def peft_method(arch: str) -> type[RoutedPeftConfig]:
+    """The PEFT config class of the registered architecture `arch` (hand-written, else generated
+    from its core config), registered with PEFT on first use."""
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
+    from .peft_generated import generated_config
     from .peft_types import peft_type
 
-    out: dict[str, type[RoutedTuner]] = {}
-    for arch, cfg in PEFT_CONFIGS.items():
+    if arch in PEFT_NATIVE:
+        raise ConfigError(f"arch={arch!r}: PEFT's own method (LoraConfig), not registered here")
+    if arch not in PEFT_CONFIGS:
+        cfg = HAND_WRITTEN.get(arch) or generated_config(arch)
         existing = PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type(arch))
-        out[arch] = existing if existing is not None else _make(arch, cfg)
-    return out
+        if existing is not None and not issubclass(existing, RoutedTuner):
+            raise ConfigError(f"PEFT type {arch.upper()}: already taken by {existing.__name__}")
+        TUNERS[arch] = existing if existing is not None else _make(arch, cfg)
+        PEFT_CONFIGS[arch] = cfg
+    return PEFT_CONFIGS[arch]
 
 
-TUNERS = _register()
+def _register_all() -> None:
+    """Every architecture registered in `moelora_core.registry` (PEFT's own aside)."""
+    from moelora_core.registry import ARCHITECTURES
+
+    for arch in ARCHITECTURES:
+        if arch not in PEFT_NATIVE:
+            peft_method(arch)
+
+
+_register_all()

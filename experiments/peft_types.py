@@ -1,4 +1,4 @@
-"""PEFT type names for the routed architectures, added to `peft.PeftType` at import time.
+"""PEFT type names for the registered architectures, added to `peft.PeftType` at import time.
 
 `peft.utils.register_peft_method` accepts only names listed in the `PeftType` enum, and PEFT has no public
 way to extend it; `peft_type(arch)` adds one member per architecture (value = the upper-case name, as for
@@ -9,8 +9,6 @@ the registered config class by that value.
 from __future__ import annotations
 
 from typing import Any
-
-ROUTED_ARCHS = ("moelora", "hydralora", "talklora", "comol")
 
 
 def peft_type(arch: str) -> Any:
@@ -23,7 +21,7 @@ def peft_type(arch: str) -> Any:
     member = str.__new__(PeftType, name)
     member._name_ = name
     member._value_ = name
-    member.__objclass__ = PeftType  # type: ignore[misc]
+    object.__setattr__(member, "__objclass__", PeftType)  # as Enum sets it on its own members
     PeftType._member_map_[name] = member
     PeftType._value2member_map_[name] = member
     PeftType._member_names_.append(name)

@@ -136,6 +136,12 @@ def load_encoder(model: str) -> tuple[nn.Module, Any]:
     return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
+def model_config(model: nn.Module) -> Any:
+    """A transformers model's config (`hidden_size`, `num_hidden_layers`, ...)."""
+    config: Any = model.config
+    return config
+
+
 def encode_texts(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, Tensor]:
     """Tokenise and pad to the longest text: input_ids (B, L), attention_mask (B, L)."""
     enc = tokenizer(

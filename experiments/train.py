@@ -22,39 +22,39 @@ that was never interrupted.
 
 from __future__ import annotations
 
-import json
-import random
-import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from moelora_core.errors import ConfigError, MoELoRAError, input_checks
 
+from .auxiliary import AUX_LOSS_WEIGHT, adapters_of, check_weight, with_auxiliary
+from .train_state import RunState, checkpoints, latest_checkpoint, trainable
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingInterrupted",
+    "checkpoints",
+    "latest_checkpoint",
+    "make_accelerator",
+    "stream_indices",
+    "train",
+]
+
 MakeBatch = Callable[[list[int]], dict[str, Tensor]]  # example indices -> batch of CPU tensors
 LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]  # (model, batch on device) -> scalar loss
 OnStep = Callable[[int, float], None]  # (completed step, loss) -> None
-
-_RESUME_KEYS = (
-    "batch_size",
-    "grad_accum",
-    "lr",
-    "weight_decay",
-    "warmup_steps",
-    "seed",
-    "max_grad_norm",
-)
 
 
 class TrainingInterrupted(MoELoRAError):
@@ -81,6 +81,7 @@ class TrainConfig:
         "auto"  # "auto" (bf16 on a bf16-capable GPU, else "no") | "bf16" | "fp16"
     )
     progress: bool = True
+    aux_loss_weight: float = AUX_LOSS_WEIGHT  # w in L = L_task + w Σ adapter.auxiliary_loss()
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints"):
@@ -93,6 +94,7 @@ class TrainConfig:
             )
         if not self.lr > 0:
             raise ConfigError(f"lr={self.lr}: expected > 0")
+        check_weight(self.aux_loss_weight)
 
 
 @dataclass
@@ -139,42 +141,6 @@ def stream_indices(start: int, count: int, n: int, seed: int) -> list[int]:
     return out
 
 
-def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def checkpoints(out_dir: str | Path) -> list[Path]:
-    """Complete checkpoint directories under `out_dir/checkpoints`, oldest first."""
-    root = Path(out_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    found = checkpoints(out_dir)
-    return found[-1] if found else None
-
-
 @contextmanager
 def _stop_signals() -> Iterator[dict[str, bool]]:
     """Record SIGTERM/SIGINT in a flag instead of dying mid-step (main thread only)."""
@@ -192,115 +158,6 @@ def _stop_signals() -> Iterator[dict[str, bool]]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-
-
-class _Run:
-    """State shared by the loop and the checkpoint writer."""
-
-    def __init__(
-        self, acc: Any, model: nn.Module, opt: Any, sched: Any, cfg: TrainConfig, out: Path
-    ):
-        self.acc, self.model, self.opt, self.sched = acc, model, opt, sched
-        self.cfg, self.out = cfg, out
-        self.losses: list[float] = []
-
-    @property
-    def global_batch(self) -> int:
-        return self.cfg.batch_size * self.cfg.grad_accum * int(self.acc.num_processes)
-
-    def save(self, step: int, n: int) -> Path:
-        from safetensors.torch import save_file
-
-        from .durable import publish_dir, remove_stale
-
-        acc = self.acc
-        root = self.out / "checkpoints"
-        final = root / f"step-{step:07d}"
-        tmp = root / f".tmp-step-{step:07d}"
-        if acc.is_main_process:
-            remove_stale(root)  # left by a run killed while saving
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
-        if acc.is_main_process:
-            weights = {
-                k: v.detach().cpu().contiguous()
-                for k, v in _trainable(acc.unwrap_model(self.model)).items()
-            }
-            save_file(weights, str(tmp / "trainable.safetensors"))
-            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.sched.state_dict(), tmp / "scheduler.pt")
-            seen = step * self.global_batch
-            state = {
-                "step": step,
-                "samples_seen": seen,
-                "epoch": seen // n,
-                "num_examples": n,
-                "world_size": int(acc.num_processes),
-                "losses": self.losses,
-                "config": asdict(self.cfg),
-            }
-            (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            publish_dir(tmp, final)  # every file and both directories fsynced, then renamed
-            for old in checkpoints(self.out)[: -self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
-
-    def load(self, ckpt: Path, n: int) -> int:
-        from .durable import CheckpointError, load_safetensors, read_json, safe_torch_load
-
-        state = read_json(ckpt / "state.json")
-        try:
-            saved, step = state["config"], int(state["step"])
-            world, count, losses = state["world_size"], state["num_examples"], state["losses"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(
-                f"{ckpt / 'state.json'}: missing or invalid field ({e}); the checkpoint is damaged"
-            ) from None
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"{ckpt / 'state.json'}: config is not an object; damaged")
-        if self.cfg.steps < step:
-            raise ConfigError(
-                f"steps={self.cfg.steps} but checkpoint {ckpt} is at step {step}; expected steps >= "
-                f"{step} (a run can be extended, not shortened)"
-            )
-        for key in _RESUME_KEYS:
-            if saved.get(key) != getattr(self.cfg, key):
-                raise ConfigError(
-                    f"{key}={getattr(self.cfg, key)!r} but checkpoint {ckpt} was written with {saved.get(key)!r}; "
-                    "expected the same training config to resume (or a fresh --out directory)"
-                )
-        if world != self.acc.num_processes or count != n:
-            raise ConfigError(
-                f"checkpoint {ckpt}: world_size={world}, num_examples={count}; "
-                f"this run has {self.acc.num_processes} and {n}, expected equal to resume"
-            )
-        weights = load_safetensors(ckpt / "trainable.safetensors")
-        params = _trainable(self.acc.unwrap_model(self.model))
-        if set(weights) != set(params):
-            raise ConfigError(
-                f"checkpoint {ckpt}: trainable parameters {sorted(set(weights) ^ set(params))[:5]} differ; "
-                "expected the same model and adapter spec"
-            )
-        optim = safe_torch_load(ckpt / "optimizer.pt")
-        sched = safe_torch_load(ckpt / "scheduler.pt")
-        rng = safe_torch_load(ckpt / f"rng-rank{self.acc.process_index}.pt")
-        try:
-            with torch.no_grad():
-                for k, p in params.items():
-                    p.copy_(weights[k].to(p.device, p.dtype))
-            self.opt.load_state_dict(optim)
-            self.sched.load_state_dict(sched)
-            _set_rng_state(rng)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise CheckpointError(
-                f"checkpoint {ckpt}: its optimizer, scheduler or RNG state does not fit ({e})"
-            ) from None
-        self.losses = [float(v) for v in losses]
-        return step
 
 
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -324,35 +181,19 @@ def train(
     on_step: OnStep | None = None,
     desc: str = "train",
 ) -> TrainResult:
-    """Train the `requires_grad` parameters of `model` for `cfg.steps` optimizer steps (AdamW).
+    """Train the `requires_grad` parameters of `model` for `cfg.steps` optimizer steps (AdamW) on
+    `loss_fn` + `cfg.aux_loss_weight` · Σ the adapters' auxiliary losses.
 
     Resumes from the newest checkpoint in `out_dir`. The caller seeds and builds the model identically
     each time (the checkpoint then overwrites the trainable weights). Raises TrainingInterrupted after a
     SIGTERM/SIGINT, once the completed step is checkpointed.
     """
-    from accelerate.utils import set_seed
-
     if num_examples < 1:
         raise ConfigError(f"num_examples={num_examples}: expected >= 1")
-    acc = accelerator or make_accelerator(cfg.mixed_precision)
-    out = Path(out_dir)
-    params = list(_trainable(model).values())
-    if not params:
-        raise ConfigError(
-            "model has no trainable parameter: expected adapters (or a head) with requires_grad"
-        )
-    set_seed(cfg.seed)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    model, opt = acc.prepare(model, opt)
-    run = _Run(acc, model, opt, sched, cfg, out)
-    if acc.is_main_process:
-        from .durable import remove_stale
-
-        remove_stale(out / "checkpoints")  # temporary directories of a run killed while saving
-    acc.wait_for_everyone()
-    ckpt = latest_checkpoint(out)
+    run = _prepare(model, cfg, Path(out_dir), accelerator)
+    ckpt = latest_checkpoint(run.out)
     start = run.load(ckpt, num_examples) if ckpt is not None else 0
+    acc = run.acc
     result = TrainResult(
         steps=start,
         resumed_from=start,
@@ -368,44 +209,89 @@ def train(
 
     show = cfg.progress and acc.is_main_process and sys.stderr.isatty()
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not show, dynamic_ncols=True)
-    model.train()
-    width = cfg.batch_size * acc.num_processes  # stream positions per micro-batch, all processes
+    step = _Stepper(run, num_examples, make_batch, loss_fn)
     last: Path | None = ckpt
     with _stop_signals() as flag, input_checks(False):  # per-call checks off in the hot loop
-        for step in range(start, cfg.steps):
-            first = step * run.global_batch
-            total = 0.0
-            for a in range(cfg.grad_accum):
-                micro = stream_indices(first + a * width, width, num_examples, cfg.seed)
-                mine = micro[acc.process_index :: acc.num_processes]
-                batch = {k: v.to(acc.device) for k, v in make_batch(mine).items()}
-                with acc.autocast():
-                    loss = loss_fn(model, batch) / cfg.grad_accum
-                acc.backward(loss)
-                total += float(acc.reduce(loss.detach(), reduction="mean"))
-            if cfg.max_grad_norm is not None:
-                acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            run.losses.append(total)
-            done = step + 1
+        for done in range(start + 1, cfg.steps + 1):
+            total = step(done - 1)
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4f}")
             if on_step is not None:
                 on_step(done, total)
-            stop = flag["stop"]
-            if acc.num_processes > 1:
-                stop = bool(
-                    acc.reduce(torch.tensor(float(stop), device=acc.device), reduction="sum") > 0
-                )
+            stop = _any_process(acc, flag["stop"])
             if stop or done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 last = run.save(done, num_examples)
-            if stop:
-                bar.close()
-                assert last is not None
-                raise TrainingInterrupted(done, last)
+                if stop:
+                    bar.close()
+                    raise TrainingInterrupted(done, last)
     bar.close()
     result.steps, result.losses, result.checkpoint = cfg.steps, run.losses, last
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _prepare(model: nn.Module, cfg: TrainConfig, out: Path, accelerator: Any) -> RunState:
+    """Seed, build AdamW and its schedule, `accelerate.prepare`, clear a killed save's leftovers."""
+    from accelerate.utils import set_seed
+
+    acc = accelerator or make_accelerator(cfg.mixed_precision)
+    params = list(trainable(model).values())
+    if not params:
+        raise ConfigError(
+            "model has no trainable parameter: expected adapters (or a head) with requires_grad"
+        )
+    set_seed(cfg.seed)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    model, opt = acc.prepare(model, opt)
+    if acc.is_main_process:
+        from .durable import remove_stale
+
+        remove_stale(out / "checkpoints")  # temporary directories of a run killed while saving
+    acc.wait_for_everyone()
+    model.train()
+    return RunState(acc, model, opt, sched, cfg, out)
+
+
+def _any_process(acc: Any, stop: bool) -> bool:
+    """True when any process received a stop signal (all processes then checkpoint together)."""
+    if acc.num_processes == 1:
+        return stop
+    flag = torch.tensor(float(stop), device=acc.device)
+    return bool(acc.reduce(flag, reduction="sum") > 0)
+
+
+class _Stepper:
+    """One optimizer step: `grad_accum` micro-batches of the seeded stream, clip, AdamW, schedule."""
+
+    def __init__(
+        self, run: RunState, num_examples: int, make_batch: MakeBatch, loss_fn: LossFn
+    ) -> None:
+        self.run, self.n, self.make_batch, self.loss_fn = run, num_examples, make_batch, loss_fn
+        self.params = [p for p in run.model.parameters() if p.requires_grad]
+        self.adapters = adapters_of(run.model)
+
+    def __call__(self, step: int) -> float:
+        """Run step `step` (0-based); its loss, averaged over micro-batches and processes."""
+        run, cfg, acc = self.run, self.run.cfg, self.run.acc
+        width = (
+            cfg.batch_size * acc.num_processes
+        )  # stream positions per micro-batch, all processes
+        first = step * run.global_batch
+        total = 0.0
+        for a in range(cfg.grad_accum):
+            micro = stream_indices(first + a * width, width, self.n, cfg.seed)
+            mine = micro[acc.process_index :: acc.num_processes]
+            batch = {k: v.to(acc.device) for k, v in self.make_batch(mine).items()}
+            with acc.autocast():
+                loss = self.loss_fn(run.model, batch)
+                loss = with_auxiliary(loss, self.adapters, cfg.aux_loss_weight) / cfg.grad_accum
+            acc.backward(loss)
+            total += float(acc.reduce(loss.detach(), reduction="mean"))
+        if cfg.max_grad_norm is not None:
+            acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        run.opt.step()
+        run.sched.step()
+        run.opt.zero_grad(set_to_none=True)
+        run.losses.append(total)
+        return total

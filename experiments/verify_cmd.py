@@ -74,6 +74,17 @@ def run_verify(
         if json_out:
             write_json_atomic(json_out, payload)
         return 2
+    return _summary(results, payload, start, json_out, echo)
+
+
+def _summary(
+    results: list[VariantReport],
+    payload: dict[str, Any],
+    start: float,
+    json_out: str | None,
+    echo: Callable[[str], object],
+) -> int:
+    """The closing line, the JSON (if asked for) and the exit code of checked variants."""
     reports = [r for res in results for r in res.reports]
     bad = [r for r in reports if not r.as_expected]
     errors = [r for r in reports if r.verdict == "error"]

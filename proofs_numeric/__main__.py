@@ -10,8 +10,8 @@ import argparse
 import sys
 import time
 
+from .catalogue import all_claims
 from .checking import check_claim
-from .claims import all_claims
 from .jsonio import write_json_atomic
 from .profiles import PROFILES, using_profile
 

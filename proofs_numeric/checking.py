@@ -118,15 +118,22 @@ def claim_with_twin(
     twin_strategy: SearchStrategy[T] | None = None,
     describe: Callable[[T], str] = repr,
     search: SearchStrategy[T] | None = None,
+    twin_name: str | None = None,
 ) -> list[Claim[T]]:
     """A claim that must hold and, beside it, its mutated twin `<name>__<suffix>` that must be refuted.
 
     `twin` reads "suffix: what the mutation does", e.g. "drop_K: the same embedding without K";
     the twin draws from `twin_strategy` (default: the claim's own) and keeps `spec` and the budget.
+    `twin_name` replaces `<name>__<suffix>` where a twin's name must say more (e.g. a twin that
+    mutates one architecture of a claim over all of them).
     """
     suffix, _, what = twin.partition(":")
     if not suffix.strip() or not what.strip():
         raise ConfigError(f"twin={twin!r}: expected 'suffix: what the mutation does'")
+    if twin_name is not None and (not twin_name.strip() or twin_name == name):
+        raise ConfigError(
+            f"twin_name={twin_name!r}: expected a name other than the claim's {name!r}"
+        )
     return [
         Claim(
             name,
@@ -139,7 +146,7 @@ def claim_with_twin(
             search=search,
         ),
         Claim(
-            f"{name}__{suffix.strip()}",
+            twin_name or f"{name}__{suffix.strip()}",
             f"twin: {what.strip()}",
             twin_strategy if twin_strategy is not None else strategy,
             twin_case,
@@ -320,6 +327,7 @@ __all__ = [
     "Expect",
     "Outcome",
     "check_claim",
+    "claim_with_twin",
     "exact",
     "rel_error",
     "summarise",

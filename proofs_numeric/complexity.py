@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import sympy as sp
@@ -169,20 +170,39 @@ class MatmulFlops(TorchDispatchMode):
         count = flop_registry.get(func._overloadpacket)
         if count is not None:
             self.flops += int(count(*args, **kwargs, out_val=out))
+        elif func._overloadpacket in _WEIGHTED_BAGS and _bag_weights(args, kwargs) is not None:
+            # Σ_c w_c · table[idx_c]: one multiply–add per (index, column) of the weighted bags
+            self.flops += 2 * int(args[1].numel()) * int(args[0].shape[1])
+        elif func._overloadpacket is _BAG_DOTS:
+            # table[idx_c] · x_t (sparse.gather_dot): one multiply–add per (index, column)
+            self.flops += 2 * int(args[2].numel()) * int(args[1].shape[1])
         return out
 
 
-def counted_macs_per_token(adapter: Adapter) -> int:
+_WEIGHTED_BAGS = (torch.ops.aten._embedding_bag, torch.ops.aten._embedding_bag_forward_only)
+_BAG_DOTS = torch.ops.aten._embedding_bag_per_sample_weights_backward
+
+
+def _bag_weights(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The per_sample_weights argument of an aten embedding_bag call (None: an unweighted sum)."""
+    return args[6] if len(args) > 6 else kwargs.get("per_sample_weights")
+
+
+def counted_macs_per_token(adapter: Adapter, *, sparse: bool = False) -> int:
     """Multiply–adds per token of `adapter`'s forward: counted FLOPs(2 tokens) - FLOPs(1 token), halved.
 
     The difference removes per-call work that does not scale with the tokens (e.g. folding the
-    talking module into the router, W_r (T ⊗ I), once per call).
+    talking module into the router, W_r (T ⊗ I), once per call). `sparse`: of the sparse top-k path
+    (`sparse_mode("sparse")`), whose expert side is a weighted `embedding_bag` and whose gathered
+    down-projection is embedding_bag's row-dot kernel (`sparse.gather_dot`), both counted as above.
     """
+    from moelora_core.sparse import sparse_mode
+
     p = require_instance("adapter", adapter, Adapter).reference
     counts: list[int] = []
     for tokens in (1, 2):
         x = torch.randn(tokens, adapter.in_features, dtype=p.dtype, device=p.device)
-        with MatmulFlops() as fc:
+        with sparse_mode("sparse") if sparse else nullcontext(), MatmulFlops() as fc:
             adapter(x)
         counts.append(fc.flops)
     return (counts[1] - counts[0]) // 2

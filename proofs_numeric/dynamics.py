@@ -32,7 +32,6 @@ from torch import Tensor
 
 from moelora_core.adapter import Adapter
 from moelora_core.errors import ConfigError, ShapeError, require_positive_int
-from moelora_core.talklora import TalkLoRA
 
 from .bounds.stats import routing_stats
 from .jsonio import write_json_atomic
@@ -62,7 +61,7 @@ class RunMeasurements:
 
 
 def _check(adapter: Adapter, snapshots: Sequence[Snapshot], probes: Tensor) -> None:
-    if not isinstance(adapter, Adapter) or adapter.router is None:
+    if not isinstance(adapter, Adapter) or adapter.routing_kind == "none":
         raise ConfigError(f"adapter={type(adapter).__name__}: expected a routed Adapter")
     if not isinstance(probes, Tensor) or probes.dim() != 2 or probes.shape[0] < 1:
         shape = tuple(probes.shape) if isinstance(probes, Tensor) else type(probes).__name__
@@ -86,7 +85,8 @@ def measure_run(adapter: Adapter, snapshots: Sequence[Snapshot], probes: Tensor)
         assert g is not None
         stats = routing_stats(g)
         change = None if prev is None else float(torch.linalg.vector_norm(g - prev, dim=-1).mean())
-        talk = work.T.spectral_norm() if isinstance(work, TalkLoRA) else None
+        talking = getattr(work, "talking", None)  # T, for an adapter that has one (HasTalking)
+        talk = talking.spectral_norm() if talking is not None else None
         out.append(
             StepMeasure(
                 step,

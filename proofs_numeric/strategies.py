@@ -189,3 +189,29 @@ def any_config(lo: int = 1, top_k: bool = True, shared: bool = False) -> st.Sear
         takes_shared = "shared" in inspect.signature(strategy).parameters
         out.append(strategy(**kw, shared=True) if shared and takes_shared else strategy(**kw))
     return st.one_of(*out)
+
+
+AdapterT = TypeVar("AdapterT", bound=Adapter)
+
+
+def build_as(cls: type[AdapterT], config: Any, seed: int, **kwargs: Any) -> AdapterT:
+    """`build_random(config, seed)`, typed as `cls` for a claim about that architecture
+    (ArgumentTypeError naming both when the config builds another one)."""
+    from moelora_core.validate import require_instance
+
+    return require_instance("adapter", build_random(config, seed, **kwargs), cls)
+
+
+def configs_where(
+    declares: Callable[[type[Adapter]], bool], lo: int = 1, top_k: bool = True
+) -> st.SearchStrategy[Any]:
+    """Configs of the registered families whose class `declares` hold (e.g. linear experts, a
+    softmax gate), drawn from their `CONFIG_STRATEGIES` entries (no rejection)."""
+    from moelora_core.registry import architecture  # ConfigError for an unregistered family
+
+    chosen = [
+        strategy(lo=lo, top_k=top_k)
+        for family, strategy in CONFIG_STRATEGIES.items()
+        if declares(architecture(family))
+    ]
+    return st.one_of(*chosen)

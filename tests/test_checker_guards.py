@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-from types import SimpleNamespace
 
 import pytest
 import sympy as sp
@@ -27,9 +26,17 @@ from moelora_core.hydralora import HydraLoRA, HydraLoRAConfig
 from moelora_core.lora import LoRA, LoRAConfig
 from moelora_core.moelora import MoELoRA, MoELoRAConfig
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
-from proofs_numeric import claims as C
-from proofs_numeric.checking import Claim, Outcome, check_claim, exact, rel_error
+from proofs_numeric.catalogue.core import identity_talk_case
+from proofs_numeric.checking import (
+    Claim,
+    Outcome,
+    check_claim,
+    claim_with_twin,
+    exact,
+    rel_error,
+)
 from proofs_numeric.function_class import dependence_rank
+from proofs_numeric.outcomes import param_count_outcome, reduction_outcome
 from proofs_numeric.strategies import Case, any_config, moelora_configs, talklora_configs
 
 pytestmark = pytest.mark.theorems
@@ -93,6 +100,33 @@ def test_an_exception_or_a_failing_case_refutes_a_claim() -> None:
     assert not failing.holds and failing.counterexample is not None
 
 
+def test_claim_with_twin_declares_a_refuted_twin() -> None:
+    def ok(_: int) -> Outcome:
+        return Outcome(0.0, 0.5)
+
+    def bad(_: int) -> Outcome:
+        return Outcome(1.0, 0.5)
+
+    claim, twin = claim_with_twin(
+        "c", "holds", st.just(0), ok, twin="drop_x: without x", twin_case=bad, spec="S"
+    )
+    assert (twin.name, twin.statement, twin.expect, twin.twin_of) == (
+        "c__drop_x",
+        "twin: without x",
+        "refuted",
+        "c",
+    )
+    assert claim.expect == "holds" and claim.spec == twin.spec == "S"
+    assert check_claim(claim).as_expected and check_claim(twin).as_expected
+    named = claim_with_twin("c", "s", st.just(0), ok, twin="a: b", twin_case=bad, twin_name="d")
+    assert named[1].name == "d"
+    for twin_text, twin_name in (("no colon", None), (" : what", None), ("a: b", "c")):
+        with pytest.raises(MoELoRAError, match="twin"):
+            claim_with_twin(
+                "c", "s", st.just(0), ok, twin=twin_text, twin_case=bad, twin_name=twin_name
+            )
+
+
 # ----- the generators put weight on the edge cases ---------------------------------------------------
 
 
@@ -121,15 +155,18 @@ def test_strategies_draw_the_edge_cases(name: str) -> None:
 def test_reduction_checker_refutes_a_target_that_differs_only_in_routing() -> None:
     """Identical experts make Δ independent of g: a target with another router has the same Δ."""
     src = _moelora(E=3)
-    with torch.no_grad():
-        C._identical_experts(src)
+    with torch.no_grad():  # identical experts: every A_i = A_1, every B_i = B_1
+        A = src.A.weight.unflatten(0, (3, 2))
+        B = src.B.weight.unflatten(1, (3, 2))
+        A.copy_(A[:1].expand_as(A))
+        B.copy_(B[:, :1].expand_as(B))
     tgt = copy.deepcopy(src)
     with torch.no_grad():
         tgt.router.logits.dense().mul_(-2.0)  # type: ignore[union-attr]
     x = _x(5)
     assert exact((src(x), tgt(x))).ok  # same Δ ...
-    assert not C.reduction_outcome(src, tgt, x).ok  # ... but other routing weights
-    assert C.reduction_outcome(src, copy.deepcopy(src), x).ok
+    assert not reduction_outcome(src, tgt, x).ok  # ... but other routing weights
+    assert reduction_outcome(src, copy.deepcopy(src), x).ok
 
 
 def test_claim_1_checks_that_w_r_is_unchanged() -> None:
@@ -144,15 +181,15 @@ def test_claim_1_checks_that_w_r_is_unchanged() -> None:
 
     cfg = TalkLoRAConfig(in_features=5, out_features=3, rank=4, num_experts=2)
     case = Case(cfg, seed=3, input_seed=4)
-    assert C._claim1(R.talklora_to_moelora)(case).ok
-    assert not C._claim1(shifted)(case).ok
+    assert identity_talk_case(R.talklora_to_moelora)(case).ok
+    assert not identity_talk_case(shifted)(case).ok
 
 
 def test_count_checker_refutes_an_off_by_one_formula() -> None:
     a = LoRA(LoRAConfig(in_features=3, out_features=2, rank=2), dtype=F64)
-    assert C._count_case(SimpleNamespace(build=lambda: a)).ok  # type: ignore[arg-type]
+    assert param_count_outcome(a).ok
     a.param_formula = lambda: S.r * (S.n + S.m) + 1  # type: ignore[method-assign]
-    assert not C._count_case(SimpleNamespace(build=lambda: a)).ok  # type: ignore[arg-type]
+    assert not param_count_outcome(a).ok
 
 
 def test_dependence_rank_is_the_exact_rank() -> None:

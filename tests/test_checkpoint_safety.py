@@ -94,17 +94,9 @@ def test_checkpoint_files_and_directories_are_fsynced(
 
 
 def test_failed_injection_leaves_the_model_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
-    from transformers import BertConfig, BertModel
+    from tiny_models import tiny_bert
 
-    torch.manual_seed(0)
-    bert = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-    )
-    model = BertModel(bert)
+    model = tiny_bert(vocab=50, intermediate=64).train()
     before = {n: type(m) for n, m in model.named_modules()}
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     calls = {"n": 0}
@@ -118,7 +110,7 @@ def test_failed_injection_leaves_the_model_as_before(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(inject_mod, "build_adapter", flaky)
     with pytest.raises(RuntimeError, match="out of memory"):
-        inject_adapters(model, AdapterSpec("talklora", ("query", "value"), rank=8))
+        inject_adapters(model, AdapterSpec(arch="talklora", targets=("query", "value"), rank=8))
     assert {n: type(m) for n, m in model.named_modules()} == before
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
     assert not adapted_layers(model)
@@ -126,7 +118,9 @@ def test_failed_injection_leaves_the_model_as_before(monkeypatch: pytest.MonkeyP
 
 def test_damaged_adapter_file_leaves_the_model_as_before(tmp_path: Path) -> None:
     model = tiny_model("comol")
-    save_adapters(model.encoder, tmp_path, AdapterSpec("comol", ("query", "value"), rank=8))
+    save_adapters(
+        model.encoder, tmp_path, AdapterSpec(arch="comol", targets=("query", "value"), rank=8)
+    )
     (tmp_path / "adapter.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
     fresh = tiny_model("comol").encoder
     from moelora_experiments.inject import remove_adapters

@@ -117,7 +117,7 @@ def test_witness_path_makes_the_ratio_diverge(f: Any, g: Any, assume: tuple[str,
 
 def test_interpolated_count_reads_the_module_and_rejects_non_polynomials() -> None:
     from moelora_core.errors import ConfigError as CE
-    from proofs_numeric.claims_counts import router_count
+    from proofs_numeric.catalogue.counts import router_count
     from proofs_numeric.complexity import interpolated_count
 
     assert router_count("comol_core") == N * r

@@ -31,11 +31,17 @@ pytestmark = [
 ]
 
 SPECS = {
-    "lora": AdapterSpec("lora", ("q_proj", "v_proj"), rank=4, scale=2.0),
-    "moelora": AdapterSpec("moelora", ("q_proj", "v_proj"), rank=4, experts=2, top_k=1),
-    "hydralora": AdapterSpec("hydralora", ("q_proj", "v_proj"), rank=4, experts=2),
-    "talklora": AdapterSpec("talklora", ("q_proj", "v_proj"), rank=4, experts=2, shared_b=True),
-    "comol": AdapterSpec("comol", ("q_proj", "v_proj"), rank=4, experts=2, shared_ab=True),
+    "lora": AdapterSpec(arch="lora", targets=("q_proj", "v_proj"), rank=4, scale=2.0),
+    "moelora": AdapterSpec(
+        arch="moelora", targets=("q_proj", "v_proj"), rank=4, experts=2, top_k=1
+    ),
+    "hydralora": AdapterSpec(arch="hydralora", targets=("q_proj", "v_proj"), rank=4, experts=2),
+    "talklora": AdapterSpec(
+        arch="talklora", targets=("q_proj", "v_proj"), rank=4, experts=2, shared_b=True
+    ),
+    "comol": AdapterSpec(
+        arch="comol", targets=("q_proj", "v_proj"), rank=4, experts=2, shared_ab=True
+    ),
 }
 
 
@@ -150,6 +156,8 @@ def test_measure_accepts_peft_models(lm: Path, dataset: Any) -> None:
         (["--device", "tpu"], "device='tpu'"),
         (["--load-in-4bit"], "bitsandbytes"),
         (["--rank", "3"], "rank=3"),
+        (["--option", "talk_init"], "key=value"),
+        (["--option", "nope=1"], "nope"),
     ],
 )
 def test_cli_user_mistakes_are_one_line(

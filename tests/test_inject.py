@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from tiny_models import tiny_gpt2, tiny_llama
+from tiny_models import tiny_bert, tiny_gpt2, tiny_llama
 from torch import nn
-from transformers import (
-    BertConfig,
-    BertModel,
-)
 
 from moelora_core import CoMoL, ConfigError, ShapeError, TalkLoRA
 from moelora_experiments.checkpoint import (
@@ -39,24 +35,12 @@ ARCHS = ("lora", "moelora", "hydralora", "talklora", "comol")
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
 
 
-def tiny_bert() -> BertModel:
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        vocab_size=64,
-    )
-    return BertModel(cfg).eval()
-
-
 def spec_for(
     arch: str, targets: tuple[str, ...] = LLAMA_TARGETS, shared: bool = True
 ) -> AdapterSpec:
     return AdapterSpec(
-        arch,
-        targets,
+        arch=arch,
+        targets=targets,
         rank=8,
         experts=4,
         shared_b=shared and arch == "talklora",
@@ -142,11 +126,11 @@ def test_comol_shared_ab_is_one_pair_per_module_type() -> None:
 
 def test_bert_and_gpt2_conv1d() -> None:
     bert = tiny_bert()
-    inject_adapters(bert, AdapterSpec("comol", ("query", "value"), rank=4, experts=2))
+    inject_adapters(bert, AdapterSpec(arch="comol", targets=("query", "value"), rank=4, experts=2))
     assert set(trainable_report(bert).per_type) == {"query", "value"}
     gpt = tiny_gpt2()
     before = gpt(TOKENS).logits
-    layers = inject_adapters(gpt, AdapterSpec("lora", ("c_attn", "c_fc"), rank=4))
+    layers = inject_adapters(gpt, AdapterSpec(arch="lora", targets=("c_attn", "c_fc"), rank=4))
     assert torch.equal(gpt(TOKENS).logits, before)
     layer = layers["transformer.h.0.attn.c_attn"]
     assert (layer.in_features, layer.out_features) == (32, 96)  # Conv1D stores weight (in, out)
@@ -158,13 +142,17 @@ def test_bert_and_gpt2_conv1d() -> None:
 def test_sharing_needs_equal_shapes_within_a_type() -> None:
     # GPT-2's attention c_proj is 32 -> 32, its MLP c_proj 128 -> 32
     with pytest.raises(ShapeError, match="c_proj"):
-        inject_adapters(tiny_gpt2(), AdapterSpec("talklora", ("c_proj",), rank=8, shared_b=True))
-    inject_adapters(tiny_gpt2(), AdapterSpec("talklora", ("c_proj",), rank=8))  # unshared: fine
-    spec = AdapterSpec("talklora", target_regex=r".*\.c_proj", rank=8, shared_b=True)
+        inject_adapters(
+            tiny_gpt2(), AdapterSpec(arch="talklora", targets=("c_proj",), rank=8, shared_b=True)
+        )
+    inject_adapters(
+        tiny_gpt2(), AdapterSpec(arch="talklora", targets=("c_proj",), rank=8)
+    )  # unshared: fine
+    spec = AdapterSpec(arch="talklora", target_regex=r".*\.c_proj", rank=8, shared_b=True)
     with pytest.raises(ShapeError):  # without a group the regex's type is the last name part
         inject_adapters(tiny_gpt2(), spec)
     spec = AdapterSpec(
-        "talklora", target_regex=r".*\.(attn\.c_proj|mlp\.c_proj)", rank=8, shared_b=True
+        arch="talklora", target_regex=r".*\.(attn\.c_proj|mlp\.c_proj)", rank=8, shared_b=True
     )
     gpt = tiny_gpt2()
     inject_adapters(gpt, spec)  # the first group names the type: two types, one shared B each
@@ -173,20 +161,20 @@ def test_sharing_needs_equal_shapes_within_a_type() -> None:
 
 def test_no_match_lists_available_layers() -> None:
     with pytest.raises(ConfigError, match="q_proj") as err:
-        inject_adapters(tiny_llama(), AdapterSpec("lora", ("query",)))
+        inject_adapters(tiny_llama(), AdapterSpec(arch="lora", targets=("query",)))
     assert "down_proj" in str(err.value)
     with pytest.raises(ConfigError, match=r"\['nope'\]"):  # one good, one bad target
-        inject_adapters(tiny_llama(), AdapterSpec("lora", ("q_proj", "nope")))
+        inject_adapters(tiny_llama(), AdapterSpec(arch="lora", targets=("q_proj", "nope")))
     model = tiny_llama()
-    inject_adapters(model, AdapterSpec("lora", ("q_proj",)))
+    inject_adapters(model, AdapterSpec(arch="lora", targets=("q_proj",)))
     with pytest.raises(ConfigError, match="already has adapters"):
-        inject_adapters(model, AdapterSpec("lora", ("v_proj",)))
+        inject_adapters(model, AdapterSpec(arch="lora", targets=("v_proj",)))
 
 
 def test_regex_targets_and_remove() -> None:
     model = tiny_llama()
     layers = inject_adapters(
-        model, AdapterSpec("lora", target_regex=r"model\.layers\.1\..*_proj", rank=2)
+        model, AdapterSpec(arch="lora", target_regex=r"model\.layers\.1\..*_proj", rank=2)
     )
     assert all(n.startswith("model.layers.1.") for n in layers) and len(layers) == 7
     assert remove_adapters(model) == 7 and not adapted_layers(model)
@@ -204,28 +192,33 @@ def test_output_keeps_base_dtype() -> None:
 
 def test_spec_json_roundtrip_and_validation() -> None:
     spec = AdapterSpec(
-        "comol", ("q_proj", "v_proj"), rank=16, experts=8, core_router=False, shared_ab=True
+        arch="comol",
+        targets=("q_proj", "v_proj"),
+        rank=16,
+        experts=8,
+        core_router=False,
+        shared_ab=True,
     )
     assert AdapterSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     with pytest.raises(ConfigError, match="arch"):
-        AdapterSpec("dora", ("q_proj",))
+        AdapterSpec(arch="dora", targets=("q_proj",))
     with pytest.raises(ConfigError, match="exactly one"):
-        AdapterSpec("lora", ("q_proj",), target_regex="q.*")
+        AdapterSpec(arch="lora", targets=("q_proj",), target_regex="q.*")
     with pytest.raises(ConfigError, match="shared_b"):
-        AdapterSpec("lora", ("q_proj",), shared_b=True)
+        AdapterSpec(arch="lora", targets=("q_proj",), shared_b=True)
     with pytest.raises(ConfigError, match="expert_rank"):
-        AdapterSpec("moelora", ("q_proj",), rank=2, experts=4)
+        AdapterSpec(arch="moelora", targets=("q_proj",), rank=2, experts=4)
     with pytest.raises(ConfigError, match="wrong_key"):
         AdapterSpec.from_dict({"arch": "lora", "targets": ["q"], "wrong_key": 1})
     with pytest.raises(ConfigError, match="not a string"):  # not the characters q,_,p,r,o,j
-        AdapterSpec("lora", targets="q_proj")  # type: ignore[arg-type]
+        AdapterSpec(arch="lora", targets="q_proj")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="rank=6"):  # the architecture's own check
-        AdapterSpec("talklora", ("q_proj",), rank=6, experts=4)
+        AdapterSpec(arch="talklora", targets=("q_proj",), rank=6, experts=4)
     for bad in ({"rank": 2.5}, {"experts": True}, {"top_k": 0}, {"shared_b": "yes"}):
         with pytest.raises(ConfigError):
-            AdapterSpec("talklora", ("q_proj",), **bad)  # type: ignore[arg-type]
+            AdapterSpec(arch="talklora", targets=("q_proj",), **bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="scale"):
-        AdapterSpec("lora", ("q_proj",), scale=float("nan"))
+        AdapterSpec(arch="lora", targets=("q_proj",), scale=float("nan"))
 
 
 # ----- save / load -------------------------------------------------------------------------------
@@ -299,7 +292,8 @@ def test_load_into_other_architecture_fails(tmp_path: Path) -> None:
     # same keys and shapes, different hyper-parameter (scale): still refused
     scaled = tiny_llama()
     inject_adapters(
-        scaled, AdapterSpec("talklora", LLAMA_TARGETS, rank=8, shared_b=True, scale=2.0)
+        scaled,
+        AdapterSpec(arch="talklora", targets=LLAMA_TARGETS, rank=8, shared_b=True, scale=2.0),
     )
     with pytest.raises(CheckpointError, match="hyper-parameters"):
         load_adapters(scaled, tmp_path)

@@ -35,7 +35,7 @@ from moelora_experiments.tasks import (
 def test_capture_returns_the_hidden_states_of_real_tokens(tiny: Path) -> None:
     encoder, tok = load_encoder(str(tiny))
     model = MeanPoolClassifier(encoder, 32)
-    inject_adapters(model, AdapterSpec("talklora", targets=("query",), rank=8, experts=4))
+    inject_adapters(model, AdapterSpec(arch="talklora", targets=("query",), rank=8, experts=4))
     texts = ["good", "a rather long phrase", "bad!"]
     batches = text_batches(tok, texts, 16, batch=2)  # two batches, padded differently
     X = capture_inputs(model, batches)

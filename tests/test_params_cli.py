@@ -142,7 +142,7 @@ def test_table_output_and_errors() -> None:
     )
     assert "q_proj" in out.stdout and "total" in out.stdout and "closed form" in out.stdout
     bad = CliRunner().invoke(app, ["params", "--config", str(TINY), "--arch", "dora"])
-    assert bad.exit_code == 2 and "arch='dora'" in bad.output
+    assert bad.exit_code == 2 and "arch='dora': expected one of" in bad.output
     none = CliRunner().invoke(app, ["params", "--config", str(TINY), "--targets", "query"])
     assert none.exit_code == 2 and "q_proj" in none.output  # lists the available layers
     missing = CliRunner().invoke(app, ["params", "--config", str(CONFIGS / "nope.json")])
@@ -218,3 +218,27 @@ def test_params_known_type_imports_no_torch() -> None:
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def _without_time(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != "seconds"}
+
+
+def test_shared_is_the_generic_spelling_of_shared_b_and_shared_ab() -> None:
+    for arch, alias in (("talklora", "--shared-b"), ("comol", "--shared-ab")):
+        generic = run_json(TINY, arch, 8, 4, "--shared")
+        assert _without_time(generic) == _without_time(run_json(TINY, arch, 8, 4, alias))
+        assert generic["spec"]["shared"] is True
+    bad = CliRunner().invoke(app, ["params", "--config", str(TINY), "--arch", "lora", "--shared"])
+    assert bad.exit_code == 2 and "shared=True" in bad.output
+
+
+def test_options_go_through_the_architecture() -> None:
+    res = run_json(TINY, "talklora", 8, 4, "--option", "talk_init=identity")
+    assert res["spec"]["options"] == {"talk_init": "identity"} and res["formula_agrees"]
+    assert res["total_trainable"] == run_json(TINY, "talklora", 8, 4)["total_trainable"]
+    for bad, message in (("talk_init", "key=value"), ("nope=1", "nope")):
+        r = CliRunner().invoke(
+            app, ["params", "--config", str(TINY), "--arch", "talklora", "--option", bad]
+        )
+        assert r.exit_code == 2 and message in r.output, r.output

@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from moelora_core.adapter import Adapter
 from moelora_core.errors import ConfigError
-from moelora_experiments.inject import _shared_formula
 from moelora_experiments.peft_methods import (
     CoMoLPeftConfig,
     HydraLoRAPeftConfig,
@@ -78,7 +77,7 @@ def expected_trainable(model: nn.Module) -> int:
         key = (type(a), a.in_features, a.out_features)
         if key not in types:
             types.add(key)
-            total += int(_shared_formula(a).subs(a.param_subs()))
+            total += int(a.shared_param_formula().subs(a.subs()))
     return total
 
 

@@ -31,7 +31,7 @@ def peft_and_ours(
     )
     torch.manual_seed(1)  # PEFT draws A and B (B random too: the update is not 0)
     peft_model = get_peft_model(copy.deepcopy(base), cfg).eval()
-    layers = inject_adapters(ours, AdapterSpec("lora", targets, rank=r, scale=scale))
+    layers = inject_adapters(ours, AdapterSpec(arch="lora", targets=targets, rank=r, scale=scale))
     peft_layers = {
         n: m
         for n, m in peft_model.named_modules()

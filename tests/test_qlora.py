@@ -27,7 +27,7 @@ def test_4bit_base_trains_fp32_adapters(arch: str, tmp_path: Path) -> None:
     from moelora_experiments.tasks import write_tiny_causal_lm
 
     write_tiny_causal_lm(tmp_path, hidden=128, layers=1)
-    spec = AdapterSpec(arch, ("q_proj", "v_proj"), rank=4, experts=2)
+    spec = AdapterSpec(arch=arch, targets=("q_proj", "v_proj"), rank=4, experts=2)
     quant = Placement(device="cpu", dtype="bfloat16", load_in_4bit=True)
     model = build_peft_model(
         from_pretrained(AutoModelForCausalLM, str(tmp_path), quant), spec, 0, True, False

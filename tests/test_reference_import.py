@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -63,6 +64,17 @@ def relative_error(ours: Tensor, ref: Tensor, base: Tensor) -> float:
 # ----- TalkLoRA ----------------------------------------------------------------------------------
 TALK_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 TALK_GROUP = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "up_proj": "up", "down_proj": "down"}
+
+
+def transposed_twin_error(
+    importer: Any, base: nn.Module, state: dict[str, Tensor], kind: str, ref: Tensor
+) -> float:
+    """The relative error against `ref` of `base` with `state` imported, `kind`'s tensors transposed."""
+    twin = {k: (v.T.contiguous() if kind in k else v) for k, v in state.items()}
+    wrong = copy.deepcopy(base)
+    importer(wrong, twin)
+    with torch.no_grad():
+        return relative_error(wrong(TOKENS).logits, ref, base(TOKENS).logits)
 
 
 def talklora_checkpoint(
@@ -136,11 +148,7 @@ def test_talklora_import_is_exact(adapter: str | None) -> None:
     assert float((ref - y0).abs().max()) > 1e-2  # the adapters do something
     assert relative_error(y, ref, y0) <= 1e-12
     # mutated twin: a checkpoint whose talking modules are transposed is refuted
-    twin = {k: (v.T.contiguous() if "lora_A_talk" in k else v) for k, v in state.items()}
-    wrong = copy.deepcopy(base)
-    import_talklora_reference(wrong, twin)
-    with torch.no_grad():
-        assert relative_error(wrong(TOKENS).logits, ref, y0) > 1e-3
+    assert transposed_twin_error(import_talklora_reference, base, state, "lora_A_talk", ref) > 1e-3
 
 
 def test_talklora_per_layer_b_aliases() -> None:
@@ -261,11 +269,7 @@ def test_comol_import_is_exact(core_router: bool) -> None:
     assert float((ref - y0).abs().max()) > 1e-2
     assert relative_error(y, ref, y0) <= 1e-12
     # mutated twin: loading the cores as stored (M_i = lora_Cores.i, no transpose) is refuted
-    twin = {k: (v.T.contiguous() if "lora_Cores" in k else v) for k, v in state.items()}
-    wrong = copy.deepcopy(base)
-    import_comol_reference(wrong, twin)
-    with torch.no_grad():
-        assert relative_error(wrong(TOKENS).logits, ref, y0) > 1e-3
+    assert transposed_twin_error(import_comol_reference, base, state, "lora_Cores", ref) > 1e-3
 
 
 def test_comol_scale_and_file_formats(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proofs_numeric.claims import all_claims
+from proofs_numeric.catalogue import all_claims
 
 ROOT = Path(__file__).resolve().parents[1]
 STATUSES = {"holds", "holds under a condition", "refuted", "open"}
@@ -46,7 +46,8 @@ def test_ledger_names_registered_claims() -> None:
 def test_every_paper_claim_is_in_the_ledger() -> None:
     text = "\n".join(" | ".join(r) for r in _ledger_rows())
     for c in all_claims():
-        if c.spec.startswith(("TalkLoRA abstract", "CoMoL abstract", "CoMoL paper")):
+        paper = c.spec.startswith(("TalkLoRA abstract", "CoMoL abstract", "CoMoL paper"))
+        if paper and c.twin_of is None:  # a twin carries its claim's spec; the ledger lists claims
             assert f"`{c.name}`" in text, f"{c.name} ({c.spec}) is missing from the ledger"
     for label in [f"T{i}" for i in range(1, 16)] + [f"C{i}" for i in range(1, 13)]:
         assert f"{label} | " in text, f"ledger row {label} missing"

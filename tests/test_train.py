@@ -43,7 +43,7 @@ def tiny_model(arch: str = "talklora", seed: int = 0) -> nn.Module:
         intermediate_size=64,
     )
     model = MeanPoolClassifier(BertModel(cfg), 32)
-    inject_adapters(model, AdapterSpec(arch, targets=("query", "value"), rank=8, experts=4))
+    inject_adapters(model, AdapterSpec(arch=arch, targets=("query", "value"), rank=8, experts=4))
     model.head.requires_grad_(True)
     return model
 
@@ -96,26 +96,24 @@ def test_stream_covers_each_epoch_once_and_depends_on_seed() -> None:
     assert stream_indices(0, 10, 10, seed=2) != s[:10]
 
 
+def killed_after_5(config: TrainConfig, out: Path) -> None:
+    """Train a fresh tiny model into `out` and kill it hard after step 5 (checkpoint_every=3)."""
+
+    def die_at_5(step: int, loss: float) -> None:
+        if step == 5:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train(tiny_model(), N_EXAMPLES, make_batch, loss_fn, config, out, on_step=die_at_5)
+
+
 def test_resume_after_kill_is_bit_identical(tmp_path: Path) -> None:
     straight = tiny_model()
     r = train(straight, N_EXAMPLES, make_batch, loss_fn, cfg(), tmp_path / "straight")
     assert r.steps == 8 and len(r.losses) == 8
     reference = trained_weights(straight)
 
-    def die_at_5(step: int, loss: float) -> None:
-        if step == 5:  # a hard kill: step 4 and 5 were never checkpointed (checkpoint_every=3)
-            raise Kill
-
-    with pytest.raises(Kill):
-        train(
-            tiny_model(),
-            N_EXAMPLES,
-            make_batch,
-            loss_fn,
-            cfg(),
-            tmp_path / "killed",
-            on_step=die_at_5,
-        )
+    killed_after_5(cfg(), tmp_path / "killed")  # steps 4 and 5 were never checkpointed
     assert [p.name for p in checkpoints(tmp_path / "killed")] == ["step-0000003"]
     resumed = tiny_model()
     r2 = train(resumed, N_EXAMPLES, make_batch, loss_fn, cfg(), tmp_path / "killed")
@@ -226,20 +224,7 @@ def test_one_gpu_trains_in_bf16_and_resumes(tmp_path: Path) -> None:
     expected = "bf16" if torch.cuda.is_bf16_supported() else "no"
     assert r.mixed_precision == expected and all(math.isfinite(v) for v in r.losses)
 
-    def die_at_5(step: int, loss: float) -> None:
-        if step == 5:
-            raise Kill
-
-    with pytest.raises(Kill):
-        train(
-            tiny_model(),
-            N_EXAMPLES,
-            make_batch,
-            loss_fn,
-            cfg(mixed_precision="auto"),
-            tmp_path / "b",
-            on_step=die_at_5,
-        )
+    killed_after_5(cfg(mixed_precision="auto"), tmp_path / "b")
     resumed = tiny_model()
     r2 = train(
         resumed, N_EXAMPLES, make_batch, loss_fn, cfg(mixed_precision="auto"), tmp_path / "b"

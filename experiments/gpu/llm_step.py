@@ -1,8 +1,8 @@
 """Training-step throughput and peak memory at LLM shapes: a stack of Llama-3-8B-sized decoder layers
 built from a config (random weights, frozen), every architecture injected on q/k/v/o, one AdamW step.
 
-    python experiments/gpu/llm_step.py --device cuda --json out.json        # 8B shapes, bf16
-    python experiments/gpu/llm_step.py --device cpu --hidden 64 --intermediate 128 --heads 4 \\
+    python -m moelora_experiments.gpu.llm_step --device cuda --json out.json        # 8B shapes, bf16
+    python -m moelora_experiments.gpu.llm_step --device cpu --hidden 64 --intermediate 128 --heads 4 \\
         --kv-heads 2 --seq 32 --steps 2 --warmup 1                            # a CPU smoke run
 
 Per architecture: median seconds per step (forward + backward + optimizer), tokens per second, peak
@@ -21,14 +21,9 @@ from typing import Any
 
 import torch
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "lora": {"arch": "lora"},
-    "moelora-input": {"arch": "moelora", "router": "input"},
-    "moelora-latent": {"arch": "moelora", "router": "latent"},
-    "hydralora": {"arch": "hydralora"},
-    "talklora": {"arch": "talklora"},
-    "comol": {"arch": "comol"},
-}
+from ..study.grid import arch_variants
+
+VARIANTS = arch_variants()  # every registered architecture (MoELoRA with both routers)
 
 
 def build_stack(a: argparse.Namespace) -> torch.nn.Module:
@@ -59,7 +54,7 @@ def _sync(device: str) -> None:
 
 
 def bench(a: argparse.Namespace, name: str) -> dict[str, Any]:
-    from moelora_experiments.inject import AdapterSpec, inject_adapters, trainable_report
+    from ..inject import AdapterSpec, inject_adapters, trainable_report
 
     model = build_stack(a)
     if name != "frozen":

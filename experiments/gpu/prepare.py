@@ -12,14 +12,16 @@ from pathlib import Path
 
 def prepare(out: Path, preset_name: str = "gpu", model: str | None = None) -> Path:
     import torch
+    from transformers import PreTrainedModel
 
-    from moelora_experiments.study.data import export_tasks
-    from moelora_experiments.study.grid import preset
-    from moelora_experiments.tasks import load_encoder
+    from ..study.data import export_tasks
+    from ..study.grid import preset
+    from ..tasks import load_encoder
 
     cfg = preset(preset_name)
     encoder, tokenizer = load_encoder(model or cfg.model)
     encoder.to(dtype=torch.float16)
+    assert isinstance(encoder, PreTrainedModel)  # what AutoModel.from_pretrained returns
     encoder.save_pretrained(out / "minilm")
     tokenizer.save_pretrained(out / "minilm")
     export_tasks(out / "tasks.json", ("vader", "multi"), cfg.per_task)

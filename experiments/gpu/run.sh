@@ -67,5 +67,5 @@ else  # the older benchmark: one dtype per call, CPU only
 fi
 
 echo "== training step at Llama-3-8B shapes ($LLM_DTYPE)"
-timeout 150 $PY experiments/gpu/llm_step.py --device "$([ "$DEVICE" = cuda ] && echo cuda || echo cpu)" --dtype $LLM_DTYPE $LLM --json "$OUT/llm_step.json" || echo "llm_step failed (rc=$?)"
+timeout 150 $PY -m moelora_experiments.gpu.llm_step --device "$([ "$DEVICE" = cuda ] && echo cuda || echo cpu)" --dtype $LLM_DTYPE $LLM --json "$OUT/llm_step.json" || echo "llm_step failed (rc=$?)"
 echo "== done $(date -u); files: $(ls "$OUT" | tr '\n' ' ')"

@@ -57,7 +57,7 @@ def forest(analysis: Mapping[str, Any], path: Path) -> Path | None:
 
 
 def amp_vs_talk(cells: list[Mapping[str, Any]], path: Path) -> Path | None:
-    pts = [p for c in cells if c["arch"] == "talklora" for p in c.get("talk_points") or []]
+    pts = [p for c in cells for p in c.get("talk_points") or []]  # layers with a talking module
     if not pts:
         return None
     plt = _plt()

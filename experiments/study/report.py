@@ -123,19 +123,41 @@ def violations(cells: list[Mapping[str, Any]]) -> list[str]:
 
 
 def write_report(metrics: Mapping[str, Any], out: Path) -> None:
+    """report.md (and the plots it shows) in `out`."""
     from .plots import write_plots
 
-    cells = metrics["cells"]
-    cfg = metrics["config"]
+    cells, cfg = metrics["cells"], metrics["config"]
+    an = metrics.get("analysis") or {}
+    L = [*_header(metrics), "", "## Claims", "", *_claims(an)]
+    for task in cfg["tasks"]:
+        for budget in cfg["budgets"]:
+            L += ["", f"## {task} / {budget} (mean ± sd over seeds)", ""]
+            L += arch_table(cells, task, budget)
+    bad = violations(cells)
+    L += [
+        "",
+        "## Soundness",
+        "",
+        "No searched lower bound exceeds its certified upper bound."
+        if not bad
+        else "VIOLATIONS:\n" + "\n".join(f"- {b}" for b in bad),
+    ]
+    plots = write_plots(metrics, an, out)
+    L += ["", "## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
+    (out / "report.md").write_text("\n".join(L), encoding="utf-8")
+
+
+def _header(metrics: Mapping[str, Any]) -> list[str]:
+    """Title, the run's settings and one line per task (with the head-alone accuracy)."""
+    cells, cfg, env = metrics["cells"], metrics["config"], metrics["environment"]
     L = [
         "# MoE-LoRA study",
         "",
         f"Model `{cfg['model']}`; archs {', '.join(cfg['archs'])}; seeds {cfg['seeds']}; tasks "
         f"{', '.join(cfg['tasks'])}; budgets {', '.join(cfg['budgets'])}; {cfg['steps']} steps of "
         f"batch {cfg['batch_size']}; {len(cells)} cells ({metrics['cells_computed_this_call']} computed "
-        f"in this call, {metrics['seconds_this_call']:.0f} s; {metrics['environment']['threads']} "
-        f"threads, device {metrics['environment']['device']}, load average "
-        f"{metrics['environment']['load_average'][0]:.1f}).",
+        f"in this call, {metrics['seconds_this_call']:.0f} s; {env['threads']} "
+        f"threads, device {env['device']}, load average {env['load_average'][0]:.1f}).",
         "",
     ]
     for name, t in metrics["tasks"].items():
@@ -149,44 +171,25 @@ def write_report(metrics: Mapping[str, Any], out: Path) -> None:
             f"- task `{name}`: {t['name']}, {t['train']} train / {t['test']} test, "
             f"{t['positive_share']:.0%} positive"
         )
-    an = metrics.get("analysis") or {}
-    L += ["", "## Claims", ""]
+    return L
+
+
+def _claims(an: Mapping[str, Any]) -> list[str]:
+    """The claims table (or why the statistics are missing)."""
     if "error" in an:
-        L.append(an["error"])
-    else:
-        L.append(
-            f"Paired over seeds (a − b per seed), 95% t and bootstrap intervals, Holm over "
-            f"{an['family_size']} comparisons at α = {an['alpha']}; non-inferiority margin "
-            f"{an['margin']}."
-        )
-        L += [
-            "",
-            "| claim | task/budget | metric | a − b | verdict | why |",
-            "|---|---|---|---|---|---|",
-        ]
-        for c in an["comparisons"]:
-            L.append(
-                f"| {c['claim']} | {c['task']}/{c['budget']} | {c['metric']} | {c['a']} − {c['b']} "
-                f"| **{c['verdict']}** | {c['why']} (bootstrap [{c['boot_low']:+.3g}, "
-                f"{c['boot_high']:+.3g}]) |"
-            )
-    for task in cfg["tasks"]:
-        for budget in cfg["budgets"]:
-            L += [
-                "",
-                f"## {task} / {budget} (mean ± sd over seeds)",
-                "",
-                *arch_table(cells, task, budget),
-            ]
-    bad = violations(cells)
-    L += [
+        return [an["error"]]
+    L = [
+        f"Paired over seeds (a − b per seed), 95% t and bootstrap intervals, Holm over "
+        f"{an['family_size']} comparisons at α = {an['alpha']}; non-inferiority margin "
+        f"{an['margin']}.",
         "",
-        "## Soundness",
-        "",
-        "No searched lower bound exceeds its certified upper bound."
-        if not bad
-        else "VIOLATIONS:\n" + "\n".join(f"- {b}" for b in bad),
+        "| claim | task/budget | metric | a − b | verdict | why |",
+        "|---|---|---|---|---|---|",
     ]
-    plots = write_plots(metrics, an, out)
-    L += ["", "## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
-    (out / "report.md").write_text("\n".join(L), encoding="utf-8")
+    for c in an["comparisons"]:
+        L.append(
+            f"| {c['claim']} | {c['task']}/{c['budget']} | {c['metric']} | {c['a']} − {c['b']} "
+            f"| **{c['verdict']}** | {c['why']} (bootstrap [{c['boot_low']:+.3g}, "
+            f"{c['boot_high']:+.3g}]) |"
+        )
+    return L

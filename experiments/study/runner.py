@@ -25,11 +25,20 @@ from torch import nn
 
 from moelora_core.errors import ConfigError
 from proofs_numeric.jsonio import write_json_atomic
+from proofs_numeric.threads import torch_threads
 
 from ..inject import AdapterSpec, adapted_layers, trainable_report
 from ..measure import capture_inputs, measure_layer
-from ..tasks import MINILM, TextTask, accuracy, encode_texts, load_encoder, text_batches
-from ..train import TrainConfig, train
+from ..tasks import (
+    MINILM,
+    TextTask,
+    accuracy,
+    encode_texts,
+    load_encoder,
+    model_config,
+    text_batches,
+)
+from ..train import TrainConfig, TrainResult, train
 from .data import load_task
 from .dynamics import Recorder
 from .grid import StudyConfig, budget_specs, target_regex
@@ -118,34 +127,8 @@ def run_cell(
     tk = sh.tasks[task]
     model = build_classifier(sh.encoder, sh.hidden, spec, seed)
     layers = adapted_layers(model)
-    texts, labels = [t for t, _ in tk.train], torch.tensor([y for _, y in tk.train])
-    probe = text_batches(sh.tokenizer, [t for t, _ in tk.test[: cfg.probe_texts]], cfg.max_length)
-    rec = Recorder(layers, capture_inputs(model, probe, max_tokens=cfg.max_tokens, layers=layers))
-    rec.record(0)
-
-    def make_batch(idx: list[int]) -> dict[str, torch.Tensor]:
-        return {
-            **encode_texts(sh.tokenizer, [texts[i] for i in idx], cfg.max_length),
-            "labels": labels[idx],
-        }
-
-    def on_step(step: int, loss: float) -> None:
-        if step % cfg.snapshot_every == 0 or step == cfg.steps:
-            rec.record(step)
-
-    tcfg = TrainConfig(
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        warmup_steps=min(10, cfg.steps - 1),
-        seed=seed,
-        checkpoint_every=cfg.steps,
-        mixed_precision="no",
-        progress=False,
-    )
-    tr = train(model, len(texts), make_batch, _loss, tcfg, work, on_step=on_step, desc=arch)
+    tr, (trace, sentences) = _train_cell(cfg, sh, tk, model, seed, work, arch)
     model.eval()
-    trace, sentences = rec.result()
     acc = accuracy(model, sh.tokenizer, tk.test, cfg.max_length)
     t_train = time.perf_counter() - t0
     X = capture_inputs(
@@ -177,6 +160,40 @@ def run_cell(
     }
 
 
+def _train_cell(
+    cfg: StudyConfig, sh: Shared, tk: TextTask, model: nn.Module, seed: int, work: Path, arch: str
+) -> tuple[TrainResult, tuple[list[dict[str, Any]], dict[str, list[str]]]]:
+    """Train `model` on the task, recording routing snapshots along training; (result, trace)."""
+    layers = adapted_layers(model)
+    texts, labels = [t for t, _ in tk.train], torch.tensor([y for _, y in tk.train])
+    probe = text_batches(sh.tokenizer, [t for t, _ in tk.test[: cfg.probe_texts]], cfg.max_length)
+    rec = Recorder(layers, capture_inputs(model, probe, max_tokens=cfg.max_tokens, layers=layers))
+    rec.record(0)
+
+    def make_batch(idx: list[int]) -> dict[str, torch.Tensor]:
+        return {
+            **encode_texts(sh.tokenizer, [texts[i] for i in idx], cfg.max_length),
+            "labels": labels[idx],
+        }
+
+    def on_step(step: int, loss: float) -> None:
+        if step % cfg.snapshot_every == 0 or step == cfg.steps:
+            rec.record(step)
+
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=min(10, cfg.steps - 1),
+        seed=seed,
+        checkpoint_every=cfg.steps,
+        mixed_precision="no",
+        progress=False,
+    )
+    tr = train(model, len(texts), make_batch, _loss, tcfg, work, on_step=on_step, desc=arch)
+    return tr, rec.result()
+
+
 def load_shared(cfg: StudyConfig) -> Shared:
     if cfg.model != MINILM and not Path(cfg.model).is_dir():
         raise ConfigError(
@@ -188,7 +205,7 @@ def load_shared(cfg: StudyConfig) -> Shared:
     except (OSError, ValueError) as e:
         raise ConfigError(f"model={cfg.model!r}: not a loadable model directory ({e})") from None
     encoder.float().requires_grad_(False)  # a float16 copy (the GPU run's) trains in float32
-    return Shared(encoder, tokenizer, int(encoder.config.hidden_size), tasks)
+    return Shared(encoder, tokenizer, int(model_config(encoder).hidden_size), tasks)
 
 
 def plan(
@@ -228,12 +245,10 @@ def run_study(
         raise ConfigError(f"shard={i_shard}/{k_shard}: expected 0 <= i < k")
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    before = torch.get_num_threads()
     threads = cfg.threads or auto_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         sh = load_shared(cfg)
-        cells = plan(cfg, sh.hidden, int(sh.encoder.config.num_hidden_layers))
+        cells = plan(cfg, sh.hidden, int(model_config(sh.encoder).num_hidden_layers))
         records, computed = [], 0
         for i, (task, budget, arch, seed, spec, params) in enumerate(cells, 1):
             if (i - 1) % k_shard != i_shard:
@@ -254,8 +269,6 @@ def run_study(
                         flush=True,
                     )
             records.append(rec)
-    finally:
-        torch.set_num_threads(before)
     tasks = {k: v.describe() for k, v in sh.tasks.items()}
     return finish(cfg, out, records, computed, time.perf_counter() - t0, threads, tasks, report)
 

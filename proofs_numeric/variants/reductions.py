@@ -14,23 +14,13 @@ from typing import Any
 
 import torch
 from hypothesis.strategies import SearchStrategy
-from torch import Tensor
 
 from moelora_core.adapter import Adapter
 from moelora_core.registry import ARCHITECTURES
 
-from ..checking import EXACT_TOL, Claim, ClaimError, Outcome, rel_error
-from ..strategies import (
-    DTYPE,
-    Case,
-    build_random,
-    cases,
-    comol_configs,
-    hydralora_configs,
-    lora_configs,
-    moelora_configs,
-    talklora_configs,
-)
+from ..checking import EXACT_TOL, Claim, ClaimError, Outcome
+from ..outcomes import compare
+from ..strategies import CONFIG_STRATEGIES, DTYPE, Case, build_random, cases
 from .base import (
     Declaration,
     Draw,
@@ -41,14 +31,6 @@ from .base import (
     named,
 )
 from .snippet import config_expression
-
-SOURCE_CONFIGS: dict[str, Callable[[], SearchStrategy[Any]]] = {
-    "lora": lora_configs,
-    "moelora": moelora_configs,
-    "hydralora": hydralora_configs,
-    "talklora": talklora_configs,
-    "comol": comol_configs,
-}
 
 
 def target_class(target: str | type) -> tuple[str, type[Adapter]]:
@@ -77,41 +59,6 @@ def check_embedded(out: object, cls: type | None, what: str) -> str | None:
     if bad:
         return f"{what} returned parameters of dtype {sorted(bad)}; build it with the source's dtype (float64)"
     return None
-
-
-def _difference(label: str, a: Tensor | None, b: Tensor | None, names: tuple[str, str]) -> str:
-    err = rel_error(a, b)
-    text = f"{label}: relative error {err:.3g}"
-    if a is None or b is None or a.shape != b.shape:
-        shapes = [None if t is None else tuple(t.shape) for t in (a, b)]
-        return text + f" ({names[0]} gives shape {shapes[0]}, {names[1]} {shapes[1]})"
-    if err > 0 and a.numel():
-        flat = int((a.detach() - b.detach()).abs().argmax())
-        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape))
-        text += (
-            f", largest at {list(idx)}: {names[0]} {float(a.detach()[idx]):.9g}"
-            f" vs {names[1]} {float(b.detach()[idx]):.9g}"
-        )
-    return text
-
-
-def compare(
-    source: Adapter, target: Adapter, x: Tensor, tol: float, names: tuple[str, str]
-) -> Outcome:
-    """Δ and (where both route) g of `source` and `target` on x: the worst relative error, and what
-    each is, where they differ most and both values."""
-    da, db = source(x), target(x)
-    parts = [("Δ(x)", da, db)]
-    ga, gb = source.routing(x), target.routing(x)
-    if ga is not None and gb is not None:
-        parts.append(("routing g(x)", ga, gb))
-    errors = [rel_error(a, b) for _, a, b in parts]
-    detail = "; ".join(_difference(label, a, b, names) for label, a, b in parts)
-    if len(parts) == 1:
-        detail += " (routing not compared: " + (
-            "neither routes)" if ga is None and gb is None else "only one routes)"
-        )
-    return Outcome(max(errors), tol, detail)
 
 
 def reduces_to(
@@ -199,11 +146,11 @@ def embeds(
     prepared by `when`, equals `embed(source)`, an instance of the variant (same Δ and routing)."""
     key, cls = target_class(source)
     if source_configs is None:
-        if key not in SOURCE_CONFIGS:
+        if key not in CONFIG_STRATEGIES:
             raise VariantError(
                 f"embeds({key!r}): give source_configs=<strategy of {cls.__name__} configs>"
             )
-        source_configs = SOURCE_CONFIGS[key]()
+        source_configs = CONFIG_STRATEGIES[key]()
     text = (
         statement
         or f"every {cls.__name__} embeds into {{variant}} via {named(embed)} (Δ and routing)"

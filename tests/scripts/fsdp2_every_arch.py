@@ -22,13 +22,13 @@ from moelora_experiments.inject import AdapterSpec
 
 QV = ("q_proj", "v_proj")
 SPECS = {
-    "lora": AdapterSpec("lora", QV, rank=4, scale=2.0),
-    "moelora": AdapterSpec("moelora", QV, rank=4, experts=2, router="latent", top_k=1),
-    "hydralora": AdapterSpec("hydralora", QV, rank=4, experts=2),
-    "talklora": AdapterSpec("talklora", QV, rank=4, experts=2),
-    "talklora-shared-b": AdapterSpec("talklora", QV, rank=4, experts=2, shared_b=True),
-    "comol": AdapterSpec("comol", QV, rank=4, experts=2),
-    "comol-shared-ab": AdapterSpec("comol", QV, rank=4, experts=2, shared_ab=True),
+    "lora": AdapterSpec(arch="lora", targets=QV, rank=4, scale=2.0),
+    "moelora": AdapterSpec(arch="moelora", targets=QV, rank=4, experts=2, router="latent", top_k=1),
+    "hydralora": AdapterSpec(arch="hydralora", targets=QV, rank=4, experts=2),
+    "talklora": AdapterSpec(arch="talklora", targets=QV, rank=4, experts=2),
+    "talklora-shared-b": AdapterSpec(arch="talklora", targets=QV, rank=4, experts=2, shared_b=True),
+    "comol": AdapterSpec(arch="comol", targets=QV, rank=4, experts=2),
+    "comol-shared-ab": AdapterSpec(arch="comol", targets=QV, rank=4, experts=2, shared_ab=True),
 }
 TOKENS = torch.arange(1, 13).reshape(2, 6)
 

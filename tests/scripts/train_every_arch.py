@@ -23,11 +23,17 @@ from moelora_experiments.loading import Placement, load_tokenizer
 from moelora_experiments.train import TrainConfig
 
 SPECS = {
-    "lora": AdapterSpec("lora", ("q_proj", "v_proj"), rank=4, scale=2.0),
-    "moelora": AdapterSpec("moelora", ("q_proj", "v_proj"), rank=4, experts=2, router="latent"),
-    "hydralora": AdapterSpec("hydralora", ("q_proj", "v_proj"), rank=4, experts=2),
-    "talklora": AdapterSpec("talklora", ("q_proj", "v_proj"), rank=4, experts=2, shared_b=True),
-    "comol": AdapterSpec("comol", ("q_proj", "v_proj"), rank=4, experts=2, shared_ab=True),
+    "lora": AdapterSpec(arch="lora", targets=("q_proj", "v_proj"), rank=4, scale=2.0),
+    "moelora": AdapterSpec(
+        arch="moelora", targets=("q_proj", "v_proj"), rank=4, experts=2, router="latent"
+    ),
+    "hydralora": AdapterSpec(arch="hydralora", targets=("q_proj", "v_proj"), rank=4, experts=2),
+    "talklora": AdapterSpec(
+        arch="talklora", targets=("q_proj", "v_proj"), rank=4, experts=2, shared_b=True
+    ),
+    "comol": AdapterSpec(
+        arch="comol", targets=("q_proj", "v_proj"), rank=4, experts=2, shared_ab=True
+    ),
 }
 TOKENS = torch.arange(1, 13).reshape(2, 6)
 

@@ -37,9 +37,19 @@ from moelora_core.comol import CoMoL, CoMoLConfig
 from moelora_core.moelora import MoELoRA, MoELoRAConfig
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 
-from .checking import Claim, Outcome, exact
-from .function_class import DependenceRank, dependence_rank, output_rank
-from .strategies import DTYPE, Case, build_random, cases, comol_configs, moelora_configs, seeds
+from ..checking import Claim, Outcome, claim_with_twin, exact
+from ..function_class import DependenceRank, dependence_rank, output_rank
+from ..outcomes import verdict
+from ..strategies import (
+    DTYPE,
+    Case,
+    build_as,
+    build_random,
+    cases,
+    comol_configs,
+    moelora_configs,
+    seeds,
+)
 
 GAP = 1e-6  # certified: σ_{r+1}/σ_1 above this, rounding near 1e-16
 
@@ -52,10 +62,6 @@ def _points(n: int, k: int, seed: int) -> torch.Tensor:
     return torch.randn(k, n, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
 
 
-def _verdict(ok: bool, detail: str) -> Outcome:
-    return Outcome(0.0 if ok else 1.0, 0.5, detail)
-
-
 # ----- CoMoL: core router vs router on x ---------------------------------------------------------------
 
 # (r, N >= 2, n - r >= 1, m, seed)
@@ -66,9 +72,7 @@ comol_shapes = st.tuples(
 
 def _comol(n: int, m: int, r: int, N: int, core: bool, seed: int) -> CoMoL:
     cfg = CoMoLConfig(in_features=n, out_features=m, rank=r, num_cores=N, core_router=core)
-    c = build_random(cfg, seed)
-    assert isinstance(c, CoMoL)
-    return c
+    return build_as(CoMoL, cfg, seed)
 
 
 def _router_directions(x_router_reads_at_most_r: bool) -> Callable[[tuple[int, ...]], Outcome]:
@@ -83,9 +87,9 @@ def _router_directions(x_router_reads_at_most_r: bool) -> Callable[[tuple[int, .
             f"(bound r+N-1={r + N - 1}); σ_(r+1)/σ_1 on x {onx.gap_after(r):.2e}"
         )
         if x_router_reads_at_most_r:  # twin: the projection loses nothing, both read <= r
-            return _verdict(onx.rank <= r, detail)
+            return verdict(onx.rank <= r, detail)
         ok = core.rank <= r and _certified(onx, r) and onx.rank <= r + N - 1
-        return _verdict(ok, detail)
+        return verdict(ok, detail)
 
     return case
 
@@ -95,8 +99,7 @@ def _core_in_x_router(drop_A: bool) -> Callable[[Case[CoMoLConfig]], Outcome]:
 
     def case(c: Case[CoMoLConfig]) -> Outcome:
         cfg = c.config
-        src = build_random(cfg, c.seed)
-        assert isinstance(src, CoMoL)
+        src = build_as(CoMoL, cfg, c.seed)
         tgt_cfg = CoMoLConfig(
             in_features=cfg.in_features,
             out_features=cfg.out_features,
@@ -128,18 +131,15 @@ def _core_in_x_router(drop_A: bool) -> Callable[[Case[CoMoLConfig]], Outcome]:
 # ----- CoMoL vs MoE-LoRA --------------------------------------------------------------------------------
 
 
-def _moelora_in_comol(identity_cores: bool) -> Callable[[Case[MoELoRAConfig]], Outcome]:
-    def case(c: Case[MoELoRAConfig]) -> Outcome:
-        mo = c.build()
-        assert isinstance(mo, MoELoRA)
-        co = R.moelora_to_comol(mo)
-        if identity_cores:  # twin: all cores I (the experts' blocks are not selected)
-            with torch.no_grad():
-                co.cores.copy_(torch.eye(co.config.rank, dtype=DTYPE).expand_as(co.cores))
-        x = c.inputs()
-        return exact((mo(x), co(x)), (mo.routing(x), co.routing(x)))
-
-    return case
+def _moelora_in_comol_identity_cores(c: Case[MoELoRAConfig]) -> Outcome:
+    """The twin of `moelora_in_comol` (declared by MoELoRA, checked in declared.py): the block-selector
+    embedding with every core M_i = I (the experts' blocks are not selected)."""
+    mo = build_as(MoELoRA, c.config, c.seed)
+    co = R.moelora_to_comol(mo)
+    with torch.no_grad():
+        co.cores.copy_(torch.eye(co.config.rank, dtype=DTYPE).expand_as(co.cores))
+    x = c.inputs()
+    return exact((mo(x), co(x)), (mo.routing(x), co.routing(x)))
 
 
 # (r, N >= 2, m - r >= 1, n, seed)
@@ -165,7 +165,7 @@ def _rank_r_outputs(on_comol: bool) -> Callable[[tuple[int, ...]], Outcome]:
         detail = (
             f"n={n}, m={m}, r={r}, N={N}: output rank {d.rank}, σ_(r+1)/σ_1 {d.gap_after(r):.2e}"
         )
-        return _verdict(_certified(d, r), detail)
+        return verdict(_certified(d, r), detail)
 
     return case
 
@@ -257,105 +257,68 @@ def _model_outputs(on_shared_talk: bool) -> Callable[[tuple[int, ...]], Outcome]
         with torch.no_grad():
             d = output_rank(torch.cat([layer(pts) for layer in layers]))
         detail = f"E={E}, r={r}, m={m}, n={n}: output rank of 2 layers {d.rank}, σ_(r+1)/σ_1 {d.gap_after(r):.2e}"
-        return _verdict(_certified(d, r), detail)
+        return verdict(_certified(d, r), detail)
 
     return case
 
 
 CLASS_CLAIMS: list[Claim[Any]] = [
-    Claim(
+    *claim_with_twin(
         "comol_router_directions",
         "a core-router CoMoL reads <= r input directions; with n > r, m >= r and N >= 2 a router-on-x "
         "CoMoL reads more than r (certified) and at most r + N - 1: strict containment there",
         comol_shapes,
         _router_directions(False),
+        twin="x_reads_r: the router-on-x CoMoL also reads <= r input directions",
+        twin_case=_router_directions(True),
         spec="CoMoL abstract: router projected without compromising expressiveness",
     ),
-    Claim(
-        "comol_router_directions__x_reads_r",
-        "twin: the router-on-x CoMoL also reads <= r input directions",
-        comol_shapes,
-        _router_directions(True),
-        "refuted",
-        "comol_router_directions",
-    ),
-    Claim(
+    *claim_with_twin(
         "comol_core_in_x_router",
         "every core-router CoMoL is a router-on-x CoMoL with W_g = W_c A (the containment)",
         cases(comol_configs(core_router=True)),
         _core_in_x_router(False),
+        twin="drop_A: W_g = W_c padded with zeros (A dropped)",
+        twin_case=_core_in_x_router(True),
         spec="CoMoL abstract: router projected without compromising expressiveness",
-    ),
-    Claim(
-        "comol_core_in_x_router__drop_A",
-        "twin: W_g = W_c padded with zeros (A dropped)",
-        cases(comol_configs(core_router=True)),
-        _core_in_x_router(True),
-        "refuted",
-        "comol_core_in_x_router",
-    ),
-    Claim(
-        "moelora_in_comol",
-        "every MoE-LoRA with N experts of rank r/N is a CoMoL of rank r: A, B stacked, block-selector "
-        "cores, router unchanged (latent -> core router, input -> router on x)",
-        cases(moelora_configs()),
-        _moelora_in_comol(False),
-        spec="CoMoL abstract: retains the adaptability of MoE-LoRA",
     ),
     Claim(
         "moelora_in_comol__identity_cores",
         "twin: the same embedding with every core M_i = I",
         cases(moelora_configs(num_experts=2)),
-        _moelora_in_comol(True),
+        _moelora_in_comol_identity_cores,
         "refuted",
-        "moelora_in_comol",
+        "moelora_in_comol",  # declared by MoELoRA (declared.py)
+        spec="CoMoL abstract: retains the adaptability of MoE-LoRA",
     ),
-    Claim(
+    *claim_with_twin(
         "moelora_rank_r_not_in_comol",
         "N >= 2 input-router experts of rank r with m > r, n >= r reach more than r output directions "
         "(certified), so no CoMoL of rank r equals them: CoMoL is strictly inside MoE-LoRA(rank r)",
         rank_r_shapes,
         _rank_r_outputs(False),
+        twin="on_comol: the criterion applied to a CoMoL of rank r (its outputs stay in col(B))",
+        twin_case=_rank_r_outputs(True),
         spec="CoMoL abstract: retains the adaptability of MoE-LoRA",
     ),
-    Claim(
-        "moelora_rank_r_not_in_comol__on_comol",
-        "twin: the criterion applied to a CoMoL of rank r (its outputs stay in col(B))",
-        rank_r_shapes,
-        _rank_r_outputs(True),
-        "refuted",
-        "moelora_rank_r_not_in_comol",
-    ),
-    Claim(
+    *claim_with_twin(
         "talk_shared_b_model_in_moelora",
         "a model of L layers of TalkLoRA sharing B_i equals, layer by layer, a model of per-layer "
         "latent MoELoRAs (B_i' = B_i K_i^(l))",
         talk_models,
         _talk_model_embeds(False),
+        twin="shared: the per-layer MoELoRA model shares B too (layer 0's B_i K_i for every layer)",
+        twin_case=_talk_model_embeds(True),
         spec="TalkLoRA abstract: strictly generalizes MoELoRA (model level)",
     ),
-    Claim(
-        "talk_shared_b_model_in_moelora__shared",
-        "twin: the per-layer MoELoRA model shares B too (layer 0's B_i K_i for every layer)",
-        talk_models,
-        _talk_model_embeds(True),
-        "refuted",
-        "talk_shared_b_model_in_moelora",
-    ),
-    Claim(
+    *claim_with_twin(
         "moelora_model_not_in_shared_talk",
         "two per-layer MoELoRA layers (m > r, n >= r) reach more than r output directions together "
         "(certified); a shared-B TalkLoRA model reaches <= r: at model level TalkLoRA is strictly inside",
         model_shapes,
         _model_outputs(False),
+        twin="on_talk: the criterion applied to a shared-B TalkLoRA model",
+        twin_case=_model_outputs(True),
         spec="TalkLoRA abstract: strictly generalizes MoELoRA (model level)",
-    ),
-    Claim(
-        "moelora_model_not_in_shared_talk__on_talk",
-        "twin: the criterion applied to a shared-B TalkLoRA model",
-        model_shapes,
-        _model_outputs(True),
-        "refuted",
-        "moelora_model_not_in_shared_talk",
     ),
 ]

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from moelora_core import symbols as S
 
-from .checking import Claim, Outcome
-from .complexity import big_o, same_theta, theta_path_refuter
+from ..checking import Claim, Outcome, claim_with_twin
+from ..complexity import big_o, same_theta, theta_path_refuter
+from ..outcomes import verdict
 
 _exp = st.integers(1, 8)
 _exp0 = st.integers(0, 8)
@@ -31,10 +32,8 @@ ISSUE_EXAMPLE = (6, 5, 3, 3)
 newton_family = st.one_of(st.just(ISSUE_EXAMPLE), st.tuples(_exp, _exp, _exp0, _exp0))
 
 
-def _decided(verdict: bool, truth: bool, detail: str) -> Outcome:
-    return Outcome(
-        0.0 if verdict == truth else 1.0, 0.5, f"{detail}: decided {verdict}, truth {truth}"
-    )
+def _decided(decided: bool, truth: bool, detail: str) -> Outcome:
+    return verdict(decided == truth, f"{detail}: decided {decided}, truth {truth}")
 
 
 def _newton_case(
@@ -64,41 +63,29 @@ def _assumed_case(assume: tuple[str, ...]) -> Callable[[tuple[int, int, int, int
     def case(acd: tuple[int, int, int, int]) -> Outcome:
         a, _, c, d = acd
         f, g = S.r**c * S.n**d, S.n**a
-        verdict = big_o(f, g, [S.n, S.r], assume=assume)
-        return _decided(verdict, c + d <= a, f"r^{c} n^{d} = O(n^{a}) | assume {list(assume)}")
+        decided = big_o(f, g, [S.n, S.r], assume=assume)
+        return _decided(decided, c + d <= a, f"r^{c} n^{d} = O(n^{a}) | assume {list(assume)}")
 
     return case
 
 
 THETA_CLAIMS: list[Claim[Any]] = [
-    Claim(
+    *claim_with_twin(
         "theta_newton_decides",
         "same_theta(n^a + r^b, n^a + r^b + n^c r^d) is True iff c/a + d/b <= 1 (Newton polytope)",
         newton_family,
         _newton_case(_by_procedure),
+        twin="path_test: the old path test (paths t^e, e ∈ {1,2}²) decides the same family",
+        twin_case=_newton_case(_by_paths),
         spec="Θ procedure",
     ),
-    Claim(
-        "theta_newton_decides__path_test",
-        "twin: the old path test (paths t^e, e ∈ {1,2}²) decides the same family",
-        newton_family,
-        _newton_case(_by_paths),
-        "refuted",
-        "theta_newton_decides",
-    ),
-    Claim(
+    *claim_with_twin(
         "theta_under_r_le_n",
         "big_o(r^c n^d, n^a, assume r <= n) is True iff c + d <= a",
         newton_family,
         _assumed_case(("r <= n",)),
+        twin="no_assumption: the same verdicts without the assumption r <= n",
+        twin_case=_assumed_case(()),
         spec="Θ procedure",
-    ),
-    Claim(
-        "theta_under_r_le_n__no_assumption",
-        "twin: the same verdicts without the assumption r <= n",
-        newton_family,
-        _assumed_case(()),
-        "refuted",
-        "theta_under_r_le_n",
     ),
 ]

@@ -25,14 +25,15 @@ import sympy as sp
 from hypothesis import strategies as st
 
 from moelora_core import symbols as S
-from moelora_core.adapter import Adapter
+from moelora_core.adapter import Adapter, RoutedAdapter
 from moelora_core.comol import CoMoL, CoMoLConfig
 from moelora_core.lora import LoRA, LoRAConfig
 from moelora_core.moelora import MoELoRA, MoELoRAConfig
 from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 
-from .checking import Claim, Outcome
-from .complexity import interpolated_count, limit_ratio, same_theta
+from ..checking import Claim, claim_with_twin
+from ..complexity import interpolated_count, limit_ratio, same_theta
+from ..outcomes import symbolic
 
 CV = [S.n, S.m, S.r, S.N]  # CoMoL's variables
 
@@ -56,15 +57,14 @@ def _moelora_rank_r(v: dict[sp.Symbol, int]) -> MoELoRA:
     return MoELoRA(cfg, device="meta")
 
 
-def _router_numel(a: Adapter) -> int:
-    assert a.router is not None
+def _router_numel(a: RoutedAdapter) -> int:
     return sum(p.numel() for p in a.router.parameters())
 
 
 @lru_cache(maxsize=8)
 def router_count(kind: str) -> sp.Expr:
     """The router's parameter count of a module kind, measured and interpolated over (n, m, r, N)."""
-    build: Callable[[dict[sp.Symbol, int]], Adapter] = {
+    build: Callable[[dict[sp.Symbol, int]], RoutedAdapter] = {
         "comol_core": lambda v: _comol(v, True),
         "comol_x": lambda v: _comol(v, False),
         "moelora_r": _moelora_rank_r,
@@ -85,14 +85,6 @@ def moelora_rank_r_formula() -> sp.Expr:
 
 def lora_formula() -> sp.Expr:
     return LoRA(LoRAConfig(in_features=1, out_features=1, rank=1), device="meta").param_formula()
-
-
-def _symbolic(check: Callable[[], tuple[bool, str]]) -> Callable[[Any], Outcome]:
-    def case(_: Any) -> Outcome:
-        ok, detail = check()
-        return Outcome(0.0 if ok else 1.0, 0.5, detail)
-
-    return case
 
 
 def _router_theta(core_claimed: sp.Expr) -> Callable[[], tuple[bool, str]]:
@@ -211,89 +203,72 @@ def _talk_lightweight(assume: tuple[str, ...]) -> Callable[[], tuple[bool, str]]
 
 
 _ONE = st.just(0)
+Check = Callable[[], tuple[bool, str]]
 
 
 def _once(
-    name: str, statement: str, check: Callable[[], tuple[bool, str]], **kw: Any
-) -> Claim[Any]:
-    return Claim(name, statement, _ONE, _symbolic(check), max_examples=1, **kw)
+    name: str, statement: str, check: Check, twin: str, twin_check: Check, **kw: Any
+) -> list[Claim[Any]]:
+    """A one-case claim decided by `check` and its twin decided by `twin_check`."""
+    return claim_with_twin(
+        name, statement, _ONE, symbolic(check), twin=twin, twin_case=symbolic(twin_check),
+        max_examples=1, **kw,
+    )  # fmt: skip
 
 
 COUNT_CLAIMS: list[Claim[Any]] = [
-    _once(
+    *_once(
         "comol_router_theta",
         "CoMoL's router, measured from the module: Θ(N·r) parameters with core routing, Θ(N·n) "
         "without, and the two classes differ",
         _router_theta(S.N * S.r),
+        "wrong_class: the measured core router is Θ(N·n)",
+        _router_theta(S.N * S.n),
         spec="SPEC claim 3",
     ),
-    _once(
-        "comol_router_theta__wrong_class",
-        "twin: the measured core router is Θ(N·n)",
-        _router_theta(S.N * S.n),
-        expect="refuted",
-        twin_of="comol_router_theta",
-    ),
-    _once(
+    Claim(
         "comol_experts_theta",
         "CoMoL's param_formula minus its measured router is Θ((n+m)r + N r²), not the MoE-LoRA "
         "module's (N experts of rank r) Θ(N r (n+m))",
-        _experts_theta,
+        _ONE,
+        symbolic(_experts_theta),
         spec="SPEC claim 3",
+        max_examples=1,
     ),
-    _once(
+    *_once(
         "comol_over_lora_to_one",
         "CoMoL's param_formula / LoRA's param_formula -> 1 as n, m -> ∞ at fixed r, N",
         _ratio_to_lora(lambda: comol_formula(True), 1),
+        "moelora: the MoE-LoRA module's param_formula (N experts of rank r) / LoRA's -> 1",
+        _ratio_to_lora(moelora_rank_r_formula, 1),
+        twin_name="moelora_over_lora_to_one",
         spec="SPEC claim 3",
     ),
-    _once(
-        "moelora_over_lora_to_one",
-        "twin: the MoE-LoRA module's param_formula (N experts of rank r) / LoRA's -> 1",
-        _ratio_to_lora(moelora_rank_r_formula, 1),
-        expect="refuted",
-        twin_of="comol_over_lora_to_one",
-    ),
-    _once(
+    *_once(
         "comol_paper_molora_row",
         "the CoMoL paper's MoLoRA row on Qwen3-8B (107.35M) is 8 input-router experts of rank 8 on "
         "q, k, v, o, down: the modules' counted parameters give 107,347,968",
         _paper_row(8),
+        "repo_baseline: the row is the repository's baseline (8 experts of the full rank r = 16)",
+        _paper_row(16),
         spec="CoMoL paper, count comparison",
     ),
-    _once(
-        "comol_paper_molora_row__repo_baseline",
-        "twin: the row is the repository's baseline (8 experts of the full rank r = 16)",
-        _paper_row(16),
-        expect="refuted",
-        twin_of="comol_paper_molora_row",
-    ),
-    _once(
+    *_once(
         "comol_count_comparable_to_lora",
         "CoMoL (r = 16, N = 8) on Qwen3-8B's q, k, v, o, down has at most 2% more parameters than "
         "LoRA r = 16 (25,164,288 vs 24,772,608), a quarter of the paper's MoLoRA row",
         _comparable(comol(16, 8), "CoMoL r=16, N=8"),
+        "molora: MoLoRA (8 experts of rank 8, the paper's row) is within 2% of LoRA r = 16",
+        _comparable(molora(8, 8), "MoLoRA 8x8"),
         spec="CoMoL abstract: parameter efficiency comparable to LoRA",
     ),
-    _once(
-        "comol_count_comparable_to_lora__molora",
-        "twin: MoLoRA (8 experts of rank 8, the paper's row) is within 2% of LoRA r = 16",
-        _comparable(molora(8, 8), "MoLoRA 8x8"),
-        expect="refuted",
-        twin_of="comol_count_comparable_to_lora",
-    ),
-    _once(
+    *_once(
         "talk_params_theta_lora",
         "TalkLoRA's param_formula is Θ(LoRA's r(n+m)) under E <= r <= n: the talking module is "
         "lightweight (decided with assumptions)",
         _talk_lightweight(("E <= r", "r <= n")),
-        spec="TalkLoRA abstract: lightweight Talking Module",
-    ),
-    _once(
-        "talk_params_theta_lora__no_assumption",
-        "twin: the same without E <= r <= n (then E·r, E², r²/E can outgrow r(n+m))",
+        "no_assumption: the same without E <= r <= n (then E·r, E², r²/E can outgrow r(n+m))",
         _talk_lightweight(()),
-        expect="refuted",
-        twin_of="talk_params_theta_lora",
+        spec="TalkLoRA abstract: lightweight Talking Module",
     ),
 ]
