@@ -14,6 +14,7 @@ from torch import nn
 from .adapter import Adapter
 from .comol import CoMoL
 from .errors import ArgumentTypeError, ConfigError
+from .flylora import FlyLoRA
 from .hydralora import HydraLoRA
 from .lora import LoRA
 from .moelora import MoELoRA
@@ -25,6 +26,7 @@ ARCHITECTURES: dict[str, type[Adapter]] = {
     "hydralora": HydraLoRA,
     "talklora": TalkLoRA,
     "comol": CoMoL,
+    "flylora": FlyLoRA,
 }
 
 
