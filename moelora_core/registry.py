@@ -13,6 +13,7 @@ from torch import nn
 
 from .adapter import Adapter
 from .comol import CoMoL
+from .denselora import DenseLoRA
 from .errors import ArgumentTypeError, ConfigError
 from .flylora import FlyLoRA
 from .hydralora import HydraLoRA
@@ -27,6 +28,7 @@ ARCHITECTURES: dict[str, type[Adapter]] = {
     "talklora": TalkLoRA,
     "comol": CoMoL,
     "flylora": FlyLoRA,
+    "denselora": DenseLoRA,
 }
 
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoLConfig
+from moelora_core.denselora import DenseLoRAConfig
 from moelora_core.flylora import FlyLoRAConfig
 from moelora_core.hydralora import HydraLoRAConfig
 from moelora_core.lora import LoRAConfig
@@ -180,6 +181,15 @@ def flylora_configs(draw: st.DrawFn, lo: int = 1, top_k: bool = True) -> FlyLoRA
     )
 
 
+@st.composite
+def denselora_configs(
+    draw: st.DrawFn, lo: int = 1, top_k: bool = True, shared: bool = True
+) -> DenseLoRAConfig:
+    # every DenseLoRA config shares A and B (no flag to draw): it takes `shared` to be drawn with them
+    n, m, r = draw(_dims(lo)), draw(_dims(lo)), draw(st.integers(lo, 6))
+    return DenseLoRAConfig(in_features=n, out_features=m, rank=r, scale=draw(scales))
+
+
 def cases(configs: st.SearchStrategy[C]) -> st.SearchStrategy[Case[C]]:
     """Cases over a config strategy: config, parameter seed, input seed, batch shape."""
     return st.builds(Case, configs, seeds, seeds, batch_shapes)
@@ -192,6 +202,7 @@ CONFIG_STRATEGIES: dict[str, Callable[..., st.SearchStrategy[Any]]] = {  # one l
     "talklora": talklora_configs,
     "comol": comol_configs,
     "flylora": flylora_configs,
+    "denselora": denselora_configs,
 }
 """One config strategy per registered family (each takes `lo`, `top_k`, and `shared` if it shares)."""
 
