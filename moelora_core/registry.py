@@ -13,7 +13,9 @@ from torch import nn
 
 from .adapter import Adapter
 from .comol import CoMoL
+from .denselora import DenseLoRA
 from .errors import ArgumentTypeError, ConfigError
+from .flylora import FlyLoRA
 from .hydralora import HydraLoRA
 from .lora import LoRA
 from .moelora import MoELoRA
@@ -25,6 +27,8 @@ ARCHITECTURES: dict[str, type[Adapter]] = {
     "hydralora": HydraLoRA,
     "talklora": TalkLoRA,
     "comol": CoMoL,
+    "flylora": FlyLoRA,
+    "denselora": DenseLoRA,
 }
 
 

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoLConfig
+from moelora_core.denselora import DenseLoRAConfig
+from moelora_core.flylora import FlyLoRAConfig
 from moelora_core.hydralora import HydraLoRAConfig
 from moelora_core.lora import LoRAConfig
 from moelora_core.maps import Init
@@ -165,6 +167,29 @@ def comol_configs(
     )
 
 
+@st.composite
+def flylora_configs(draw: st.DrawFn, lo: int = 1, top_k: bool = True) -> FlyLoRAConfig:
+    n, m, r = draw(_dims(lo)), draw(_dims(lo)), draw(st.integers(lo, 6))
+    return FlyLoRAConfig(
+        in_features=n,
+        out_features=m,
+        rank=r,
+        top_k=draw(st.integers(1, r)) if top_k else r,  # without top-k: every component (LoRA)
+        density=draw(st.sampled_from([1e-3, 0.25, 0.5, 1.0])),  # p = 1, ⌈n/4⌉, ⌈n/2⌉, n
+        a_seed=draw(seeds),
+        scale=draw(scales),
+    )
+
+
+@st.composite
+def denselora_configs(
+    draw: st.DrawFn, lo: int = 1, top_k: bool = True, shared: bool = True
+) -> DenseLoRAConfig:
+    # every DenseLoRA config shares A and B (no flag to draw): it takes `shared` to be drawn with them
+    n, m, r = draw(_dims(lo)), draw(_dims(lo)), draw(st.integers(lo, 6))
+    return DenseLoRAConfig(in_features=n, out_features=m, rank=r, scale=draw(scales))
+
+
 def cases(configs: st.SearchStrategy[C]) -> st.SearchStrategy[Case[C]]:
     """Cases over a config strategy: config, parameter seed, input seed, batch shape."""
     return st.builds(Case, configs, seeds, seeds, batch_shapes)
@@ -176,6 +201,8 @@ CONFIG_STRATEGIES: dict[str, Callable[..., st.SearchStrategy[Any]]] = {  # one l
     "hydralora": hydralora_configs,
     "talklora": talklora_configs,
     "comol": comol_configs,
+    "flylora": flylora_configs,
+    "denselora": denselora_configs,
 }
 """One config strategy per registered family (each takes `lo`, `top_k`, and `shared` if it shares)."""
 
