@@ -19,6 +19,7 @@ from .flylora import FlyLoRA
 from .hydralora import HydraLoRA
 from .lora import LoRA
 from .moelora import MoELoRA
+from .mola import MoLA
 from .talklora import TalkLoRA
 
 ARCHITECTURES: dict[str, type[Adapter]] = {
@@ -29,6 +30,7 @@ ARCHITECTURES: dict[str, type[Adapter]] = {
     "comol": CoMoL,
     "flylora": FlyLoRA,
     "denselora": DenseLoRA,
+    "mola": MoLA,
 }
 
 
