@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adamole import AdaMoLE
 from .adapter import Adapter
 from .comol import CoMoL
 from .denselora import DenseLoRA
@@ -31,6 +32,7 @@ ARCHITECTURES: dict[str, type[Adapter]] = {
     "flylora": FlyLoRA,
     "denselora": DenseLoRA,
     "mola": MoLA,
+    "adamole": AdaMoLE,
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from hypothesis import strategies as st
 
+from moelora_core.adamole import AdaMoLEConfig
 from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoLConfig
 from moelora_core.denselora import DenseLoRAConfig
@@ -201,6 +202,16 @@ def mola_configs(draw: st.DrawFn, top_k: bool = True, lo: int = 1) -> MoLAConfig
     )  # fmt: skip
 
 
+@st.composite
+def adamole_configs(draw: st.DrawFn, top_k: bool = True, lo: int = 1) -> AdaMoLEConfig:
+    E = draw(st.integers(lo, 4))  # no top-k: the threshold chooses; τ_max = 0 is the soft router
+    n, m, r_e = draw(_dims(lo)), draw(_dims(lo)), draw(st.integers(lo, 3))
+    return AdaMoLEConfig(
+        in_features=n, out_features=m, num_experts=E, expert_rank=r_e,
+        max_threshold=draw(st.sampled_from([None, 0.0, 0.5 / E])), scale=draw(scales),
+    )  # fmt: skip
+
+
 def cases(configs: st.SearchStrategy[C]) -> st.SearchStrategy[Case[C]]:
     """Cases over a config strategy: config, parameter seed, input seed, batch shape."""
     return st.builds(Case, configs, seeds, seeds, batch_shapes)
@@ -215,6 +226,7 @@ CONFIG_STRATEGIES: dict[str, Callable[..., st.SearchStrategy[Any]]] = {  # one l
     "flylora": flylora_configs,
     "denselora": denselora_configs,
     "mola": mola_configs,
+    "adamole": adamole_configs,
 }
 """One config strategy per registered family (each takes `lo`, `top_k`, and `shared` if it shares)."""
 
