@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adamole import AdaMoLE
 from .adapter import Adapter
 from .comol import CoMoL
 from .denselora import DenseLoRA
@@ -19,6 +20,7 @@ from .flylora import FlyLoRA
 from .hydralora import HydraLoRA
 from .lora import LoRA
 from .moelora import MoELoRA
+from .mola import MoLA
 from .talklora import TalkLoRA
 
 ARCHITECTURES: dict[str, type[Adapter]] = {
@@ -29,6 +31,8 @@ ARCHITECTURES: dict[str, type[Adapter]] = {
     "comol": CoMoL,
     "flylora": FlyLoRA,
     "denselora": DenseLoRA,
+    "mola": MoLA,
+    "adamole": AdaMoLE,
 }
 
 

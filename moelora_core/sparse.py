@@ -17,7 +17,8 @@ experts. Two mutually transposed kernels do it without a loop over experts or to
   (rows x tokens) @ (tokens x n) product (`table_grad`). A padded grouped `bmm` and `torch._grouped_mm`
   over tokens sorted by expert were measured slower on CPU (benchmarks/sparse_kernels.py).
   `route_and_dot` runs a router that reads x (W_g, or a latent router folded to W_r A) and
-  `dot_columns` as one autograd node, so that the backward writes dx once.
+  `dot_columns` as one autograd node, so that the backward writes dx once (`route_and_dot_logits`
+  also returns the router's logits).
 
 Each architecture's `sparse_forward` (in its own module) is written with these tools; this module
 holds no per-architecture code. The k experts are chosen by the dense gate's rule (`maps.topk_mask`:
@@ -280,8 +281,18 @@ def route_and_dot(
     The two passes over x stay two (the route decides which rows to dot), but the backward writes
     dx once (`dot_columns` and the router's dx would be two (T, n) buffers and their sum).
     """
+    _, idx, w, cols, h = route_and_dot_logits(x, W, table, k, width)
+    return idx, w, cols, h
+
+
+def route_and_dot_logits(
+    x: Tensor, W: Tensor, table: Tensor, k: int, width: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`route_and_dot` that also returns the router's logits x Wᵀ (T, E), differentiable (their
+    gradient joins dx and dW in the same backward), for a caller that reads the whole distribution
+    too, e.g. a load-balancing term: (logits, idx, w, cols, h)."""
     logits, idx, cols, h = _RouteDot.apply(x, W, table, k, width)  # type: ignore[no-untyped-call]
-    return idx, torch.softmax(logits.gather(-1, idx), dim=-1), cols, h
+    return logits, idx, torch.softmax(logits.gather(-1, idx), dim=-1), cols, h
 
 
 def flat_tokens(x: Tensor) -> Tensor:

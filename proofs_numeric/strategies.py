@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from hypothesis import strategies as st
 
+from moelora_core.adamole import AdaMoLEConfig
 from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoLConfig
 from moelora_core.denselora import DenseLoRAConfig
@@ -24,6 +25,7 @@ from moelora_core.hydralora import HydraLoRAConfig
 from moelora_core.lora import LoRAConfig
 from moelora_core.maps import Init
 from moelora_core.moelora import MoELoRAConfig
+from moelora_core.mola import MoLAConfig
 from moelora_core.registry import create
 from moelora_core.talklora import TalkLoRAConfig
 
@@ -190,6 +192,26 @@ def denselora_configs(
     return DenseLoRAConfig(in_features=n, out_features=m, rank=r, scale=draw(scales))
 
 
+@st.composite
+def mola_configs(draw: st.DrawFn, top_k: bool = True, lo: int = 1) -> MoLAConfig:
+    E = draw(st.integers(lo, 4))
+    k = draw(st.integers(1, E)) if top_k else E  # k = E: the soft router
+    n, m, r_e = draw(_dims(lo)), draw(_dims(lo)), draw(st.integers(lo, 3))
+    return MoLAConfig(
+        in_features=n, out_features=m, num_experts=E, expert_rank=r_e, top_k=k, scale=draw(scales),
+    )  # fmt: skip
+
+
+@st.composite
+def adamole_configs(draw: st.DrawFn, top_k: bool = True, lo: int = 1) -> AdaMoLEConfig:
+    E = draw(st.integers(lo, 4))  # no top-k: the threshold chooses; τ_max = 0 is the soft router
+    n, m, r_e = draw(_dims(lo)), draw(_dims(lo)), draw(st.integers(lo, 3))
+    return AdaMoLEConfig(
+        in_features=n, out_features=m, num_experts=E, expert_rank=r_e,
+        max_threshold=draw(st.sampled_from([None, 0.0, 0.5 / E])), scale=draw(scales),
+    )  # fmt: skip
+
+
 def cases(configs: st.SearchStrategy[C]) -> st.SearchStrategy[Case[C]]:
     """Cases over a config strategy: config, parameter seed, input seed, batch shape."""
     return st.builds(Case, configs, seeds, seeds, batch_shapes)
@@ -203,6 +225,8 @@ CONFIG_STRATEGIES: dict[str, Callable[..., st.SearchStrategy[Any]]] = {  # one l
     "comol": comol_configs,
     "flylora": flylora_configs,
     "denselora": denselora_configs,
+    "mola": mola_configs,
+    "adamole": adamole_configs,
 }
 """One config strategy per registered family (each takes `lo`, `top_k`, and `shared` if it shares)."""
 

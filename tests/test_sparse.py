@@ -245,6 +245,13 @@ def test_route_and_dot_gradients() -> None:
 
     assert torch.autograd.gradcheck(f, (x, W, A))
 
+    def with_logits(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits, _, w, _, h = sparse.route_and_dot_logits(a, b, c, 2, d)
+        return logits.softmax(-1), w, h  # the whole distribution too (e.g. a balancing term)
+
+    torch.testing.assert_close(sparse.route_and_dot_logits(x, W, A, 2, d)[0], F.linear(x, W))
+    assert torch.autograd.gradcheck(with_logits, (x, W, A))
+
 
 def test_table_grad_paths_agree() -> None:
     """The CPU sparse-product table gradient equals the index_add form used on other devices."""
