@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import sparse
+from . import sparse, stacked
 from . import symbols as S
 from .adapter import AdapterSpecLike, ExpertFactors, Reduction, RoutedAdapter, weighted_heads
 from .errors import ConfigError, require_finite_float, require_positive_int, require_top_k
@@ -149,20 +149,11 @@ class MoELoRA(RoutedAdapter):
         )
 
     def expert_matrices(self) -> Tensor:
-        c = self.config
-        Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
-        Ah = self.A.weight.unflatten(0, (c.num_experts, c.expert_rank))  # (E, r_e, n)
-        return c.scale * torch.einsum("mei,ein->emn", Bh, Ah)  # (E, m, n)
+        return stacked.expert_matrices(self)  # (E, m, n): s·B_i A_i
 
     def reference_delta(self, x: Tensor) -> Tensor:
         """s·Σ_i g_i(x) B_i (A_i x), summed over the expert axis."""
-        c = self.config
-        g = self._weights(x)  # (..., E)
-        Ah = self.A.weight.unflatten(0, (c.num_experts, c.expert_rank))  # (E, r_e, n)
-        Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
-        h = torch.einsum("ein,...n->...ei", Ah, x)  # (..., E, r_e): A_i x
-        y = torch.einsum("mei,...ei->...em", Bh, h)  # (..., E, m): B_i A_i x
-        return c.scale * torch.einsum("...e,...em->...m", g, y)
+        return stacked.reference_sum(self._weights(x), x, *stacked.blocks(self), self.config.scale)
 
     def param_formula(self) -> sp.Expr:
         router = S.E * S.n if self.config.router == "input" else S.E * (S.E * S.r_e)
@@ -192,11 +183,7 @@ class MoELoRA(RoutedAdapter):
     @torch.no_grad()
     def expert_factors(self) -> ExpertFactors:
         """P_i = s · B_i · A_i: left (B_i (E, m, r_e),), right A_i (E, r_e, n)."""
-        c = self.config
-        B = self.B.weight.detach().to("cpu", torch.float64)
-        A = self.A.weight.detach().to("cpu", torch.float64)
-        Bh = B.unflatten(1, (c.num_experts, c.expert_rank)).permute(1, 0, 2)  # (E, m, r_e)
-        return ExpertFactors((Bh,), A.unflatten(0, (c.num_experts, c.expert_rank)), c.scale)
+        return stacked.expert_factors(self)
 
     @classmethod
     def reductions(cls) -> tuple[Reduction, ...]:
@@ -206,7 +193,7 @@ class MoELoRA(RoutedAdapter):
         from . import reductions as red
 
         return (
-            Reduction("identical_experts_is_lora", "lora", pre.on(MoELoRA, pre.equal_experts_),
+            Reduction("identical_experts_is_lora", "lora", pre.on(MoELoRA, stacked.equal_experts_),
                       pre.on(MoELoRA, pre.first_expert_lora)),
             Reduction("moelora_in_comol", "comol", pre.no_preparation,
                       pre.on(MoELoRA, red.moelora_to_comol), unprepared_fails=False),

@@ -31,8 +31,9 @@ from .adapter import RoutedAdapter
 from .comol import CoMoL, CoMoLConfig
 from .errors import ReductionError
 from .hydralora import HydraLoRA, HydraLoRAConfig
-from .lora import LoRA, LoRAConfig
+from .lora import LoRA
 from .moelora import MoELoRA, MoELoRAConfig, RouterKind
+from .stacked import blocks, first_expert_lora, lora_of, up_blocks
 from .talklora import TalkLoRA, TalkLoRAConfig
 from .validate import require_instance, require_int, require_seed, require_tolerance
 
@@ -40,18 +41,6 @@ from .validate import require_instance, require_int, require_seed, require_toler
 def _router_weight(a: RoutedAdapter) -> Tensor:
     """The router's logit matrix W (a Parameter, writable in place)."""
     return a.router.logits.dense()
-
-
-def _lora(A: Tensor, B: Tensor, scale: float) -> LoRA:
-    """The LoRA `s·B A` with the given factors A: r x n, B: m x r (copied)."""
-    out = LoRA(
-        LoRAConfig(in_features=A.shape[1], out_features=B.shape[0], rank=A.shape[0], scale=scale),
-        dtype=A.dtype,
-        device=A.device,
-    )
-    out.A.weight.copy_(A)
-    out.B.weight.copy_(B)
-    return out
 
 
 def _blocks_equal(blocks: Tensor, name: str, atol: float) -> None:
@@ -193,23 +182,21 @@ def comol_to_lora(c_: CoMoL, atol: float = 0.0) -> LoRA:
     require_instance("c_", c_, CoMoL)
     c = c_.config
     _blocks_equal(c_.cores, "CoMoL cores M_i", atol)
-    return _lora(c_.A.weight, c_.B.weight @ c_.cores[0], c.scale)
+    return lora_of(c_.A.weight, c_.B.weight @ c_.cores[0], c.scale)
 
 
 @torch.no_grad()
 def moelora_to_lora(mo: MoELoRA, atol: float = 0.0) -> LoRA:
     """MoELoRA with E = 1 or identical experts (within atol) as LoRA of rank r_e: A_1, B_1."""
     require_instance("mo", mo, MoELoRA)
-    c = mo.config
+    A, B = blocks(mo)  # (E, r_e, n), (E, m, r_e)
+    _blocks_equal(A, "MoELoRA expert A_i", atol)
     _blocks_equal(
-        mo.A.weight.unflatten(0, (c.num_experts, c.expert_rank)), "MoELoRA expert A_i", atol
-    )
-    _blocks_equal(
-        mo.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1),
+        B,
         "MoELoRA expert B_i",
         atol,
     )
-    return _lora(mo.expert_A(0), mo.expert_B(0), c.scale)
+    return first_expert_lora(mo)
 
 
 @torch.no_grad()
@@ -218,11 +205,11 @@ def hydralora_to_lora(hy: HydraLoRA, atol: float = 0.0) -> LoRA:
     require_instance("hy", hy, HydraLoRA)
     c: HydraLoRAConfig = hy.config
     _blocks_equal(
-        hy.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1),
+        up_blocks(hy.B.weight, c.num_experts, c.expert_rank),
         "HydraLoRA heads B_i",
         atol,
     )
-    return _lora(hy.A.weight, hy.expert_B(0), c.scale)
+    return lora_of(hy.A.weight, hy.expert_B(0), c.scale)
 
 
 def input_router_witness(
