@@ -47,7 +47,7 @@ from .adapter import (
 )
 from .errors import ConfigError, require_finite_float, require_positive_int
 from .maps import Dense, Identity, LinearMap, SoftmaxRouter, softmax_last
-from .moelora import MoELoRA, MoELoRAConfig
+from .moelora import MoELoRA
 from .preconditions import on
 from .spec import refuse_shared, spec_expert_rank, spec_options
 from .validate import checked_construction, require_layer_size, require_real
@@ -240,17 +240,8 @@ def lipschitz_witness() -> tuple[AdaMoLE, Tensor, Tensor]:
 @torch.no_grad()
 def _as_soft_moelora(a: AdaMoLE) -> MoELoRA:
     """The soft input-router MoELoRA with the same A_i, B_i, W: equal when τ_max = 0 (then g = p)."""
+    W = a.router.logits.dense()
     c = a.config
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=c.num_experts,
-        expert_rank=c.expert_rank,
-        router="input",
-        scale=c.scale,
+    return MoELoRA.from_factors(
+        a.A.weight, a.B.weight, W, router="input", top_k=None, scale=c.scale
     )
-    out = MoELoRA(cfg, dtype=a.A.weight.dtype, device=a.A.weight.device)
-    out.A.weight.copy_(a.A.weight)
-    out.B.weight.copy_(a.B.weight)
-    out.router.logits.dense().copy_(a.router.logits.dense())
-    return out

@@ -87,6 +87,25 @@ class MoELoRA(RoutedAdapter):
             **extra,
         )  # fmt: skip
 
+    @classmethod
+    @torch.no_grad()
+    def from_factors(
+        cls, A: Tensor, B: Tensor, W: Tensor, *, router: RouterKind, top_k: int | None, scale: float
+    ) -> MoELoRA:
+        """The MoELoRA s·Σ_i g_i B_i A_i x with A = [A_1; ...; A_E] (E·r_e x n), B = [B_1 ... B_E]
+        (m x E·r_e) and router logits W (E x n for an input router, E x E·r_e for a latent one), all
+        copied; E = W.shape[0], r_e = A.shape[0] / E, dtype and device those of A."""
+        E = W.shape[0]
+        cfg = MoELoRAConfig(
+            in_features=A.shape[1], out_features=B.shape[0], num_experts=E,
+            expert_rank=A.shape[0] // E, router=router, top_k=top_k, scale=scale,
+        )  # fmt: skip
+        out = cls(cfg, dtype=A.dtype, device=A.device)
+        out.A.weight.copy_(A)
+        out.B.weight.copy_(B)
+        out.router.logits.dense().copy_(W)
+        return out
+
     def __init__(
         self,
         config: MoELoRAConfig,

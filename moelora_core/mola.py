@@ -47,7 +47,7 @@ from .adapter import (
 )
 from .errors import require_finite_float, require_positive_int, require_top_k
 from .maps import Dense, Identity, LinearMap, SoftmaxRouter, softmax_last, topk_mask
-from .moelora import MoELoRA, MoELoRAConfig
+from .moelora import MoELoRA
 from .preconditions import on
 from .spec import refuse_shared, spec_expert_rank, spec_options
 from .validate import checked_construction, require_layer_size
@@ -233,18 +233,8 @@ class MoLA(RoutedAdapter):
 @torch.no_grad()
 def _as_moelora(a: MoLA) -> MoELoRA:
     """The input-router MoELoRA with top_k = k and the same A_i, B_i, W: the same Δ and g."""
+    W = a.router.logits.dense()
     c = a.config
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=c.num_experts,
-        expert_rank=c.expert_rank,
-        router="input",
-        top_k=c.top_k,
-        scale=c.scale,
+    return MoELoRA.from_factors(
+        a.A.weight, a.B.weight, W, router="input", top_k=c.top_k, scale=c.scale
     )
-    out = MoELoRA(cfg, dtype=a.A.weight.dtype, device=a.A.weight.device)
-    out.A.weight.copy_(a.A.weight)
-    out.B.weight.copy_(a.B.weight)
-    out.router.logits.dense().copy_(a.router.logits.dense())
-    return out

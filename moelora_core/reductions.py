@@ -58,23 +58,13 @@ def talklora_to_moelora(t: TalkLoRA) -> MoELoRA:
     """TalkLoRA (any T) as a latent-router MoELoRA: A_i = A_(i), B_i' = B_i K_i, W_r' = W_r (T ⊗ I)."""
     require_instance("t", t, TalkLoRA)
     c = t.config
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=c.num_experts,
-        expert_rank=c.head_dim,
-        router="latent",
-        top_k=c.top_k,
-        scale=c.scale,
-    )
-    out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
-    out.A.weight.copy_(t.A.weight)
     BK = torch.einsum(
         "mei,eij->mej", t.B.weight.unflatten(1, (c.num_experts, c.head_dim)), t.K.weight
     )
-    out.B.weight.copy_(BK.flatten(1))
-    _router_weight(out).copy_(_router_weight(t) @ t.talk.dense())
-    return out
+    W = _router_weight(t) @ t.talk.dense()  # W_r (T ⊗ I)
+    return MoELoRA.from_factors(
+        t.A.weight, BK.flatten(1), W, router="latent", top_k=c.top_k, scale=c.scale
+    )
 
 
 @torch.no_grad()
@@ -82,20 +72,10 @@ def talklora_to_moelora_as_stated(t: TalkLoRA) -> MoELoRA:
     """SPEC claim 1 literally: A_i = K_i A_(i), same B_i, W_r unchanged. Exact iff T = I and every K_i = I."""
     require_instance("t", t, TalkLoRA)
     c = t.config
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=c.num_experts,
-        expert_rank=c.head_dim,
-        router="latent",
-        top_k=c.top_k,
-        scale=c.scale,
+    KA = t.K(t.A.weight.T).T  # rows block i = K_i A_(i)
+    return MoELoRA.from_factors(
+        KA, t.B.weight, _router_weight(t), router="latent", top_k=c.top_k, scale=c.scale
     )
-    out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
-    out.A.weight.copy_(t.K(t.A.weight.T).T)  # rows block i = K_i A_(i)
-    out.B.weight.copy_(t.B.weight)
-    _router_weight(out).copy_(_router_weight(t))
-    return out
 
 
 @torch.no_grad()
@@ -132,20 +112,10 @@ def talklora_to_input_moelora(t: TalkLoRA) -> MoELoRA:
     require_instance("t", t, TalkLoRA)
     m = talklora_to_moelora(t)
     c = m.config
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=c.num_experts,
-        expert_rank=c.expert_rank,
-        router="input",
-        top_k=c.top_k,
-        scale=c.scale,
+    W = t.router_logit_map().dense()  # W_r (T ⊗ I) A
+    return MoELoRA.from_factors(
+        m.A.weight, m.B.weight, W, router="input", top_k=c.top_k, scale=c.scale
     )
-    out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
-    out.A.weight.copy_(m.A.weight)
-    out.B.weight.copy_(m.B.weight)
-    _router_weight(out).copy_(t.router_logit_map().dense())
-    return out
 
 
 @torch.no_grad()
@@ -155,25 +125,13 @@ def comol_to_moelora(c_: CoMoL) -> MoELoRA:
     c = c_.config
     N, r = c.num_cores, c.rank
     kind: RouterKind = "latent" if c.core_router else "input"
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=N,
-        expert_rank=r,
-        router=kind,
-        top_k=c.top_k,
-        scale=c.scale,
-    )
-    out = MoELoRA(cfg, dtype=c_.A.weight.dtype, device=c_.A.weight.device)
-    out.A.weight.copy_(c_.A.weight.repeat(N, 1))  # [A; A; ...; A]
-    out.B.weight.copy_(
-        torch.einsum("mi,nij->mnj", c_.B.weight, c_.cores).flatten(1)
-    )  # [B M_1 ... B M_N]
     W = _router_weight(c_)
-    target = _router_weight(out)
-    target.zero_()
+    reads = N * r if c.core_router else c.in_features
+    target = W.new_zeros(N, reads)
     target[:, : W.shape[1]].copy_(W)  # latent: [W_c 0 ... 0] reads the first copy of A x
-    return out
+    BM = torch.einsum("mi,nij->mnj", c_.B.weight, c_.cores).flatten(1)  # [B M_1 ... B M_N]
+    A = c_.A.weight.repeat(N, 1)  # [A; A; ...; A]
+    return MoELoRA.from_factors(A, BM, target, router=kind, top_k=c.top_k, scale=c.scale)
 
 
 @torch.no_grad()
