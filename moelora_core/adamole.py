@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import stacked
 from . import symbols as S
 from .adapter import (
     AdapterSpecLike,
@@ -45,9 +46,8 @@ from .adapter import (
     weighted_heads,
 )
 from .errors import ConfigError, require_finite_float, require_positive_int
-from .lora import LoRA, LoRAConfig
 from .maps import Dense, Identity, LinearMap, SoftmaxRouter, softmax_last
-from .moelora import MoELoRA, MoELoRAConfig
+from .moelora import MoELoRA
 from .preconditions import on
 from .spec import refuse_shared, spec_expert_rank, spec_options
 from .validate import checked_construction, require_layer_size, require_real
@@ -156,16 +156,16 @@ class AdaMoLE(RoutedAdapter):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         c = self.config
-        stacked = torch.cat([self.A.weight, self.router.logits.dense(), self.w_tau.weight])
-        h, logits, t = F.linear(x, stacked).split([c.rank, c.num_experts, 1], dim=-1)
+        A_W_w = torch.cat([self.A.weight, self.router.logits.dense(), self.w_tau.weight])
+        h, logits, t = F.linear(x, A_W_w).split([c.rank, c.num_experts, 1], dim=-1)
         g = self._gate(logits, t)  # (..., E)
         return F.linear(weighted_heads(h, c.scale * g, c.expert_rank), self.B.weight)
 
     def routing(self, x: Tensor) -> Tensor:
         """g(x), (..., n) -> (..., E)."""
         self._check(x)
-        stacked = torch.cat([self.router.logits.dense(), self.w_tau.weight])
-        logits, t = F.linear(x, stacked).split([self.config.num_experts, 1], dim=-1)
+        W_w = torch.cat([self.router.logits.dense(), self.w_tau.weight])
+        logits, t = F.linear(x, W_w).split([self.config.num_experts, 1], dim=-1)
         return self._checked(self._gate(logits, t), "routing weights g(x)")
 
     def probabilities(self, x: Tensor) -> Tensor:
@@ -182,28 +182,16 @@ class AdaMoLE(RoutedAdapter):
     def router_input_map(self) -> LinearMap:
         return Identity(self.in_features).to(self.A.weight)
 
-    def _stacked(self) -> tuple[Tensor, Tensor]:
-        """(A_i) as (E, r_e, n) and (B_i) as (E, m, r_e)."""
-        c = self.config
-        A = self.A.weight.unflatten(0, (c.num_experts, c.expert_rank))
-        B = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1)
-        return A, B
-
     def expert_matrices(self) -> Tensor:
-        A, B = self._stacked()
-        return self.config.scale * torch.bmm(B, A)  # (E, m, n)
+        return stacked.expert_matrices(self)  # (E, m, n): s·B_i A_i
 
     def expert_factors(self) -> ExpertFactors:
-        A, B = (t.detach().to(device="cpu", dtype=torch.float64) for t in self._stacked())
-        return ExpertFactors(left=(B,), right=A, scale=float(self.config.scale))
+        return stacked.expert_factors(self)
 
     def reference_delta(self, x: Tensor) -> Tensor:
         """s·Σ_i g_i(x) B_i (A_i x), summed over the expert axis."""
         g = self.routing(x)  # (..., E)
-        A, B = self._stacked()  # (E, r_e, n), (E, m, r_e)
-        h = torch.einsum("ein,...n->...ei", A, x)  # (..., E, r_e): A_i x
-        y = torch.einsum("emi,...ei->...em", B, h)  # (..., E, m): B_i A_i x
-        return self.config.scale * torch.einsum("...e,...em->...m", g, y)
+        return stacked.reference_sum(g, x, *stacked.blocks(self), self.config.scale)
 
     # ----- counting ----------------------------------------------------------------------------------
     def param_formula(self) -> sp.Expr:
@@ -224,8 +212,8 @@ class AdaMoLE(RoutedAdapter):
         return (
             Reduction("adamole_zero_threshold_is_soft_moelora", "moelora", no_preparation,
                       on(AdaMoLE, _as_soft_moelora), unprepared_fails=False, applies=_no_threshold),
-            Reduction("adamole_equal_experts_is_lora", "lora", on(AdaMoLE, _equal_experts),
-                      on(AdaMoLE, _first_expert_lora)),
+            Reduction("adamole_equal_experts_is_lora", "lora", on(AdaMoLE, stacked.equal_experts_),
+                      on(AdaMoLE, stacked.first_expert_lora)),
         )  # fmt: skip
 
 
@@ -250,41 +238,10 @@ def lipschitz_witness() -> tuple[AdaMoLE, Tensor, Tensor]:
 
 
 @torch.no_grad()
-def _equal_experts(a: AdaMoLE) -> None:
-    """Every (A_i, B_i) := (A_1, B_1)."""
-    A, B = a._stacked()
-    A.copy_(A[:1].clone().expand_as(A))
-    B.copy_(B[:1].clone().expand_as(B))
-
-
-@torch.no_grad()
-def _first_expert_lora(a: AdaMoLE) -> LoRA:
-    """LoRA s·B_1 A_1: equal to AdaMoLE when every expert is (A_1, B_1), since Σ_i g_i = 1."""
-    c = a.config
-    cfg = LoRAConfig(
-        in_features=c.in_features, out_features=c.out_features, rank=c.expert_rank, scale=c.scale
-    )
-    out = LoRA(cfg, dtype=a.A.weight.dtype, device=a.A.weight.device)
-    A, B = a._stacked()
-    out.A.weight.copy_(A[0])
-    out.B.weight.copy_(B[0])
-    return out
-
-
-@torch.no_grad()
 def _as_soft_moelora(a: AdaMoLE) -> MoELoRA:
     """The soft input-router MoELoRA with the same A_i, B_i, W: equal when τ_max = 0 (then g = p)."""
+    W = a.router.logits.dense()
     c = a.config
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=c.num_experts,
-        expert_rank=c.expert_rank,
-        router="input",
-        scale=c.scale,
+    return MoELoRA.from_factors(
+        a.A.weight, a.B.weight, W, router="input", top_k=None, scale=c.scale
     )
-    out = MoELoRA(cfg, dtype=a.A.weight.dtype, device=a.A.weight.device)
-    out.A.weight.copy_(a.A.weight)
-    out.B.weight.copy_(a.B.weight)
-    out.router.logits.dense().copy_(a.router.logits.dense())
-    return out

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import sparse
+from . import sparse, stacked
 from . import symbols as S
 from .adapter import AdapterSpecLike, ExpertFactors, Reduction, RoutedAdapter
 from .errors import require_finite_float, require_positive_int, require_top_k
@@ -113,19 +113,19 @@ class HydraLoRA(RoutedAdapter):
     def router_input_map(self) -> LinearMap:
         return Identity(self.in_features).to(self.A.weight)
 
-    def expert_matrices(self) -> Tensor:
+    def _stacks(self) -> tuple[Tensor, Tensor]:
+        """The shared A as (1, r_e, n) (A_i = A) and the heads (B_i) as (E, m, r_e)."""
         c = self.config
-        Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
-        return c.scale * torch.einsum("mei,in->emn", Bh, self.A.weight)
+        return self.A.weight.unsqueeze(0), stacked.up_blocks(
+            self.B.weight, c.num_experts, c.expert_rank
+        )
+
+    def expert_matrices(self) -> Tensor:
+        return stacked.matrices(*self._stacks(), self.config.scale)  # (E, m, n): s·B_i A
 
     def reference_delta(self, x: Tensor) -> Tensor:
         """s·Σ_i g_i(x) B_i (A x), summed over the head axis."""
-        c = self.config
-        g = self._weights(x)  # (..., E)
-        h = torch.einsum("in,...n->...i", self.A.weight, x)  # (..., r_e): A x, shared
-        Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
-        y = torch.einsum("mei,...i->...em", Bh, h)  # (..., E, m): B_i A x
-        return c.scale * torch.einsum("...e,...em->...m", g, y)
+        return stacked.reference_sum(self._weights(x), x, *self._stacks(), self.config.scale)
 
     def param_formula(self) -> sp.Expr:
         return S.r_e * S.n + S.E * S.r_e * S.m + S.E * S.n
@@ -143,14 +143,9 @@ class HydraLoRA(RoutedAdapter):
         c = self.config
         return {S.n: c.in_features, S.m: c.out_features, S.E: c.num_experts, S.r_e: c.expert_rank}
 
-    @torch.no_grad()
     def expert_factors(self) -> ExpertFactors:
         """P_i = s · B_i · A: left (B_i (E, m, r_e),), right A (1, r_e, n), shared by the heads."""
-        c = self.config
-        B = self.B.weight.detach().to("cpu", torch.float64)
-        Bh = B.unflatten(1, (c.num_experts, c.expert_rank)).permute(1, 0, 2)  # (E, m, r_e)
-        A = self.A.weight.detach().to("cpu", torch.float64).unsqueeze(0)  # (1, r_e, n)
-        return ExpertFactors((Bh,), A, c.scale)
+        return stacked.factors(*self._stacks(), self.config.scale)
 
     @classmethod
     def reductions(cls) -> tuple[Reduction, ...]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import sparse
+from . import sparse, stacked
 from . import symbols as S
 from .adapter import AdapterSpecLike, ExpertFactors, Reduction, RoutedAdapter, weighted_heads
 from .errors import ConfigError, require_finite_float, require_positive_int, require_top_k
@@ -86,6 +86,25 @@ class MoELoRA(RoutedAdapter):
             expert_rank=spec_expert_rank(spec), router=router, top_k=spec.top_k, scale=spec.scale,
             **extra,
         )  # fmt: skip
+
+    @classmethod
+    @torch.no_grad()
+    def from_factors(
+        cls, A: Tensor, B: Tensor, W: Tensor, *, router: RouterKind, top_k: int | None, scale: float
+    ) -> MoELoRA:
+        """The MoELoRA s·Σ_i g_i B_i A_i x with A = [A_1; ...; A_E] (E·r_e x n), B = [B_1 ... B_E]
+        (m x E·r_e) and router logits W (E x n for an input router, E x E·r_e for a latent one), all
+        copied; E = W.shape[0], r_e = A.shape[0] / E, dtype and device those of A."""
+        E = W.shape[0]
+        cfg = MoELoRAConfig(
+            in_features=A.shape[1], out_features=B.shape[0], num_experts=E,
+            expert_rank=A.shape[0] // E, router=router, top_k=top_k, scale=scale,
+        )  # fmt: skip
+        out = cls(cfg, dtype=A.dtype, device=A.device)
+        out.A.weight.copy_(A)
+        out.B.weight.copy_(B)
+        out.router.logits.dense().copy_(W)
+        return out
 
     def __init__(
         self,
@@ -149,20 +168,11 @@ class MoELoRA(RoutedAdapter):
         )
 
     def expert_matrices(self) -> Tensor:
-        c = self.config
-        Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
-        Ah = self.A.weight.unflatten(0, (c.num_experts, c.expert_rank))  # (E, r_e, n)
-        return c.scale * torch.einsum("mei,ein->emn", Bh, Ah)  # (E, m, n)
+        return stacked.expert_matrices(self)  # (E, m, n): s·B_i A_i
 
     def reference_delta(self, x: Tensor) -> Tensor:
         """s·Σ_i g_i(x) B_i (A_i x), summed over the expert axis."""
-        c = self.config
-        g = self._weights(x)  # (..., E)
-        Ah = self.A.weight.unflatten(0, (c.num_experts, c.expert_rank))  # (E, r_e, n)
-        Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
-        h = torch.einsum("ein,...n->...ei", Ah, x)  # (..., E, r_e): A_i x
-        y = torch.einsum("mei,...ei->...em", Bh, h)  # (..., E, m): B_i A_i x
-        return c.scale * torch.einsum("...e,...em->...m", g, y)
+        return stacked.reference_sum(self._weights(x), x, *stacked.blocks(self), self.config.scale)
 
     def param_formula(self) -> sp.Expr:
         router = S.E * S.n if self.config.router == "input" else S.E * (S.E * S.r_e)
@@ -192,11 +202,7 @@ class MoELoRA(RoutedAdapter):
     @torch.no_grad()
     def expert_factors(self) -> ExpertFactors:
         """P_i = s · B_i · A_i: left (B_i (E, m, r_e),), right A_i (E, r_e, n)."""
-        c = self.config
-        B = self.B.weight.detach().to("cpu", torch.float64)
-        A = self.A.weight.detach().to("cpu", torch.float64)
-        Bh = B.unflatten(1, (c.num_experts, c.expert_rank)).permute(1, 0, 2)  # (E, m, r_e)
-        return ExpertFactors((Bh,), A.unflatten(0, (c.num_experts, c.expert_rank)), c.scale)
+        return stacked.expert_factors(self)
 
     @classmethod
     def reductions(cls) -> tuple[Reduction, ...]:
@@ -206,7 +212,7 @@ class MoELoRA(RoutedAdapter):
         from . import reductions as red
 
         return (
-            Reduction("identical_experts_is_lora", "lora", pre.on(MoELoRA, pre.equal_experts_),
+            Reduction("identical_experts_is_lora", "lora", pre.on(MoELoRA, stacked.equal_experts_),
                       pre.on(MoELoRA, pre.first_expert_lora)),
             Reduction("moelora_in_comol", "comol", pre.no_preparation,
                       pre.on(MoELoRA, red.moelora_to_comol), unprepared_fails=False),

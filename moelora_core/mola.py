@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import sparse
+from . import sparse, stacked
 from . import symbols as S
 from .adapter import (
     AdapterSpecLike,
@@ -46,9 +46,8 @@ from .adapter import (
     weighted_heads,
 )
 from .errors import require_finite_float, require_positive_int, require_top_k
-from .lora import LoRA, LoRAConfig
 from .maps import Dense, Identity, LinearMap, SoftmaxRouter, softmax_last, topk_mask
-from .moelora import MoELoRA, MoELoRAConfig
+from .moelora import MoELoRA
 from .preconditions import on
 from .spec import refuse_shared, spec_expert_rank, spec_options
 from .validate import checked_construction, require_layer_size
@@ -185,29 +184,17 @@ class MoLA(RoutedAdapter):
     def router_input_map(self) -> LinearMap:
         return Identity(self.in_features).to(self.A.weight)
 
-    def _stacked(self) -> tuple[Tensor, Tensor]:
-        """(A_i) as (E, r_e, n) and (B_i) as (E, m, r_e)."""
-        c = self.config
-        A = self.A.weight.unflatten(0, (c.num_experts, c.expert_rank))
-        B = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1)
-        return A, B
-
     def expert_matrices(self) -> Tensor:
-        A, B = self._stacked()
-        return self.config.scale * torch.bmm(B, A)  # (E, m, n)
+        return stacked.expert_matrices(self)  # (E, m, n): s·B_i A_i
 
     def expert_factors(self) -> ExpertFactors:
-        A, B = (t.detach().to(device="cpu", dtype=torch.float64) for t in self._stacked())
-        return ExpertFactors(left=(B,), right=A, scale=float(self.config.scale))
+        return stacked.expert_factors(self)
 
     def reference_delta(self, x: Tensor) -> Tensor:
         """s·Σ_i g_i(x) B_i (A_i x), summed over the expert axis."""
         self._check(x)
         g = self._weights(x)  # (..., E)
-        A, B = self._stacked()  # (E, r_e, n), (E, m, r_e)
-        h = torch.einsum("ein,...n->...ei", A, x)  # (..., E, r_e): A_i x
-        y = torch.einsum("emi,...ei->...em", B, h)  # (..., E, m): B_i A_i x
-        return self.config.scale * torch.einsum("...e,...em->...m", g, y)
+        return stacked.reference_sum(g, x, *stacked.blocks(self), self.config.scale)
 
     # ----- counting ----------------------------------------------------------------------------------
     def param_formula(self) -> sp.Expr:
@@ -238,48 +225,16 @@ class MoLA(RoutedAdapter):
         return (
             Reduction("mola_is_topk_moelora", "moelora", no_preparation, on(MoLA, _as_moelora),
                       unprepared_fails=False),
-            Reduction("mola_equal_experts_is_lora", "lora", on(MoLA, _equal_experts),
-                      on(MoLA, _first_expert_lora)),
+            Reduction("mola_equal_experts_is_lora", "lora", on(MoLA, stacked.equal_experts_),
+                      on(MoLA, stacked.first_expert_lora)),
         )  # fmt: skip
-
-
-@torch.no_grad()
-def _equal_experts(a: MoLA) -> None:
-    """Every (A_i, B_i) := (A_1, B_1)."""
-    A, B = a._stacked()
-    A.copy_(A[:1].clone().expand_as(A))
-    B.copy_(B[:1].clone().expand_as(B))
-
-
-@torch.no_grad()
-def _first_expert_lora(a: MoLA) -> LoRA:
-    """LoRA s·B_1 A_1: equal to MoLA when every expert is (A_1, B_1), since Σ_i g_i = 1."""
-    c = a.config
-    cfg = LoRAConfig(
-        in_features=c.in_features, out_features=c.out_features, rank=c.expert_rank, scale=c.scale
-    )
-    out = LoRA(cfg, dtype=a.A.weight.dtype, device=a.A.weight.device)
-    A, B = a._stacked()
-    out.A.weight.copy_(A[0])
-    out.B.weight.copy_(B[0])
-    return out
 
 
 @torch.no_grad()
 def _as_moelora(a: MoLA) -> MoELoRA:
     """The input-router MoELoRA with top_k = k and the same A_i, B_i, W: the same Δ and g."""
+    W = a.router.logits.dense()
     c = a.config
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=c.num_experts,
-        expert_rank=c.expert_rank,
-        router="input",
-        top_k=c.top_k,
-        scale=c.scale,
+    return MoELoRA.from_factors(
+        a.A.weight, a.B.weight, W, router="input", top_k=c.top_k, scale=c.scale
     )
-    out = MoELoRA(cfg, dtype=a.A.weight.dtype, device=a.A.weight.device)
-    out.A.weight.copy_(a.A.weight)
-    out.B.weight.copy_(a.B.weight)
-    out.router.logits.dense().copy_(a.router.logits.dense())
-    return out

@@ -23,6 +23,7 @@ from .hydralora import HydraLoRA
 from .lora import LoRA
 from .moelora import MoELoRA
 from .reductions import comol_to_lora, hydralora_to_lora, moelora_to_lora
+from .stacked import equal_experts_, equalise_, up_blocks
 from .talklora import TalkLoRA
 from .validate import require_instance
 
@@ -54,21 +55,10 @@ def on(cls: type[A], fn: Callable[[A], R]) -> Callable[[Adapter], R]:
 
 
 @torch.no_grad()
-def equal_experts_(mo: MoELoRA) -> None:
-    """A_i = A_1 and B_i = B_1 for every expert i."""
-    c = mo.config
-    A = mo.A.weight.unflatten(0, (c.num_experts, c.expert_rank))  # (E, r_e, n), a view
-    B = mo.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e), a view
-    A.copy_(A[:1].expand_as(A).clone())
-    B.copy_(B[:, :1].expand_as(B).clone())
-
-
-@torch.no_grad()
 def equal_heads_(hy: HydraLoRA) -> None:
     """B_i = B_1 for every head i."""
     c = hy.config
-    B = hy.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e), a view
-    B.copy_(B[:, :1].expand_as(B).clone())
+    equalise_(up_blocks(hy.B.weight, c.num_experts, c.expert_rank))  # (E, m, r_e), a view
 
 
 @torch.no_grad()

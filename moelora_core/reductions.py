@@ -31,8 +31,9 @@ from .adapter import RoutedAdapter
 from .comol import CoMoL, CoMoLConfig
 from .errors import ReductionError
 from .hydralora import HydraLoRA, HydraLoRAConfig
-from .lora import LoRA, LoRAConfig
+from .lora import LoRA
 from .moelora import MoELoRA, MoELoRAConfig, RouterKind
+from .stacked import blocks, first_expert_lora, lora_of, up_blocks
 from .talklora import TalkLoRA, TalkLoRAConfig
 from .validate import require_instance, require_int, require_seed, require_tolerance
 
@@ -40,18 +41,6 @@ from .validate import require_instance, require_int, require_seed, require_toler
 def _router_weight(a: RoutedAdapter) -> Tensor:
     """The router's logit matrix W (a Parameter, writable in place)."""
     return a.router.logits.dense()
-
-
-def _lora(A: Tensor, B: Tensor, scale: float) -> LoRA:
-    """The LoRA `s·B A` with the given factors A: r x n, B: m x r (copied)."""
-    out = LoRA(
-        LoRAConfig(in_features=A.shape[1], out_features=B.shape[0], rank=A.shape[0], scale=scale),
-        dtype=A.dtype,
-        device=A.device,
-    )
-    out.A.weight.copy_(A)
-    out.B.weight.copy_(B)
-    return out
 
 
 def _blocks_equal(blocks: Tensor, name: str, atol: float) -> None:
@@ -69,23 +58,13 @@ def talklora_to_moelora(t: TalkLoRA) -> MoELoRA:
     """TalkLoRA (any T) as a latent-router MoELoRA: A_i = A_(i), B_i' = B_i K_i, W_r' = W_r (T ⊗ I)."""
     require_instance("t", t, TalkLoRA)
     c = t.config
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=c.num_experts,
-        expert_rank=c.head_dim,
-        router="latent",
-        top_k=c.top_k,
-        scale=c.scale,
-    )
-    out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
-    out.A.weight.copy_(t.A.weight)
     BK = torch.einsum(
         "mei,eij->mej", t.B.weight.unflatten(1, (c.num_experts, c.head_dim)), t.K.weight
     )
-    out.B.weight.copy_(BK.flatten(1))
-    _router_weight(out).copy_(_router_weight(t) @ t.talk.dense())
-    return out
+    W = _router_weight(t) @ t.talk.dense()  # W_r (T ⊗ I)
+    return MoELoRA.from_factors(
+        t.A.weight, BK.flatten(1), W, router="latent", top_k=c.top_k, scale=c.scale
+    )
 
 
 @torch.no_grad()
@@ -93,20 +72,10 @@ def talklora_to_moelora_as_stated(t: TalkLoRA) -> MoELoRA:
     """SPEC claim 1 literally: A_i = K_i A_(i), same B_i, W_r unchanged. Exact iff T = I and every K_i = I."""
     require_instance("t", t, TalkLoRA)
     c = t.config
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=c.num_experts,
-        expert_rank=c.head_dim,
-        router="latent",
-        top_k=c.top_k,
-        scale=c.scale,
+    KA = t.K(t.A.weight.T).T  # rows block i = K_i A_(i)
+    return MoELoRA.from_factors(
+        KA, t.B.weight, _router_weight(t), router="latent", top_k=c.top_k, scale=c.scale
     )
-    out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
-    out.A.weight.copy_(t.K(t.A.weight.T).T)  # rows block i = K_i A_(i)
-    out.B.weight.copy_(t.B.weight)
-    _router_weight(out).copy_(_router_weight(t))
-    return out
 
 
 @torch.no_grad()
@@ -143,20 +112,10 @@ def talklora_to_input_moelora(t: TalkLoRA) -> MoELoRA:
     require_instance("t", t, TalkLoRA)
     m = talklora_to_moelora(t)
     c = m.config
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=c.num_experts,
-        expert_rank=c.expert_rank,
-        router="input",
-        top_k=c.top_k,
-        scale=c.scale,
+    W = t.router_logit_map().dense()  # W_r (T ⊗ I) A
+    return MoELoRA.from_factors(
+        m.A.weight, m.B.weight, W, router="input", top_k=c.top_k, scale=c.scale
     )
-    out = MoELoRA(cfg, dtype=t.A.weight.dtype, device=t.A.weight.device)
-    out.A.weight.copy_(m.A.weight)
-    out.B.weight.copy_(m.B.weight)
-    _router_weight(out).copy_(t.router_logit_map().dense())
-    return out
 
 
 @torch.no_grad()
@@ -166,25 +125,13 @@ def comol_to_moelora(c_: CoMoL) -> MoELoRA:
     c = c_.config
     N, r = c.num_cores, c.rank
     kind: RouterKind = "latent" if c.core_router else "input"
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=N,
-        expert_rank=r,
-        router=kind,
-        top_k=c.top_k,
-        scale=c.scale,
-    )
-    out = MoELoRA(cfg, dtype=c_.A.weight.dtype, device=c_.A.weight.device)
-    out.A.weight.copy_(c_.A.weight.repeat(N, 1))  # [A; A; ...; A]
-    out.B.weight.copy_(
-        torch.einsum("mi,nij->mnj", c_.B.weight, c_.cores).flatten(1)
-    )  # [B M_1 ... B M_N]
     W = _router_weight(c_)
-    target = _router_weight(out)
-    target.zero_()
+    reads = N * r if c.core_router else c.in_features
+    target = W.new_zeros(N, reads)
     target[:, : W.shape[1]].copy_(W)  # latent: [W_c 0 ... 0] reads the first copy of A x
-    return out
+    BM = torch.einsum("mi,nij->mnj", c_.B.weight, c_.cores).flatten(1)  # [B M_1 ... B M_N]
+    A = c_.A.weight.repeat(N, 1)  # [A; A; ...; A]
+    return MoELoRA.from_factors(A, BM, target, router=kind, top_k=c.top_k, scale=c.scale)
 
 
 @torch.no_grad()
@@ -193,23 +140,21 @@ def comol_to_lora(c_: CoMoL, atol: float = 0.0) -> LoRA:
     require_instance("c_", c_, CoMoL)
     c = c_.config
     _blocks_equal(c_.cores, "CoMoL cores M_i", atol)
-    return _lora(c_.A.weight, c_.B.weight @ c_.cores[0], c.scale)
+    return lora_of(c_.A.weight, c_.B.weight @ c_.cores[0], c.scale)
 
 
 @torch.no_grad()
 def moelora_to_lora(mo: MoELoRA, atol: float = 0.0) -> LoRA:
     """MoELoRA with E = 1 or identical experts (within atol) as LoRA of rank r_e: A_1, B_1."""
     require_instance("mo", mo, MoELoRA)
-    c = mo.config
+    A, B = blocks(mo)  # (E, r_e, n), (E, m, r_e)
+    _blocks_equal(A, "MoELoRA expert A_i", atol)
     _blocks_equal(
-        mo.A.weight.unflatten(0, (c.num_experts, c.expert_rank)), "MoELoRA expert A_i", atol
-    )
-    _blocks_equal(
-        mo.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1),
+        B,
         "MoELoRA expert B_i",
         atol,
     )
-    return _lora(mo.expert_A(0), mo.expert_B(0), c.scale)
+    return first_expert_lora(mo)
 
 
 @torch.no_grad()
@@ -218,11 +163,11 @@ def hydralora_to_lora(hy: HydraLoRA, atol: float = 0.0) -> LoRA:
     require_instance("hy", hy, HydraLoRA)
     c: HydraLoRAConfig = hy.config
     _blocks_equal(
-        hy.B.weight.unflatten(1, (c.num_experts, c.expert_rank)).transpose(0, 1),
+        up_blocks(hy.B.weight, c.num_experts, c.expert_rank),
         "HydraLoRA heads B_i",
         atol,
     )
-    return _lora(hy.A.weight, hy.expert_B(0), c.scale)
+    return lora_of(hy.A.weight, hy.expert_B(0), c.scale)
 
 
 def input_router_witness(

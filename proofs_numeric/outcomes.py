@@ -9,6 +9,11 @@ shared by the claim catalogues, the declared claims and `moelora verify`'s varia
 * `reduction_outcome(source, target, x)`: the same at `EXACT_TOL`;
 * `param_count_outcome(a)`: |counted trainable parameters − param_formula(a)|, exact (tolerance 0);
 * `macs_outcome(a, formula, counted)`: |counted MACs/token − formula(a)|, exact;
+* `counted_macs_outcome(a, formula, sparse)`: the same with the MACs counted from `a`'s forward pass
+  (`complexity.counted_macs_per_token`, the sparse top-k path with `sparse`);
+* `shared_layers_outcome(config, layers)`: L layers of one module type sharing the part `make_shared`
+  builds: |unique trainable parameters − (L·param_formula + shared_param_formula)| plus each layer's
+  |own count − param_formula|, exact;
 * `verdict(ok, detail)`: a decided statement as an outcome (error 0 if true, 1 if false, tolerance ½);
   `symbolic(check)`: the case of a one-case claim decided by `check() -> (ok, detail)`.
 """
@@ -22,15 +27,20 @@ import sympy as sp
 import torch
 from torch import Tensor
 
+from moelora_core import symbols as S
 from moelora_core.adapter import Adapter
+from moelora_core.registry import architecture_of
 
 from .checking import EXACT_TOL, Outcome, rel_error
+from .complexity import counted_macs_per_token
 
 __all__ = [
     "compare",
+    "counted_macs_outcome",
     "macs_outcome",
     "param_count_outcome",
     "reduction_outcome",
+    "shared_layers_outcome",
     "symbolic",
     "verdict",
 ]
@@ -90,6 +100,37 @@ def macs_outcome(a: Adapter, formula: sp.Expr, counted: int) -> Outcome:
     expected = int(sp.sympify(formula).subs(a.subs()))
     return Outcome(
         float(abs(counted - expected)), 0.0, f"counted {counted} MACs/token, formula {expected}"
+    )
+
+
+def counted_macs_outcome(a: Adapter, formula: sp.Expr, *, sparse: bool = False) -> Outcome:
+    """Matmul multiply–adds per token counted from `a`'s forward pass (its sparse top-k path with
+    `sparse`) == `formula` at the instance's values, exactly."""
+    return macs_outcome(a, formula, counted_macs_per_token(a, sparse=sparse))
+
+
+def shared_layers_outcome(config: Any, layers: int, *, shared_per_layer: bool = False) -> Outcome:
+    """`layers` layers of one module type sharing one `make_shared` part (on the meta device):
+
+        unique trainable parameters = L·param_formula + shared_param_formula,
+        each layer's own trainable parameters = param_formula,
+
+    error = the sum of both gaps (exact). `shared_per_layer` counts the shared part in every layer
+    (L·(param_formula + shared_param_formula): the mutated twin)."""
+    cls = architecture_of(config)
+    shared = cls.make_shared(config, device="meta")  # counting only: no memory, no init
+    built = [cls.create(config, shared=shared, device="meta") for _ in range(layers)]
+    unique = {id(p): p for a in built for p in a.parameters() if p.requires_grad}
+    counted = sum(p.numel() for p in unique.values())
+    per, once = built[0].param_formula(), built[0].shared_param_formula()
+    formula = S.L * (per + once) if shared_per_layer else S.L * per + once
+    expected = int(sp.sympify(formula).subs({**built[0].subs(), S.L: layers}))
+    per_value = int(sp.sympify(per).subs(built[0].subs()))
+    own = max(abs(a.num_trainable_params() - per_value) for a in built)
+    return Outcome(
+        float(abs(counted - expected) + own),
+        0.0,
+        f"unique params {counted} over {layers} layers, formula {expected}; per layer off by {own}",
     )
 
 

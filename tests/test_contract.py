@@ -7,6 +7,8 @@ of `proofs_numeric.strategies.CONFIG_STRATEGIES`, one per entry of `moelora_core
 * counted trainable parameters of L layers sharing one `make_shared` part
   = L · `param_formula` + `shared_param_formula`, and each layer's own count = `param_formula`;
 * counted matmul multiply–adds per token (`counted_macs_per_token`) = `macs_formula`;
+  (these two are `proofs_numeric.outcomes.shared_layers_outcome` and `counted_macs_outcome`, the same
+  checks the claim catalogue's `params_layer_shared` and `macs_per_token` run);
 * routing by the class's `routing_kind`: softmax and threshold gates are distributions (softmax:
   exactly k non-zero under top-k), a mask has exactly k ones, an unrouted adapter has no g;
 * batch-shape invariance: the leading axes are only batch axes;
@@ -33,7 +35,7 @@ from moelora_core.adapter import Adapter
 from moelora_core.registry import architecture_of, create
 from proofs_numeric.bounds import router_bounds
 from proofs_numeric.checking import Claim, Outcome, check_claim, claim_with_twin, exact
-from proofs_numeric.complexity import counted_macs_per_token
+from proofs_numeric.outcomes import counted_macs_outcome, shared_layers_outcome
 from proofs_numeric.strategies import DTYPE, Case, any_config, build_random, cases
 
 Case_ = Callable[[Case[Any]], Outcome]
@@ -76,45 +78,27 @@ def _zero_at_init(randomised: bool = False) -> Case_:
     return case
 
 
-def _value(a: Adapter, formula: sp.Expr) -> int:
-    return int(sp.sympify(formula).subs(a.subs()))
-
-
 def _params(shared_per_layer: bool = False, layers: int = 2) -> Case_:
-    """Unique trainable parameters of `layers` layers sharing one `make_shared` part (twin: the shared
-    part counted in every layer); each layer's own count must equal its `param_formula`."""
+    """`outcomes.shared_layers_outcome` (also behind the catalogue's `params_layer_shared`): unique
+    trainable parameters of `layers` layers sharing one `make_shared` part = formula, and each layer's
+    own count = its `param_formula` (twin: the shared part counted in every layer)."""
 
     def case(c: Case[Any]) -> Outcome:
-        cls = architecture_of(c.config)
-        shared = cls.make_shared(c.config, device="meta")
-        built = [cls.create(c.config, shared=shared, device="meta") for _ in range(layers)]
-        unique = {id(p): p for a in built for p in a.parameters() if p.requires_grad}
-        counted = sum(p.numel() for p in unique.values())
-        per = _value(built[0], built[0].param_formula())
-        once = _value(built[0], built[0].shared_param_formula())
-        expected = layers * (per + once) if shared_per_layer else layers * per + once
-        own = max(abs(a.num_trainable_params() - per) for a in built)
-        return Outcome(
-            float(abs(counted - expected) + own),
-            0.0,
-            f"counted {counted} over {layers} layers, formula {expected}; per layer off by {own}",
-        )
+        return shared_layers_outcome(c.config, layers, shared_per_layer=shared_per_layer)
 
     return case
 
 
 def _macs(swap_in_out: bool = False) -> Case_:
-    """Counted MACs per token = macs_formula (twin: the formula with n and m swapped)."""
+    """`outcomes.counted_macs_outcome` (also behind the catalogue's `macs_per_token`): counted MACs
+    per token = macs_formula (twin: the formula with n and m swapped)."""
 
     def case(c: Case[Any]) -> Outcome:
         a = c.build()
         formula = a.macs_formula()
         if swap_in_out:
             formula = sp.sympify(formula).subs({S.n: S.m, S.m: S.n}, simultaneous=True)
-        expected, counted = _value(a, formula), counted_macs_per_token(a)
-        return Outcome(
-            float(abs(counted - expected)), 0.0, f"counted {counted}, formula {expected}"
-        )
+        return counted_macs_outcome(a, formula)
 
     return case
 

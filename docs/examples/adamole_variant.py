@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moelora_core import stacked
 from moelora_core import symbols as S
 from moelora_core.adapter import Adapter, weighted_heads
 from moelora_core.errors import ConfigError, require_finite_float, require_positive_int
-from moelora_core.lora import LoRA, LoRAConfig
+from moelora_core.lora import LoRA
 from moelora_core.maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
-from moelora_core.moelora import MoELoRA, MoELoRAConfig
+from moelora_core.moelora import MoELoRA
 from proofs_numeric import variants as v
 
 
@@ -98,10 +99,7 @@ class AdaMoLE(Adapter):
         )
 
     def expert_matrices(self) -> Tensor:
-        c = self.config
-        Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
-        Ah = self.A.weight.unflatten(0, (c.num_experts, c.expert_rank))  # (E, r_e, n)
-        return c.scale * torch.einsum("mei,ein->emn", Bh, Ah)  # (E, m, n)
+        return stacked.expert_matrices(self)  # (E, m, n): s·B_i A_i
 
     def router_input_map(self) -> LinearMap:
         return Identity(self.in_features).to(self.A.weight)
@@ -119,48 +117,21 @@ class AdaMoLE(Adapter):
 
 def equal_experts(a: AdaMoLE) -> None:
     """Set every (A_i, B_i) to (A_1, B_1)."""
-    c = a.config
-    A = a.A.weight.unflatten(0, (c.num_experts, c.expert_rank))
-    B = a.B.weight.unflatten(1, (c.num_experts, c.expert_rank))
-    A.copy_(A[:1].expand_as(A))
-    B.copy_(B[:, :1].expand_as(B))
+    stacked.equal_experts_(a)
 
 
 def first_expert_as_lora(a: AdaMoLE) -> LoRA:
     """LoRA with A = A_1, B = B_1 (exact when E = 1 or all experts are equal: Σ_i g_i = 1)."""
-    c = a.config
-    out = LoRA(
-        LoRAConfig(
-            in_features=c.in_features,
-            out_features=c.out_features,
-            rank=c.expert_rank,
-            scale=c.scale,
-        ),
-        dtype=a.A.weight.dtype,
-    )
-    out.A.weight.copy_(a.A.weight[: c.expert_rank])
-    out.B.weight.copy_(a.B.weight[:, : c.expert_rank])
-    return out
+    return stacked.first_expert_lora(a)
 
 
 def as_input_moelora(a: AdaMoLE) -> MoELoRA:
     """The input-router MoELoRA with the same A_i, B_i, W_g (exact when τ_max = 0)."""
-    c = a.config
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=c.num_experts,
-        expert_rank=c.expert_rank,
-        router="input",
-        top_k=None,
-        scale=c.scale,
+    assert a.router is not None
+    W = a.router.logits.dense()
+    return MoELoRA.from_factors(
+        a.A.weight, a.B.weight, W, router="input", top_k=None, scale=a.config.scale
     )
-    out = MoELoRA(cfg, dtype=a.A.weight.dtype)
-    out.A.weight.copy_(a.A.weight)
-    out.B.weight.copy_(a.B.weight)
-    assert out.router is not None and a.router is not None
-    out.router.logits.dense().copy_(a.router.logits.dense())
-    return out
 
 
 def lora_as_adamole(lora: LoRA) -> AdaMoLE:

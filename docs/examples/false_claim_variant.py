@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from moelora_core import stacked
 from moelora_core import symbols as S
 from moelora_core.adapter import Adapter, weighted_heads
 from moelora_core.errors import ConfigError, require_finite_float, require_positive_int
 from moelora_core.maps import Dense, HeadLayout, Identity, LinearMap, SoftmaxRouter
-from moelora_core.moelora import MoELoRA, MoELoRAConfig
+from moelora_core.moelora import MoELoRA
 from proofs_numeric import variants as v
 
 
@@ -89,10 +90,7 @@ class MoLA(Adapter):
         return self.num_experts * (f * p.mean(0)).sum()
 
     def expert_matrices(self) -> Tensor:
-        c = self.config
-        Bh = self.B.weight.unflatten(1, (c.num_experts, c.expert_rank))  # (m, E, r_e)
-        Ah = self.A.weight.unflatten(0, (c.num_experts, c.expert_rank))  # (E, r_e, n)
-        return c.scale * torch.einsum("mei,ein->emn", Bh, Ah)  # (E, m, n)
+        return stacked.expert_matrices(self)  # (E, m, n): s·B_i A_i
 
     def router_input_map(self) -> LinearMap:
         return Identity(self.in_features).to(self.A.weight)
@@ -107,22 +105,12 @@ class MoLA(Adapter):
 
 def as_moelora(a: MoLA) -> MoELoRA:
     """The input-router MoELoRA with the same A_i, B_i, W_g and top_k."""
+    assert a.router is not None
+    W = a.router.logits.dense()
     c = a.config
-    cfg = MoELoRAConfig(
-        in_features=c.in_features,
-        out_features=c.out_features,
-        num_experts=c.num_experts,
-        expert_rank=c.expert_rank,
-        router="input",
-        top_k=c.top_k,
-        scale=c.scale,
+    return MoELoRA.from_factors(
+        a.A.weight, a.B.weight, W, router="input", top_k=c.top_k, scale=c.scale
     )
-    out = MoELoRA(cfg, dtype=a.A.weight.dtype)
-    out.A.weight.copy_(a.A.weight)
-    out.B.weight.copy_(a.B.weight)
-    assert out.router is not None and a.router is not None
-    out.router.logits.dense().copy_(a.router.logits.dense())
-    return out
 
 
 def balanced_loss_is_one(a: Adapter, x: Tensor) -> float:

@@ -13,11 +13,9 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from moelora_core.adapter import Adapter
-from moelora_core.comol import CoMoLConfig
-from moelora_core.hydralora import HydraLoRAConfig
-from moelora_core.moelora import MoELoRAConfig
 from moelora_core.registry import create
-from moelora_core.talklora import TalkLoRAConfig
+
+from ..specs import LayerSpec, config_for
 
 DTYPE = torch.float64
 Arch = Literal[
@@ -34,31 +32,24 @@ ARCHS: tuple[Arch, ...] = (
 A = TypeVar("A", bound=Adapter)
 
 
-def config_for(arch: Arch, n: int, m: int, E: int, r_e: int, top_k: int | None = None) -> Any:
-    """The config of the named kind: n -> m, E experts of rank r_e (total rank E·r_e; CoMoL rank
-    r_e + E − 1 >= E with E cores)."""
-    if arch in ("moelora-input", "moelora-latent"):
-        kind: Literal["input", "latent"] = "input" if arch == "moelora-input" else "latent"
-        return MoELoRAConfig(
-            in_features=n, out_features=m, num_experts=E, expert_rank=r_e, router=kind, top_k=top_k
+def layer_spec(arch: Arch, E: int, r_e: int, top_k: int | None = None) -> tuple[str, LayerSpec]:
+    """The registry family and generic spec of the named kind: E experts of rank r_e (total rank
+    E·r_e; CoMoL rank r_e + E − 1 >= E with E cores), routed as the name's suffix says."""
+    family, _, router = arch.partition("-")
+    if family == "comol":
+        return family, LayerSpec(
+            rank=r_e + E - 1, experts=E, top_k=top_k, core_router=router == "core"
         )
-    if arch == "hydralora":
-        return HydraLoRAConfig(
-            in_features=n, out_features=m, num_experts=E, expert_rank=r_e, top_k=top_k
-        )
-    if arch == "talklora":
-        return TalkLoRAConfig(
-            in_features=n, out_features=m, rank=E * r_e, num_experts=E, top_k=top_k
-        )
-    return CoMoLConfig(
-        in_features=n, out_features=m, rank=r_e + E - 1, num_cores=E,
-        core_router=arch == "comol-core", top_k=top_k,
-    )  # fmt: skip
+    return family, LayerSpec(
+        rank=E * r_e, experts=E, expert_rank=r_e, top_k=top_k, router=router or "input"
+    )
 
 
 def build(arch: Arch, n: int, m: int, E: int, r_e: int, top_k: int | None = None) -> Adapter:
-    """A float64 adapter of the named kind (`config_for`), built by the registry."""
-    return create(config_for(arch, n, m, E, r_e, top_k), dtype=DTYPE)
+    """A float64 `n -> m` adapter of the named kind (`layer_spec`), configured by the architecture's
+    own `config_from_spec` and built by the registry."""
+    family, spec = layer_spec(arch, E, r_e, top_k)
+    return create(config_for(family, spec, in_features=n, out_features=m), dtype=DTYPE)
 
 
 @torch.no_grad()

@@ -23,12 +23,12 @@ from moelora_core import symbols as S
 from moelora_core.adapter import Adapter
 from moelora_core.comol import CoMoL, CoMoLConfig
 from moelora_core.errors import ConfigError
-from moelora_core.registry import ARCHITECTURES, architecture_of, create
+from moelora_core.registry import ARCHITECTURES, architecture_of
 
 from ..checking import Claim, Outcome, claim_with_twin, exact
-from ..complexity import counted_macs_per_token, same_theta
+from ..complexity import same_theta
 from ..function_class import analytic_jacobian, autograd_jacobian
-from ..outcomes import macs_outcome, param_count_outcome, symbolic
+from ..outcomes import counted_macs_outcome, param_count_outcome, shared_layers_outcome, symbolic
 from ..specs import LayerSpec, config_for
 from ..strategies import (
     CONFIG_STRATEGIES,
@@ -80,16 +80,7 @@ def _count_case_missing_core_term(c: Case[CoMoLConfig]) -> Outcome:
 def _shared_model_case(args: tuple[Any, int]) -> Outcome:
     """L layers of one module type sharing the part `make_shared` builds: unique params = formula."""
     cfg, L = args
-    cls = architecture_of(cfg)
-    shared = cls.make_shared(cfg, device="meta")  # counting only: no memory, no init
-    layers = [create(cfg, shared=shared, device="meta") for _ in range(L)]
-    shared_part = layers[0].shared_param_formula()  # counted once per module type
-    formula = S.L * layers[0].param_formula() + shared_part
-    unique = sum(p.numel() for p in torch.nn.ModuleList(layers).parameters())
-    expected = int(formula.subs({**layers[0].subs(), S.L: L}))
-    return Outcome(
-        float(abs(unique - expected)), 0.0, f"unique params {unique}, formula {expected}"
-    )
+    return shared_layers_outcome(cfg, L)
 
 
 def _has_shared_part(config: Any) -> bool:
@@ -109,7 +100,7 @@ def _macs_case(wrong_term: sp.Expr | None = None) -> Callable[[Case[Any]], Outco
 
     def case(c: Case[Any]) -> Outcome:
         a = c.build()
-        return macs_outcome(a, a.macs_formula() - (wrong_term or 0), counted_macs_per_token(a))
+        return counted_macs_outcome(a, a.macs_formula() - (wrong_term or 0))
 
     return case
 
@@ -146,7 +137,7 @@ def _sparse_macs_case(dense_formula: bool = False) -> Callable[[Case[Any]], Outc
         if sparse is None or k is None or k >= a.num_experts:
             reject()  # no sparse path here (k = E runs dense): Hypothesis draws another instance
         formula = a.macs_formula() if dense_formula else sparse
-        return macs_outcome(a, formula, counted_macs_per_token(a, sparse=True))
+        return counted_macs_outcome(a, formula, sparse=True)
 
     return case
 
