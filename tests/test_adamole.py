@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from claim_helpers import SPEC
 
 from moelora_core.adamole import AdaMoLE, AdaMoLEConfig, lipschitz_witness, threshold_gate
 from moelora_core.errors import ArgumentTypeError, ConfigError
@@ -169,18 +170,6 @@ def test_counts_macs_and_init() -> None:
     assert counted_macs_per_token(a) == int(a.macs_formula().subs(a.subs()))
     assert a.sparse_macs_formula() is None
     assert not a(torch.randn(3, 6)).any()  # B = 0 at initialisation
-
-
-SPEC: dict[str, Any] = dict(
-    rank=8,
-    experts=4,
-    expert_rank=2,
-    top_k=None,
-    router="input",
-    core_router=False,
-    shared=False,
-    options={},
-)  # the fields of moelora_core.adapter.AdapterSpecLike, scale apart
 
 
 def test_config_from_spec_reads_max_threshold_from_the_options() -> None:

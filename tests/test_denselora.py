@@ -11,6 +11,7 @@ from typing import Any
 import mpmath
 import pytest
 import torch
+from claim_helpers import assert_as_declared
 from hypothesis import strategies as st
 
 from moelora_core.denselora import (
@@ -27,7 +28,7 @@ from moelora_core.errors import (
     NotLinearError,
     ShapeError,
 )
-from proofs_numeric.checking import Outcome, check_claim, claim_with_twin, exact
+from proofs_numeric.checking import Outcome, claim_with_twin, exact
 from proofs_numeric.complexity import counted_macs_per_token
 from proofs_numeric.strategies import DTYPE, Case, build_random, cases, denselora_configs
 
@@ -217,12 +218,7 @@ CLAIMS = [
 @pytest.mark.theorems
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.name)
 def test_claim(claim: Any) -> None:
-    report = check_claim(claim)
-    assert not report.raised, report.raised
-    if claim.expect == "holds":
-        assert report.holds, f"{claim.name}: {report.counterexample} ({report.detail})"
-    else:
-        assert not report.holds and report.counterexample is not None, claim.name
+    assert_as_declared(claim)
 
 
 @pytest.mark.theorems

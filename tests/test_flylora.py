@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 import torch
+from claim_helpers import assert_as_declared
 
 from moelora_core.errors import ArgumentTypeError, ConfigError, ReductionError
 from moelora_core.flylora import FlyLoRA, FlyLoRAConfig, as_lora, sparse_projection, switch_pair
 from moelora_core.lora import LoRA, LoRAConfig
 from moelora_core.maps import topk_mask
-from proofs_numeric.checking import Outcome, check_claim, claim_with_twin, exact
+from proofs_numeric.checking import Outcome, claim_with_twin, exact
 from proofs_numeric.complexity import counted_macs_per_token
 from proofs_numeric.strategies import DTYPE, Case, build_random, cases, flylora_configs
 
@@ -206,12 +207,7 @@ CLAIMS = [
 @pytest.mark.theorems
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.name)
 def test_claim(claim: Any) -> None:
-    report = check_claim(claim)
-    assert not report.raised, report.raised
-    if claim.expect == "holds":
-        assert report.holds, f"{claim.name}: {report.counterexample} ({report.detail})"
-    else:
-        assert not report.holds and report.counterexample is not None, claim.name
+    assert_as_declared(claim)
 
 
 @pytest.mark.theorems

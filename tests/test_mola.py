@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from claim_helpers import SPEC, gather_always
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
@@ -30,17 +31,6 @@ def mola(seed: int = 0, **kw: Any) -> MoLA:
     a = MoLA(cfg, dtype=F64)
     a.randomize_(seed)
     return a
-
-
-@contextmanager
-def gather_always(on: bool) -> Iterator[None]:
-    before = sparse.GATHER_COPY, sparse.GATHER_MAC
-    if on:
-        sparse.GATHER_COPY = sparse.GATHER_MAC = 0.0
-    try:
-        yield
-    finally:
-        sparse.GATHER_COPY, sparse.GATHER_MAC = before
 
 
 # ----- the load-balancing term -------------------------------------------------------------------------
@@ -239,18 +229,6 @@ def test_bad_config_names_the_parameter(field: str, value: object, error: type[E
     kw: dict[str, Any] = dict(in_features=3, out_features=2, num_experts=3, expert_rank=1)
     with pytest.raises(error, match=f"^{field}="):
         MoLAConfig(**{**kw, field: value})
-
-
-SPEC: dict[str, Any] = dict(
-    rank=8,
-    experts=4,
-    expert_rank=2,
-    top_k=None,
-    router="input",
-    core_router=False,
-    shared=False,
-    options={},
-)  # the fields of moelora_core.adapter.AdapterSpecLike, scale apart
 
 
 def test_config_from_spec_defaults_to_top_2() -> None:

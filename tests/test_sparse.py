@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from claim_helpers import gather_always
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
@@ -79,17 +80,6 @@ def cases(draw: st.DrawFn) -> Case:
         gather=draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)),
     )
-
-
-@contextmanager
-def gather_always(on: bool) -> Iterator[None]:
-    before = sparse.GATHER_COPY, sparse.GATHER_MAC
-    if on:
-        sparse.GATHER_COPY = sparse.GATHER_MAC = 0.0
-    try:
-        yield
-    finally:
-        sparse.GATHER_COPY, sparse.GATHER_MAC = before
 
 
 def run(mod: Adapter, x: Tensor, dy: Tensor) -> list[Tensor]:
