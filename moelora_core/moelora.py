@@ -222,26 +222,12 @@ class MoELoRA(RoutedAdapter):
         )  # fmt: skip
 
     def sparse_forward(self, x: Tensor) -> Tensor:
-        """Σ_j w_j B_{idx_j} A_{idx_j} x with the k chosen experts only (see `sparse`)."""
-        c, k = self.config, sparse.top_k_of(self.router)
-        E, d = c.num_experts, c.expert_rank
-        xf = sparse.flat_tokens(x)  # (T, n)
-        W = self.router.logits.dense()
-        if sparse.gather_wins(E, k, d):  # the router reads x: W_g, or the folded W_r A (E x n)
-            Wx = W if c.router == "input" else W @ self.A.weight  # latent: E·r·n MACs per call
-            idx, w, cols, hk = sparse.route_and_dot(xf, Wx, self.A.weight, k, d)  # the chosen rows
-            h = hk.unflatten(-1, (k, d))  # (T, k, d): A_{idx_j} x
-        else:
-            if c.router == "input":  # [A; W_g] x in one matmul
-                hall, logits = F.linear(xf, torch.cat([self.A.weight, W])).split([c.rank, E], -1)
-            else:
-                hall = F.linear(xf, self.A.weight)
-                logits = F.linear(hall, W)
-            idx, w = sparse.topk_route(logits, k)
-            cols = sparse.expert_columns(idx, d)
-            h = hall.gather(-1, cols).unflatten(-1, (k, d))  # (T, k, d)
-        coef = (h * (c.scale * w).unsqueeze(-1)).flatten(-2)  # (T, k·d)
-        out = sparse.mix_columns(cols, coef, self.B.weight.t().contiguous())  # (T, m)
+        """Σ_j w_j B_{idx_j} A_{idx_j} x with the k chosen experts only (`stacked.sparse_topk`)."""
+        c = self.config
+        out, _, _ = stacked.sparse_topk(
+            sparse.flat_tokens(x), self.A.weight, self.B.weight, self.router.logits.dense(),
+            sparse.top_k_of(self.router), c.expert_rank, c.scale, latent=c.router == "latent",
+        )  # fmt: skip
         return out.reshape(*x.shape[:-1], c.out_features)
 
 

@@ -138,23 +138,14 @@ class MoLA(RoutedAdapter):
         return F.linear(weighted_heads(h, c.scale * g, c.expert_rank), self.B.weight)
 
     def sparse_forward(self, x: Tensor) -> Tensor:
-        """Σ_j w_j B_{idx_j} A_{idx_j} x over the k chosen experts only (`moelora_core.sparse`): their
-        A_i x by `route_and_dot_logits` when `gather_wins`, else from the dense [A; W] x."""
-        c, k = self.config, self.config.top_k
-        E, d = c.num_experts, c.expert_rank
-        xf = sparse.flat_tokens(x)  # (T, n)
-        W = self.router.logits.dense()
-        if sparse.gather_wins(E, k, d):
-            logits, idx, w, cols, hk = sparse.route_and_dot_logits(xf, W, self.A.weight, k, d)
-            h = hk.unflatten(-1, (k, d))  # (T, k, d): A_{idx_j} x
-        else:
-            hall, logits = F.linear(xf, torch.cat([self.A.weight, W])).split([c.rank, E], dim=-1)
-            idx, w = sparse.topk_route(logits, k)  # (T, k), (T, k)
-            cols = sparse.expert_columns(idx, d)  # (T, k·d)
-            h = hall.gather(-1, cols).unflatten(-1, (k, d))  # (T, k, d)
-        self._record_balance(logits, torch.bincount(idx.flatten(), minlength=E))
-        coef = (h * (c.scale * w).unsqueeze(-1)).flatten(-2)  # (T, k·d)
-        out = sparse.mix_columns(cols, coef, self.B.weight.t().contiguous())  # (T, m)
+        """Σ_j w_j B_{idx_j} A_{idx_j} x over the k chosen experts only (`stacked.sparse_topk`),
+        recording the balance term from its logits and choices."""
+        c = self.config
+        out, logits, idx = stacked.sparse_topk(
+            sparse.flat_tokens(x), self.A.weight, self.B.weight, self.router.logits.dense(),
+            c.top_k, c.expert_rank, c.scale, latent=False,
+        )  # fmt: skip
+        self._record_balance(logits, torch.bincount(idx.flatten(), minlength=c.num_experts))
         return out.reshape(*x.shape[:-1], c.out_features)
 
     def _record_balance(self, logits: Tensor, counts: Tensor) -> None:

@@ -8,6 +8,7 @@ architectures share:
     Δ_ref(x) = s · Σ_i g_i(x) B_i (A_i x)               (`reference_sum`: the literal sum, unfused)
     A_i := A_1, B_i := B_1 for every i                  (`equal_experts_`: then Δ = s B_1 A_1 x)
     LoRA(A_1, B_1) with scale s                         (`first_expert_lora`)
+    s · Σ_j w_j B_{idx_j} A_{idx_j} x over the k chosen   (`sparse_topk`: the sparse top-k path)
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from . import sparse
 from .declared import ExpertFactors
 from .lora import LoRA, LoRAConfig
 from .maps import Dense
@@ -35,6 +38,7 @@ __all__ = [
     "lora_of",
     "matrices",
     "reference_sum",
+    "sparse_topk",
     "up_blocks",
 ]
 
@@ -141,3 +145,31 @@ def first_expert_lora(a: StackedAdapter) -> LoRA:
     """LoRA s·B_1 A_1: equal to the adapter when every expert is (A_1, B_1), since Σ_i g_i = 1."""
     A, B = blocks(a)
     return lora_of(A[0], B[0], a.config.scale)
+
+
+def sparse_topk(
+    xf: Tensor, A: Tensor, B: Tensor, W: Tensor, k: int, d: int, scale: float, *, latent: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """s · Σ_j w_j B_{idx_j} A_{idx_j} x with the k chosen experts only (`moelora_core.sparse`).
+
+    xf (T, n), A (E·d, n), B (m, E·d), W (E, n) for an input router or (E, E·d) for a latent one
+    (logits W A x) -> (out (T, m), logits (T, E), idx (T, k)). The chosen A_i x come from
+    `route_and_dot_logits` when `gather_wins` (a latent router folded once per call to W A, so the
+    router reads x), else from the dense A x.
+    """
+    E = W.shape[0]
+    if sparse.gather_wins(E, k, d):
+        Wx = W @ A if latent else W  # (E, n): latent costs E·r·n MACs per call
+        logits, idx, w, cols, hk = sparse.route_and_dot_logits(xf, Wx, A, k, d)
+        h = hk.unflatten(-1, (k, d))  # (T, k, d): A_{idx_j} x
+    else:
+        if latent:
+            hall = F.linear(xf, A)  # (T, E·d)
+            logits = F.linear(hall, W)  # (T, E)
+        else:  # [A; W] x in one matmul
+            hall, logits = F.linear(xf, torch.cat([A, W])).split([A.shape[0], E], dim=-1)
+        idx, w = sparse.topk_route(logits, k)  # (T, k), (T, k)
+        cols = sparse.expert_columns(idx, d)  # (T, k·d)
+        h = hall.gather(-1, cols).unflatten(-1, (k, d))  # (T, k, d)
+    coef = (h * (scale * w).unsqueeze(-1)).flatten(-2)  # (T, k·d)
+    return sparse.mix_columns(cols, coef, B.t().contiguous()), logits, idx  # (T, m)
