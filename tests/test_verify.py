@@ -175,6 +175,25 @@ def test_true_versions_of_the_twins_hold() -> None:
         assert report.holds, "\n".join(format_report(report))
 
 
+def test_own_formulas_are_read_from_the_adapter() -> None:
+    """`param_formula()` and `mac_formula()` without a formula use the adapter's own
+    `param_formula()` / `macs_formula()`; a variant whose build defines no MAC formula is an error."""
+    shapes = {"in_features": (1, 6), "out_features": (1, 6), "rank": (1, 4)}
+    v = Variant(
+        "own", build=LoRA, config=LoRAConfig, shapes=shapes, claims=[param_formula(), mac_formula()]
+    )
+    for report in run_variant(v, max_examples=10).reports:
+        assert report.holds, "\n".join(format_report(report))
+
+    class NoMacs(LoRA):
+        def macs_formula(self) -> sp.Expr:
+            raise NotImplementedError("no formula")
+
+    v = Variant("none", build=NoMacs, config=LoRAConfig, shapes=shapes, claims=[mac_formula()])
+    (report,) = run_variant(v, max_examples=5).reports
+    assert not report.holds and "has no macs_formula() method" in report.raised
+
+
 def test_claim_declared_refuted_that_holds_is_reported() -> None:
     v = Variant(
         "twin", build=ada.AdaMoLE, shapes=ADAMOLE.shapes, claims=[param_formula(expect="refuted")]

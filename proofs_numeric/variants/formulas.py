@@ -194,17 +194,22 @@ def mac_formula(
 ) -> Declaration:
     """Matmul multiply-adds per token of the forward pass (`complexity.counted_macs_per_token`: the
     FLOPs torch dispatches for 2 tokens minus 1 token, halved) == `expr` (None: the adapter's own
-    `mac_formula()` method), on drawn instances and, in the adversarial phase, at extreme sizes
+    `macs_formula()` method), on drawn instances and, in the adversarial phase, at extreme sizes
     (counted on the meta device). Symbols as in `param_formula`."""
     formula = canonical(expr, "mac_formula") if expr is not None else None
-    text = statement or f"matmul MACs per token of {{variant}} = {formula or 'mac_formula()'}"
+    shown = formula if formula is not None else "macs_formula()"
+    text = statement or f"matmul MACs per token of {{variant}} = {shown}"
 
     def case(v: Any, c: VariantCase) -> Outcome:
         a = c.build()
-        own = getattr(a, "mac_formula", None)
-        if formula is None and not callable(own):
-            raise ClaimError(f"{type(a).__name__} has no mac_formula() method: pass the formula")
-        f = formula if formula is not None or own is None else canonical(own(), "mac_formula()")
+        f = formula
+        if f is None:
+            try:
+                f = canonical(a.macs_formula(), "macs_formula()")
+            except NotImplementedError:
+                raise ClaimError(
+                    f"{type(a).__name__} has no macs_formula() method: pass the formula"
+                ) from None
         with input_checks(False):  # no value checks: the instance may live on the meta device
             counted = counted_macs_per_token(a)
         return formula_outcome(a, f, subs, counted, "counted_macs_per_token")
