@@ -63,6 +63,7 @@ from .rigorous import (
     matmul_floats,
     poly_up,
     row_norms_upper,
+    scale_t,
     scale_up_t,
     softmax_error,
 )
@@ -134,7 +135,7 @@ def local_bounds(
     tight = torch.minimum(poly_up(sn.expert_max + cen * (yc + R * sn.stack_centred)), spec)
     # adaptive: the routing at the centres, enclosed (softmax ignores the mean logit: Π L suffices)
     Z = matmul_floats(X, C_enc.T, c.abs_X)  # (N, E): 2^-e Π L x
-    Z = Enclosure(scale_up_t(Z.mid.abs(), e) * Z.mid.sign(), scale_up_t(Z.rad, e))
+    Z = Enclosure(scale_t(Z.mid, e), scale_up_t(Z.rad, e))  # the midpoint scaled exactly
     P, p_up, dp = softmax_error(Z)  # float softmax, upper bounds on p and on ‖p − p̂‖₁
     DR = poly_up(pair_distances(C_enc, e) * R)  # (E,) D_k R
     growth = torch.exp(DR.clamp(max=700.0)) * (1 + 8 * 2.0**-53)  # exp to 2 ulp

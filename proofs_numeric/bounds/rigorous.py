@@ -275,6 +275,12 @@ def scale_up_t(x: Tensor, e: int) -> Tensor:
     return _finite(up_t(y), "scaled bound")
 
 
+def scale_t(x: Tensor, e: int) -> Tensor:
+    """x·2^e, exact (ldexp) apart from underflow to subnormals, which moves a value by at most
+    2^-1074 (any radius from `scale_up_t` covers it); CertificateError on overflow."""
+    return _finite(torch.ldexp(x, torch.tensor(e, dtype=torch.int32)), "scaled value")
+
+
 def poly_up(x: Tensor) -> Tensor:
     """Upper bound on the exact value of a nonnegative expression evaluated in float64 with at most
     8 roundings (sums and products of nonnegative upper bounds): x (1 + 16u), one step up."""

@@ -24,7 +24,7 @@ from .jacobian import (
     power,
     screen,
 )
-from .pairs import ascend_pairs, pair_ratio
+from .pairs import ascend_pairs, sound_pair_ratio
 from .probe import Probe
 from .region import Region, unit
 
@@ -88,10 +88,10 @@ def search(
     pair_best = 0.0
     if pair_steps > 0 and mask is None:
         _, A, B = ascend_pairs(p, Xk.detach(), Vk.detach(), sub, pair_steps)
-        pair_best = float(pair_ratio(p64, A.to(F64), B.to(F64)).max())
+        pair_best = float(sound_pair_ratio(p64, A.to(F64), B.to(F64)).max())
     if extra_pairs is not None and extra_pairs[0].shape[0] > 0:
         A, B = extra_pairs
-        pair_best = max(pair_best, float(pair_ratio(p64, A.to(F64), B.to(F64)).max()))
+        pair_best = max(pair_best, float(sound_pair_ratio(p64, A.to(F64), B.to(F64)).max()))
     return SearchResult(
         jacobian=float(s64[best]),
         pairs=pair_best,

@@ -27,6 +27,16 @@ def ratios(
     return torch.where(den > 0, num.clamp_min(0) / den.clamp_min(1e-300), torch.zeros_like(den))
 
 
+def sound_pair_ratio(p: Probe, A: Tensor, B: Tensor) -> Tensor:
+    """`pair_ratio` with `ratios`' rounding allowance, for a reported lower bound: rounding in f
+    can never count as a measured slope; rows closer than MIN_SEPARATION give 0."""
+    FA, FB = p.value(A), p.value(B)
+    nA, nB = torch.linalg.vector_norm(FA, dim=-1), torch.linalg.vector_norm(FB, dim=-1)
+    d = torch.linalg.vector_norm(A - B, dim=-1)
+    ok = d > MIN_SEPARATION * (1.0 + torch.linalg.vector_norm(A, dim=-1))
+    return torch.where(ok, ratios(A, B, FA, FB, nA, nB), torch.zeros_like(d))
+
+
 def pair_ratio(p: Probe, A: Tensor, B: Tensor) -> Tensor:
     """‖f(a) − f(b)‖ / ‖a − b‖ per row; rows closer than MIN_SEPARATION give 0."""
     d = torch.linalg.vector_norm(A - B, dim=-1)
