@@ -209,8 +209,10 @@ class Adapter(nn.Module):
         return out
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters shared with other layers (counted once per module type, not per layer)."""
-        return []
+        """Parameters shared with other layers (counted once per module type, not per layer): those of
+        `shared_part()`."""
+        part = self.shared_part()
+        return [] if part is None else list(part.parameters())
 
     def param_formula(self) -> sp.Expr:
         """Trainable parameters of one layer (shared parts excluded), sympy in `moelora_core.symbols`."""

@@ -239,9 +239,6 @@ class CoMoL(RoutedAdapter):
             "mi,nij,jk->nmk", self.B.weight, self.cores, self.A.weight
         )
 
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return [self.A.weight, self.B.weight] if self.config.share_ab else []
-
     def param_formula(self) -> sp.Expr:
         router = S.N * S.r if self.config.core_router else S.N * S.n
         ab = 0 if self.config.share_ab else S.r * (S.n + S.m)

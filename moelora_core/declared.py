@@ -27,7 +27,8 @@ non-zero under top-k); mask: g ∈ {0,1}^E with exactly k ones; threshold: g_i =
 Σ_j relu(p_j − τ(x)), a distribution with a variable number of non-zeros."""
 
 RouterLipschitz = Literal["half_norm", "refuted", "none"]
-"""half_norm: ‖g(x) − g(y)‖ ≤ ½‖W‖ ‖z(x) − z(y)‖ (softmax: the certified router bound applies);
+"""half_norm: ‖g(x) − g(y)‖ ≤ ½‖W‖ ‖z(x) − z(y)‖ for soft routing (softmax: the certified router
+bound applies; under top-k only between selection switches, where g jumps);
 refuted: the gate is NOT ½‖W‖-Lipschitz and a declared claim must find a violation; none: no router."""
 
 

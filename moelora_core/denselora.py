@@ -155,9 +155,6 @@ class DenseLoRA(Adapter):
     def shared_part(self) -> EncoderDecoder:
         return self.shared
 
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return [self.shared.A.weight, self.shared.B.weight]
-
     # ----- the maths ---------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)

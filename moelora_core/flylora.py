@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import stacked
 from . import symbols as S
 from .adapter import Adapter, AdapterSpecLike, ExpertFactors, Reduction, RoutingKind, no_preparation
 from .errors import ConfigError, ReductionError, require_finite_float, require_positive_int
-from .lora import LoRA, LoRAConfig
+from .lora import LoRA
 from .maps import Dense, topk_mask
 from .spec import refuse_shared, spec_options
 from .validate import (
@@ -157,17 +158,18 @@ class FlyLoRA(Adapter):
         terms = self.config.scale * (g * coef).unsqueeze(-2) * self.B.weight  # (..., m, r)
         return terms.sum(-1)  # (..., m)
 
+    def _rank_one_blocks(self) -> tuple[Tensor, Tensor]:
+        """(a_jᵀ) as (r, 1, n) and (b_j) as (r, m, 1): r stacked experts of rank 1 (views)."""
+        r = self.config.rank
+        return stacked.down_blocks(self.A, r, 1), stacked.up_blocks(self.B.weight, r, 1)
+
     def expert_matrices(self) -> Tensor:
-        # P_j = s · b_j a_jᵀ, (r, m, n)
-        return self.config.scale * torch.einsum("mj,jn->jmn", self.B.weight, self.A)
+        """P_j = s · b_j a_jᵀ, (r, m, n)."""
+        return stacked.matrices(*self._rank_one_blocks(), self.config.scale)
 
     def expert_factors(self) -> ExpertFactors:
         """P_j = s · (b_j) (a_jᵀ): left (r, m, 1), right (r, 1, n), exact float64 on the CPU."""
-        B = self.B.weight.detach().to("cpu", torch.float64)
-        A = self.A.detach().to("cpu", torch.float64)
-        return ExpertFactors(
-            left=(B.T.unsqueeze(-1),), right=A.unsqueeze(1), scale=float(self.config.scale)
-        )
+        return stacked.factors(*self._rank_one_blocks(), self.config.scale)
 
     # ----- counting ----------------------------------------------------------------------------------
     def param_formula(self) -> sp.Expr:
@@ -205,17 +207,7 @@ def as_lora(a: Adapter) -> LoRA:
         raise ReductionError(
             f"top_k={c.top_k}, rank={c.rank}: expected top_k = rank (every component kept)"
         )
-    w = a.B.weight
-    out = LoRA(
-        LoRAConfig(
-            in_features=c.in_features, out_features=c.out_features, rank=c.rank, scale=c.scale
-        ),
-        dtype=w.dtype,
-        device=w.device,
-    )
-    out.A.weight.copy_(a.A)
-    out.B.weight.copy_(w)
-    return out
+    return stacked.lora_of(a.A, a.B.weight, c.scale)
 
 
 def switch_pair(a: Adapter, eps: float) -> tuple[Tensor, Tensor]:

@@ -213,7 +213,7 @@ class MoELoRA(RoutedAdapter):
 
         return (
             Reduction("identical_experts_is_lora", "lora", pre.on(MoELoRA, stacked.equal_experts_),
-                      pre.on(MoELoRA, pre.first_expert_lora)),
+                      pre.on(MoELoRA, stacked.first_expert_lora)),
             Reduction("moelora_in_comol", "comol", pre.no_preparation,
                       pre.on(MoELoRA, red.moelora_to_comol), unprepared_fails=False),
             Reduction("latent_moelora_is_talklora", "talklora", pre.no_preparation,

@@ -40,8 +40,6 @@ from .adapter import (
     ExpertFactors,
     Reduction,
     RoutedAdapter,
-    RouterLipschitz,
-    RoutingKind,
     no_preparation,
     weighted_heads,
 )
@@ -82,8 +80,6 @@ class MoLAConfig:
 class MoLA(RoutedAdapter):
     family: ClassVar[str] = "mola"
     config_class: ClassVar[type] = MoLAConfig
-    routing_kind: ClassVar[RoutingKind] = "softmax"  # top-k: exactly k non-zero
-    router_lipschitz: ClassVar[RouterLipschitz] = "half_norm"  # at k = E; top-k jumps at ties
     config: MoLAConfig
 
     @classmethod

@@ -21,8 +21,7 @@ from .comol import CoMoL
 from .declared import no_preparation
 from .hydralora import HydraLoRA
 from .lora import LoRA
-from .moelora import MoELoRA
-from .reductions import comol_to_lora, hydralora_to_lora, moelora_to_lora
+from .reductions import comol_to_lora, hydralora_to_lora
 from .stacked import equal_experts_, equalise_, up_blocks
 from .talklora import TalkLoRA
 from .validate import require_instance
@@ -32,7 +31,6 @@ __all__ = [
     "equal_experts_",
     "equal_heads_",
     "first_core_lora",
-    "first_expert_lora",
     "first_head_lora",
     "identity_talking_",
     "identity_talking_and_experts_",
@@ -64,7 +62,7 @@ def equal_heads_(hy: HydraLoRA) -> None:
 @torch.no_grad()
 def equal_cores_(co: CoMoL) -> None:
     """M_i = M_1 for every core i."""
-    co.cores.copy_(co.cores[:1].expand_as(co.cores).clone())
+    equalise_(co.cores)
 
 
 @torch.no_grad()
@@ -79,11 +77,6 @@ def identity_talking_and_experts_(t: TalkLoRA) -> None:
     identity_talking_(t)
     K = t.K.weight  # (E, d, d)
     K.copy_(torch.eye(K.shape[-1], dtype=K.dtype, device=K.device).expand_as(K))
-
-
-def first_expert_lora(mo: MoELoRA) -> LoRA:
-    """LoRA(A_1, B_1): MoELoRA's reduction to LoRA without its precondition check (the twin runs it)."""
-    return moelora_to_lora(mo, atol=math.inf)
 
 
 def first_head_lora(hy: HydraLoRA) -> LoRA:

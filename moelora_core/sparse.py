@@ -20,7 +20,8 @@ experts. Two mutually transposed kernels do it without a loop over experts or to
   `dot_columns` as one autograd node, so that the backward writes dx once (`route_and_dot_logits`
   also returns the router's logits).
 
-Each architecture's `sparse_forward` (in its own module) is written with these tools; this module
+Each architecture's `sparse_forward` is written with these tools (the stacked experts of MoELoRA and
+MoLA share `stacked.sparse_topk`); this module
 holds no per-architecture code. The k experts are chosen by the dense gate's rule (`maps.topk_mask`:
 ties to the lowest index; `topk_experts` finds them with `torch.topk`), so the two paths select the
 same experts, exactly k, whatever the ties. Which path runs is decided per call by `use_sparse`: the
@@ -53,7 +54,7 @@ Mode = Literal["auto", "dense", "sparse"]
 SPARSE_MAX_FRACTION = 0.125  # sparse when k / E <= this (E >= 16 at k = 2)
 COMOL_MAX_FRACTION = 0.0625  # CoMoL, whose r x r cores are a small part of it (E >= 32 at k = 2)
 SPARSE_MIN_TOKENS = 256  # below this the sort/gather set-up costs more than the dense matmuls save
-# MoELoRA and TalkLoRA: `route_and_dot` for the chosen experts' A_i x when E·r_e > k·(GATHER_COPY +
+# MoELoRA, MoLA (`stacked.sparse_topk`) and TalkLoRA: `route_and_dot(_logits)` for the chosen experts' A_i x when E·r_e > k·(GATHER_COPY +
 # GATHER_MAC·r_e), else the dense [A; W_g] x (benchmarks/sparse_kernels.py, docs/performance.md):
 # the dense one's E·r_e extra columns against k·r_e dot products and their own passes over x.
 GATHER_COPY = 32.0

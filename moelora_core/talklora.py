@@ -262,9 +262,6 @@ class TalkLoRA(RoutedAdapter):
         y = torch.einsum("meo,...eo->...em", Bh, k)  # (..., E, m): B_i K_i h_i
         return c.scale * torch.einsum("...e,...em->...m", g, y)
 
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return [self.B.weight] if self.config.share_b else []
-
     def param_formula(self) -> sp.Expr:
         per_layer = S.r * S.n + S.r**2 / S.E + S.E**2 + S.E * S.r
         return per_layer if self.config.share_b else per_layer + S.r * S.m
