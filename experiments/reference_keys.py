@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from moelora_core.errors import ConfigError, ShapeError
 
 from .checkpoint import CheckpointError, load_adapter_state, problem_lines
+from .durable import load_safetensors, safe_torch_load
 from .inject import (
     AdaptedLinear,
     AdapterSpec,
@@ -62,10 +63,8 @@ def read_state(source: Mapping[str, Tensor] | str | os.PathLike[str]) -> dict[st
     if not path.exists():
         raise CheckpointError(f"{path}: not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        return load_safetensors(path)
+    state = safe_torch_load(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}; expected a state dict")
     return state

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from moelora_core import TalkLoRA, TalkLoRAConfig
@@ -15,6 +17,11 @@ def test_measure_device_follows_the_placement() -> None:
     assert _measure_device(Placement(device="cpu", dtype="float32")) == torch.device("cpu")
     mapped = Placement(device="cpu", dtype="float32", device_map="auto")
     assert _measure_device(mapped) == torch.device("cpu")
+    # a single accelerator: the measurements follow it; a device map over several: the CPU
+    one = SimpleNamespace(device_map=None, torch_device=torch.device("cuda", 1))
+    assert _measure_device(one) == torch.device("cuda", 1)  # type: ignore[arg-type]
+    many = SimpleNamespace(device_map="auto", torch_device=torch.device("cuda", 1))
+    assert _measure_device(many) == torch.device("cpu")  # type: ignore[arg-type]
 
 
 def test_measure_model_on_a_device_equals_the_per_layer_calls() -> None:

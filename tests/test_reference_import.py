@@ -313,3 +313,12 @@ def test_comol_mismatches_are_listed() -> None:
     short = {k: v for k, v in state.items() if ".layers.1." not in k}
     with pytest.raises(CheckpointError, match=r"missing keys.*model\.layers\.1\."):
         import_comol_reference(copy.deepcopy(base), short)
+
+
+@pytest.mark.parametrize("name", ["adapter_model.safetensors", "adapter_model.bin"])
+def test_a_damaged_reference_file_is_a_checkpoint_error(tmp_path: Path, name: str) -> None:
+    from moelora_experiments.reference_keys import read_state
+
+    (tmp_path / name).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+        read_state(tmp_path / name)
