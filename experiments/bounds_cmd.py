@@ -36,8 +36,8 @@ from .checkpoint import ADAPTER_CONFIG, CheckpointError, load_adapters, read_con
 from .data import load_records
 from .durable import read_json
 from .loading import Placement, from_pretrained, load_tokenizer
-from .measure import capture_inputs, measure_model
-from .peft_bridge import is_peft_dir, measurable_layers
+from .measure import measure_adapted_model
+from .peft_bridge import is_peft_dir
 from .tasks import MeanPoolClassifier, load_encoder, text_batches, vader_task
 
 
@@ -193,10 +193,10 @@ def measure_checkpoint(
     """Capture the adapted layers' inputs on `texts` and measure every layer on `device`."""
     if max_length is None:
         max_length = int(loaded.config.get("extra", {}).get("max_length", 32))
-    layers = measurable_layers(loaded.model)
     batches = text_batches(loaded.tokenizer, texts, max_length)
-    inputs = capture_inputs(loaded.model, batches, max_tokens=max_tokens, layers=layers)
-    result = measure_model(inputs, layers, seed=seed, device=device)
+    result = measure_adapted_model(
+        loaded.model, batches, max_tokens=max_tokens, seed=seed, device=device
+    )
     return {"spec": loaded.config["spec"], "layers": result}
 
 

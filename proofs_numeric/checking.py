@@ -40,6 +40,8 @@ from hypothesis.strategies import SearchStrategy
 
 from moelora_core.errors import ConfigError, MoELoRAError
 
+from .threads import torch_threads
+
 T = TypeVar("T")
 Expect = Literal["holds", "refuted"]
 EXACT_TOL = 1e-10
@@ -282,16 +284,12 @@ def check_claim(claim: Claim[T], *, max_examples: int | None = None) -> ClaimRep
     n = max_examples or claim.max_examples or settings().max_examples
     run, phase = _Run(), "random"
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: a thread pool costs far more than it saves
-    try:
+    with torch_threads(1):  # tiny tensors: a thread pool costs far more than it saves
         failure = _phase(claim, claim.strategy, n, run)
         random_cases = run.cases
         if not failure and claim.search is not None:
             phase = "search"
             failure = _phase(claim, claim.search, claim.search_examples or search_budget(n), run)
-    finally:
-        torch.set_num_threads(threads)
     report = ClaimReport(
         claim.name, claim.statement, claim.expect, not failure, run.cases, run.max_err, run.tol,
         time.perf_counter() - start, twin_of=claim.twin_of,

@@ -114,10 +114,10 @@ def talk_head_lower(
     H = effective_matrix(logit_factors(work)[1:])
     d = H.shape[1] // E
     Hc, radius = latent_domain(work, centres, R)
-    starts, region, _ = starting_points(domain, Hc, H, radius, samples, seed + 2)
+    starts, _, _ = starting_points(domain, Hc, H, radius, samples, seed + 2)
     gen = torch.Generator(device="cpu").manual_seed(seed + 5)
     pick = torch.randperm(starts.shape[0], generator=gen)[:samples]
-    X = region.project(starts)[pick] if region.idx is None else starts[pick]
+    X = starts[pick]
     X64 = X.to(dtype=F64, device=work.reference.device)
     J = jacobians(Probe(head_fn(w64), True), X64).detach().cpu()  # (S, E, r) float64
     Jh = J.unflatten(-1, (E, d)).permute(0, 2, 1, 3)  # (S, heads, E, d)
