@@ -125,7 +125,7 @@ def shared_layers_outcome(config: Any, layers: int, *, shared_per_layer: bool = 
     per, once = built[0].param_formula(), built[0].shared_param_formula()
     formula = S.L * (per + once) if shared_per_layer else S.L * per + once
     expected = int(sp.sympify(formula).subs({**built[0].subs(), S.L: layers}))
-    per_value = int(sp.sympify(per).subs(built[0].subs()))
+    per_value = built[0].param_formula_value()
     own = max(abs(a.num_trainable_params() - per_value) for a in built)
     return Outcome(
         float(abs(counted - expected) + own),

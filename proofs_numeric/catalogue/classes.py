@@ -39,7 +39,7 @@ from moelora_core.talklora import TalkLoRA, TalkLoRAConfig
 
 from ..checking import Claim, Outcome, claim_with_twin, exact
 from ..function_class import DependenceRank, dependence_rank, output_rank
-from ..outcomes import verdict
+from ..outcomes import reduction_outcome, verdict
 from ..strategies import (
     DTYPE,
     Case,
@@ -123,7 +123,7 @@ def _core_in_x_router(drop_A: bool) -> Callable[[Case[CoMoLConfig]], Outcome]:
             else:
                 W_g.copy_(W_c @ src.A.weight)
         x = c.inputs()
-        return exact((src(x), tgt(x)), (src.routing(x), tgt.routing(x)))
+        return reduction_outcome(src, tgt, x)
 
     return case
 
@@ -139,7 +139,7 @@ def _moelora_in_comol_identity_cores(c: Case[MoELoRAConfig]) -> Outcome:
     with torch.no_grad():
         co.cores.copy_(torch.eye(co.config.rank, dtype=DTYPE).expand_as(co.cores))
     x = c.inputs()
-    return exact((mo(x), co(x)), (mo.routing(x), co.routing(x)))
+    return reduction_outcome(mo, co, x)
 
 
 # (r, N >= 2, m - r >= 1, n, seed)
