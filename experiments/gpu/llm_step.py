@@ -13,13 +13,13 @@ backward to its inputs' gradient without adapters (the floor every adapter adds 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from proofs_numeric.jsonio import write_json_atomic
 
 from ..study.grid import arch_variants
 
@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         meta["torch"] = torch.__version__
         if a.device.startswith("cuda"):
             meta["gpu"] = torch.cuda.get_device_name()
-        Path(a.json).write_text(
-            json.dumps({"config": meta, "rows": rows}, indent=1), encoding="utf-8"
-        )
+        write_json_atomic(a.json, {"config": meta, "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

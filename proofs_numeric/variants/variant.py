@@ -17,7 +17,7 @@ from torch import Tensor
 from moelora_core.adapter import Adapter
 from moelora_core.errors import ConfigError
 
-from ..checking import Claim, Outcome, rel_error, summarise
+from ..checking import EXACT_TOL, Claim, Outcome, rel_error, summarise
 from ..strategies import DTYPE, seeds
 from .base import (
     Declaration,
@@ -370,7 +370,7 @@ class Variant:
                 f"{where} on {config!r}: routing(x) has shape {got} for x of shape {shape}; "
                 f"expected {(*lead, 'E')}"
             )
-        if rel_error(flat, out.reshape(flat.shape)) > 1e-10:
+        if rel_error(flat, out.reshape(flat.shape)) > EXACT_TOL:
             raise VariantError(
                 f"{where} on {config!r}: Δ(x) for x of shape {shape} differs from Δ of its rows "
                 "flattened to (N, n): forward must act on each row (token) on its own"
